@@ -1,0 +1,83 @@
+"""``sbs``: stochastic batch size chained with SGD, like ``optax.sgd``."""
+
+from typing import Literal, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import base
+
+from optax_sbs import _probability
+from optax_sbs import _transform
+
+
+def sbs(
+    learning_rate: base.ScalarOrSchedule,
+    *,
+    key: jax.Array | int,
+    alpha: jax.typing.ArrayLike = 0.1,
+    lam: jax.typing.ArrayLike = -4.0,
+    momentum: Optional[float] = None,
+    nesterov: bool = False,
+    probability: Optional[jax.typing.ArrayLike] = None,
+    scale_by_count: bool = False,
+    magnitude: Literal['cma', 'gradient'] = 'cma',
+    group_fn: Optional[_probability.GroupFn] = None,
+    cma_dtype: Optional[jax.typing.DTypeLike] = None,
+    count_dtype: jax.typing.DTypeLike = jnp.int32,
+) -> base.GradientTransformationExtraArgs:
+  """SGD with stochastic batch size: the paper's optimiser in one call.
+
+  Equivalent to::
+
+    optax.chain(
+        optax_sbs.stochastic_batch_size(key, alpha=alpha, lam=lam, ...),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+  See :func:`stochastic_batch_size` for the meaning of the SBS options.
+
+  Args:
+    learning_rate: a scalar or a schedule, e.g. :func:`sigmoid_schedule`.
+    key: PRNG key or int seed of the update masks.
+    alpha: local slope of the update probability.
+    lam: global slope of the update probability.
+    momentum: SGD momentum (``None`` or 0 for none). The paper pairs batch
+      sizes 16/32/64/128 with momentum 0/0.3/0.6/0.9.
+    nesterov: use Nesterov momentum.
+    probability: ``None`` for the adaptive rule, or a fixed probability.
+    scale_by_count: scale each update by its batch count ``k``.
+    magnitude: ``'cma'`` or ``'gradient'``: which magnitudes set ``p``.
+    group_fn: grouping of leaves for the global term.
+    cma_dtype: dtype of the moving average.
+    count_dtype: integer dtype of the counts.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, optax_sbs
+    >>> tx = optax_sbs.sbs(learning_rate=0.1, key=0, probability=1.0)
+    >>> params = jnp.array([1.0, 2.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([1.0, -1.0]), state, params)
+    >>> optax.apply_updates(params, updates)
+    Array([0.9, 2.1], dtype=float32)
+
+  References:
+    Stochastic batch size for adaptive regularization in deep network
+    optimization, Algorithm 2, §4.3 and §5.1.
+  """
+  return optax.chain(
+      _transform.stochastic_batch_size(
+          key,
+          alpha=alpha,
+          lam=lam,
+          probability=probability,
+          scale_by_count=scale_by_count,
+          magnitude=magnitude,
+          group_fn=group_fn,
+          cma_dtype=cma_dtype,
+          count_dtype=count_dtype,
+      ),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+  )

@@ -1,0 +1,290 @@
+"""Algorithm 2 of the paper: stochastic batch size via cumulative moving average."""
+
+from typing import Any, Literal, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from optax._src import base
+from optax._src import numerics
+
+from optax_sbs import _probability
+from optax_sbs import _sampling
+from optax_sbs import _validation
+
+
+class StochasticBatchSizeState(NamedTuple):
+  """State of :func:`stochastic_batch_size`.
+
+  Attributes:
+    cma: per parameter element, the cumulative moving average ``g~`` of the
+      gradients accumulated since the element was last updated (0 right
+      after an update). A pytree like the params.
+    count: per parameter element, the number ``k`` of universal batches the
+      next gradient will be averaged with (1 right after an update): the
+      element's current stochastic batch size in units of the batch. A
+      pytree like the params, integer, saturating at its dtype's maximum.
+    key: the PRNG key the next step's masks are drawn from.
+  """
+
+  cma: base.Updates
+  count: base.Updates
+  key: jax.Array
+
+  def update_fraction(self) -> Any:
+    """Per leaf, the fraction of elements updated at the last step.
+
+    An element was updated at the last step exactly when its count is 1
+    (``count = (1 - chi) (k + 1) + chi``), so nothing extra is stored.
+    Before the first step every count is 1 and this is 1.0. Size-0 leaves
+    give 0.0.
+
+    Returns:
+      A pytree like the params of float32 scalars.
+    """
+    return jax.tree.map(
+        lambda k: jnp.mean(k == 1, dtype=jnp.float32)
+        if k.size else jnp.zeros((), jnp.float32),
+        self.count,
+    )
+
+  def mean_count(self) -> Any:
+    """Per leaf, the mean stochastic batch size ``k`` (in batches).
+
+    Returns:
+      A pytree like the params of float32 scalars (0.0 for size-0 leaves).
+    """
+    return jax.tree.map(
+        lambda k: jnp.mean(k, dtype=jnp.float32)
+        if k.size else jnp.zeros((), jnp.float32),
+        self.count,
+    )
+
+
+def _canonicalize_key(key: jax.Array | int) -> jax.Array:
+  """A typed key from a typed key, a raw uint32 key or an int seed."""
+  if isinstance(key, (jax.Array, np.ndarray)):
+    dtype = key.dtype
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+      return key
+    if dtype == jnp.uint32 and key.shape == (2,):
+      return jax.random.wrap_key_data(key)
+    if np.ndim(key) != 0 or not jnp.issubdtype(dtype, jnp.integer):
+      raise TypeError(
+          'key must be a typed key (jax.random.key), a raw uint32 key of '
+          f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
+          f'dtype {dtype} and shape {key.shape}.'
+      )
+  elif isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+    raise TypeError(f'key must be a JAX key or an int seed, got {key!r}.')
+  return jax.random.key(key)
+
+
+def _cma_dtype(param_dtype, cma_dtype):
+  if cma_dtype is not None:
+    return jnp.dtype(cma_dtype)
+  return jnp.promote_types(param_dtype, jnp.float32)
+
+
+def stochastic_batch_size(
+    key: jax.Array | int,
+    *,
+    alpha: jax.typing.ArrayLike = 0.1,
+    lam: jax.typing.ArrayLike = -4.0,
+    probability: Optional[jax.typing.ArrayLike] = None,
+    scale_by_count: bool = False,
+    magnitude: Literal['cma', 'gradient'] = 'cma',
+    group_fn: Optional[_probability.GroupFn] = None,
+    cma_dtype: Optional[jax.typing.DTypeLike] = None,
+    count_dtype: jax.typing.DTypeLike = jnp.int32,
+) -> base.GradientTransformationExtraArgs:
+  r"""Stochastic batch size: every parameter element gets its own batch size.
+
+  Implements Algorithm 2 of the paper. Per step, for every element ``j`` with
+  incoming gradient ``g`` and state ``(cma, k)``:
+
+  1. ``g~ = cma + (g - cma) / k`` (cumulative moving average over the
+     universal batches seen since ``j`` was last updated);
+  2. ``p = sigmoid(alpha * v + lam * mu~)`` from the magnitudes ``|g~|``
+     normalised within the leaf (``v``) and the leaf mean normalised across
+     the leaves of its group (``mu~``), see :func:`update_probability`;
+  3. ``chi ~ Bernoulli(p)``;
+  4. output ``chi * g~`` (times ``k`` with ``scale_by_count``), new
+     ``cma = (1 - chi) * g~`` and ``count = (1 - chi) (k + 1) + chi``.
+
+  Chain it *before* the optimiser that applies the learning rate, e.g.
+  ``optax.sgd``: with ``probability=1.0`` every element is updated every step
+  and the chain is exactly plain SGD.
+
+  Data parallelism: average the gradients across replicas (``pmean``) before
+  this transformation and give every replica the *same* key. Then every
+  replica draws the same masks, and params and state stay identical. A
+  different key per replica makes the replicas update different elements and
+  their params drift apart.
+
+  Args:
+    key: a JAX PRNG key (typed ``jax.random.key`` or raw ``uint32``
+      ``PRNGKey``) or an int seed; canonicalised to a typed key in ``init``.
+    alpha: local slope (eq. 18), the spread of ``p`` within a layer. ``0``
+      gives the paper's global scheme (eq. 20).
+    lam: global slope (eq. 20), the spread of ``p`` across layers. ``0``
+      gives the paper's local scheme (eq. 18). The paper's default -4
+      updates layers with *smaller* mean gradient magnitude more often.
+    probability: ``None`` (default) for the adaptive rule; a float in
+      ``[0, 1]`` fixes ``p`` for every element (``1.0`` is plain SGD).
+    scale_by_count: multiply the update by ``k``, the paper's
+      ``eta~ = k eta`` (learning rate proportional to the batch size).
+    magnitude: ``'cma'`` (default, eq. 11: the magnitudes of ``g~``) or
+      ``'gradient'`` (magnitudes of the current batch gradient ``g``).
+    group_fn: ``(path, leaf) -> hashable`` naming the group whose leaves are
+      normalised together for the global term. Default
+      :func:`parameter_type` (conv, dense, bias, norm, embedding);
+      :func:`single_group` puts all leaves in one group.
+    cma_dtype: dtype of the stored moving average. ``None`` (default) means
+      float32, or the param dtype if that is wider (float64).
+    count_dtype: integer dtype of the counts (``int32`` default; ``uint8`` or
+      ``int16`` save memory). Counts saturate at the dtype's maximum.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` whose state is a
+    :class:`StochasticBatchSizeState`.
+
+  Raises:
+    TypeError / ValueError: for hyperparameters of the wrong type or range
+      (at construction), non-float leaves (at ``init``) and updates whose
+      tree or shapes differ from the state's (at ``update``, trace time).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, optax_sbs
+    >>> tx = optax.chain(
+    ...     optax_sbs.stochastic_batch_size(key=0, alpha=0.1, lam=-4.0),
+    ...     optax.sgd(learning_rate=0.1))
+    >>> params = {'w': jnp.ones((3, 2)), 'b': jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> jax.tree.map(jnp.shape, optax_sbs.find_state(state).count)
+    {'b': (2,), 'w': (3, 2)}
+
+  References:
+    Stochastic batch size for adaptive regularization in deep network
+    optimization, Algorithm 2 and §4.3 (eqs. 16-21).
+  """
+  _validation.check_real('alpha', alpha)
+  _validation.check_real('lam', lam)
+  if probability is not None:
+    _validation.check_probability('probability', probability)
+  if magnitude not in ('cma', 'gradient'):
+    raise ValueError(
+        f"magnitude must be 'cma' or 'gradient', got {magnitude!r}."
+    )
+  if not isinstance(scale_by_count, (bool, np.bool_)):
+    raise TypeError(f'scale_by_count must be a bool, got {scale_by_count!r}.')
+  if group_fn is None:
+    group_fn = _probability.parameter_type
+  elif not callable(group_fn):
+    raise TypeError(f'group_fn must be callable, got {group_fn!r}.')
+  count_dtype = jnp.dtype(count_dtype)
+  if not jnp.issubdtype(count_dtype, jnp.integer):
+    raise TypeError(f'count_dtype must be an integer dtype, got {count_dtype}.')
+  if cma_dtype is not None and not jnp.issubdtype(cma_dtype, jnp.floating):
+    raise TypeError(f'cma_dtype must be a float dtype, got {cma_dtype}.')
+
+  def init_fn(params):
+    _validation.check_float_leaves(params, 'params')
+    cma = jax.tree.map(
+        lambda p: jnp.zeros(p.shape, _cma_dtype(p.dtype, cma_dtype)), params
+    )
+    count = jax.tree.map(lambda p: jnp.ones(p.shape, count_dtype), params)
+    return StochasticBatchSizeState(
+        cma=cma, count=count, key=_canonicalize_key(key)
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _validation.check_same_structure(updates, state.cma, 'updates')
+    _validation.check_float_leaves(updates, 'updates')
+    if params is not None:
+      _validation.check_same_structure(params, state.cma, 'params')
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    paths = [path for path, _ in flat]
+    grads = [g for _, g in flat]
+    cmas = treedef.flatten_up_to(state.cma)
+    counts = treedef.flatten_up_to(state.count)
+
+    g_tildes = []
+    for g, cma, k in zip(grads, cmas, counts):
+      compute_dtype = jnp.promote_types(cma.dtype, jnp.float32)
+      cma = cma.astype(compute_dtype)
+      g_tildes.append(
+          cma + (g.astype(compute_dtype) - cma) / k.astype(compute_dtype)
+      )
+
+    if probability is None:
+      if magnitude == 'cma':
+        magnitudes = [jnp.abs(gt) for gt in g_tildes]
+      else:
+        magnitudes = [
+            jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)
+        ]
+      groups = [group_fn(path, g) for path, g in zip(paths, grads)]
+      probs = _probability.update_probability(magnitudes, groups, alpha, lam)
+    else:
+      probs = [probability] * len(grads)
+
+    next_key, step_key = _sampling.split_step_key(state.key)
+    chis = _sampling.bernoulli_masks(step_key, probs, [g.shape for g in grads])
+
+    new_updates, new_cmas, new_counts = [], [], []
+    for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):
+      step = gt * k.astype(gt.dtype) if scale_by_count else gt
+      new_updates.append(jnp.where(chi, step, 0).astype(g.dtype))
+      new_cmas.append(jnp.where(chi, 0, gt).astype(cma.dtype))
+      new_counts.append(
+          jnp.where(chi, jnp.ones_like(k), numerics.safe_increment(k))
+      )
+
+    new_state = StochasticBatchSizeState(
+        cma=treedef.unflatten(new_cmas),
+        count=treedef.unflatten(new_counts),
+        key=next_key,
+    )
+    return treedef.unflatten(new_updates), new_state
+
+  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_state(opt_state: Any) -> StochasticBatchSizeState:
+  """Finds the :class:`StochasticBatchSizeState` inside an optimizer state.
+
+  Works through ``optax.chain``, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps``, ``optax.apply_if_finite`` and other wrappers whose
+  states are pytrees.
+
+  Args:
+    opt_state: the state of any optimizer that contains one
+      :func:`stochastic_batch_size`.
+
+  Returns:
+    The (first) :class:`StochasticBatchSizeState` found.
+
+  Raises:
+    ValueError: if there is none.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_sbs
+    >>> tx = optax_sbs.sbs(0.1, key=0)
+    >>> state = tx.init({'w': jnp.ones(4)})
+    >>> sbs_state = optax_sbs.find_state(state)
+    >>> float(sbs_state.update_fraction()['w']), float(sbs_state.mean_count()['w'])
+    (1.0, 1.0)
+  """
+  is_sbs = lambda x: isinstance(x, StochasticBatchSizeState)
+  for node in jax.tree.leaves(opt_state, is_leaf=is_sbs):
+    if is_sbs(node):
+      return node
+  raise ValueError(
+      'find_state: no StochasticBatchSizeState in this optimizer state.'
+  )

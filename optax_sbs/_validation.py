@@ -1,0 +1,90 @@
+"""Checks of hyperparameters and pytrees that fail early with a clear message."""
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _concrete_value(name: str, value: Any) -> float | None:
+  """Returns ``value`` as a float, or None when it is traced (unknowable)."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f'{name} must be a real number, got the bool {value!r}.')
+  if isinstance(value, numbers.Real):
+    return float(value)
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    dtype = value.dtype
+    if (
+        jnp.issubdtype(dtype, jax.dtypes.prng_key)
+        or jnp.issubdtype(dtype, jnp.bool_)
+        or not (
+            jnp.issubdtype(dtype, jnp.floating)
+            or jnp.issubdtype(dtype, jnp.integer)
+        )
+    ):
+      raise TypeError(
+          f'{name} must be a real number, got an array of dtype {dtype}.'
+      )
+    if np.ndim(value) != 0:
+      raise TypeError(
+          f'{name} must be a scalar, got an array of shape {np.shape(value)}.'
+      )
+    if isinstance(value, jax.core.Tracer):
+      return None
+    return float(value)
+  raise TypeError(
+      f'{name} must be a real number, got {type(value).__name__}: {value!r}.'
+  )
+
+
+def check_real(name: str, value: Any) -> None:
+  """Raises if ``value`` is not a finite real scalar (traced values pass)."""
+  concrete = _concrete_value(name, value)
+  if concrete is not None and not math.isfinite(concrete):
+    raise ValueError(f'{name} must be finite, got {concrete}.')
+
+
+def check_probability(name: str, value: Any) -> None:
+  """Raises if ``value`` is not a real scalar in [0, 1] (traced values pass)."""
+  concrete = _concrete_value(name, value)
+  if concrete is not None and not 0.0 <= concrete <= 1.0:
+    raise ValueError(f'{name} must lie in [0, 1], got {concrete}.')
+
+
+def check_float_leaves(tree: Any, what: str) -> None:
+  """Raises TypeError naming the first leaf of ``tree`` that is not real float."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      found = dtype if dtype is not None else type(leaf).__name__
+      raise TypeError(
+          f'stochastic_batch_size: {what} leaf at '
+          f'{jax.tree_util.keystr(path)} has dtype {found}; every leaf must '
+          'be a real floating-point array (float16, bfloat16, float32 or '
+          'float64). Freeze or mask integer leaves (optax.masked) instead.'
+      )
+
+
+def check_same_structure(tree: Any, reference: Any, what: str) -> None:
+  """Raises ValueError if ``tree`` is not structured like ``reference``."""
+  got, want = jax.tree.structure(tree), jax.tree.structure(reference)
+  if got != want:
+    raise ValueError(
+        f'stochastic_batch_size: the {what} tree does not have the structure '
+        f'of the optimizer state (built from the params given to init).\n'
+        f'  {what}: {got}\n  state: {want}'
+    )
+  for path_leaf, ref_leaf in zip(
+      jax.tree_util.tree_flatten_with_path(tree)[0],
+      jax.tree.leaves(reference),
+  ):
+    path, leaf = path_leaf
+    if np.shape(leaf) != np.shape(ref_leaf):
+      raise ValueError(
+          f'stochastic_batch_size: {what} leaf at {jax.tree_util.keystr(path)}'
+          f' has shape {np.shape(leaf)} but the state expects '
+          f'{np.shape(ref_leaf)}.'
+      )

@@ -1,0 +1,51 @@
+"""Independent NumPy reference of Algorithm 2 and eqs. (17)-(21), in float64.
+
+Written from the paper, not from the library: no JAX in here.
+"""
+
+import numpy as np
+
+STD_RTOL = 1e-5  # the documented "zero up to rounding" threshold
+
+
+def _standardize(x, mean, std):
+  if std <= STD_RTOL * abs(mean):
+    return np.zeros_like(x)
+  return (x - mean) / std
+
+
+def probabilities(magnitudes, groups, alpha, lam):
+  """p per leaf for lists of magnitude arrays and group labels."""
+  means = [a.mean() if a.size else 0.0 for a in magnitudes]
+  stds = [a.std() if a.size else 0.0 for a in magnitudes]
+  mu_tilde = {}
+  for group in set(groups):
+    idx = [i for i, g in enumerate(groups) if g == group]
+    n = np.array([magnitudes[i].size for i in idx], dtype=np.float64)
+    m = np.array([means[i] for i in idx], dtype=np.float64)
+    if n.sum() == 0:
+      for i in idx:
+        mu_tilde[i] = 0.0
+      continue
+    gm = np.sum(n * m) / n.sum()
+    gs = np.sqrt(np.sum(n * (m - gm) ** 2) / n.sum())
+    for i in idx:
+      mu_tilde[i] = _standardize(np.float64(means[i]), gm, gs)
+  out = []
+  for i, a in enumerate(magnitudes):
+    v = _standardize(a, means[i], stds[i])
+    out.append(1.0 / (1.0 + np.exp(-(alpha * v + lam * mu_tilde[i]))))
+  return out
+
+
+def sbs_step(grads, cmas, counts, chis, scale_by_count=False):
+  """One step of Algorithm 2 given the masks. Returns updates, cmas, counts."""
+  updates, new_cmas, new_counts = [], [], []
+  for g, cma, k, chi in zip(grads, cmas, counts, chis):
+    g_tilde = cma + (g - cma) / k
+    chi = chi.astype(np.float64)
+    step = g_tilde * k if scale_by_count else g_tilde
+    updates.append(chi * step)
+    new_cmas.append((1 - chi) * g_tilde)
+    new_counts.append((1 - chi) * (k + 1) + chi)
+  return updates, new_cmas, new_counts

@@ -1,0 +1,467 @@
+"""Algorithm 2 semantics of optax_sbs.stochastic_batch_size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_sbs
+import reference
+
+# A Flax-like tree with every parameter type and layers of different scales.
+SHAPES = {
+    'Conv_0': {'kernel': (3, 3, 3, 8), 'bias': (8,)},
+    'BatchNorm_0': {'scale': (8,), 'bias': (8,)},
+    'Conv_1': {'kernel': (3, 3, 8, 16), 'bias': (16,)},
+    'BatchNorm_1': {'scale': (16,), 'bias': (16,)},
+    'Dense_0': {'kernel': (64, 32), 'bias': (32,)},
+    'Dense_1': {'kernel': (32, 10), 'bias': (10,)},
+}
+TYPES = {
+    'Conv_0': {'kernel': 'conv', 'bias': 'bias'},
+    'BatchNorm_0': {'scale': 'norm', 'bias': 'norm'},
+    'Conv_1': {'kernel': 'conv', 'bias': 'bias'},
+    'BatchNorm_1': {'scale': 'norm', 'bias': 'norm'},
+    'Dense_0': {'kernel': 'dense', 'bias': 'bias'},
+    'Dense_1': {'kernel': 'dense', 'bias': 'bias'},
+}
+
+
+def make_params(dtype=jnp.float32):
+  return jax.tree.map(
+      lambda s: jnp.zeros(s, dtype), SHAPES, is_leaf=lambda x: isinstance(x, tuple)
+  )
+
+
+def random_grads(rng, dtype=np.float32):
+  """Gradients whose scale differs from leaf to leaf."""
+  leaves, treedef = jax.tree.flatten(
+      SHAPES, is_leaf=lambda x: isinstance(x, tuple)
+  )
+  scales = np.geomspace(1e-3, 1.0, len(leaves))
+  rng.shuffle(scales)
+  return treedef.unflatten(
+      [(rng.standard_normal(s) * c).astype(dtype) for s, c in zip(leaves, scales)]
+  )
+
+
+def leaves(tree):
+  return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize(
+    'alpha,lam,scale_by_count,magnitude',
+    [
+        (0.1, -4.0, False, 'cma'),  # paper defaults (combined, eq. 21)
+        (1.0, 0.0, True, 'cma'),  # local scheme (eq. 18), eta~ = k eta
+        (0.0, -2.0, False, 'gradient'),  # global scheme (eq. 20)
+    ],
+)
+def test_matches_numpy_reference_over_many_steps(
+    alpha, lam, scale_by_count, magnitude
+):
+  """The transformation equals a float64 NumPy Algorithm 2 fed its masks."""
+  rng = np.random.default_rng(0)
+  params = make_params()
+  tx = optax_sbs.stochastic_batch_size(
+      key=3, alpha=alpha, lam=lam, scale_by_count=scale_by_count,
+      magnitude=magnitude,
+  )
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  groups = jax.tree.leaves(TYPES)
+  ref_cma = [np.zeros(x.shape) for x in jax.tree.leaves(params)]
+  ref_count = [np.ones(x.shape) for x in jax.tree.leaves(params)]
+  total_chi, total_p = 0.0, 0.0
+  for step in range(30):
+    grads = random_grads(rng)
+    g = leaves(grads)
+    g_tilde = [c + (x - c) / k for x, c, k in zip(g, ref_cma, ref_count)]
+    mags = [np.abs(x) for x in (g_tilde if magnitude == 'cma' else g)]
+    ref_p = reference.probabilities(mags, groups, alpha, lam)
+    lib_p = optax_sbs.update_probability(
+        [jnp.asarray(m, jnp.float32) for m in mags], groups, alpha, lam
+    )
+    for a, b in zip(lib_p, ref_p):
+      np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+
+    updates, state = update(grads, state, params)
+    chis = [np.asarray(k) == 1 for k in jax.tree.leaves(state.count)]
+    ref_u, ref_cma, ref_count = reference.sbs_step(
+        g, ref_cma, ref_count, chis, scale_by_count
+    )
+    for name, got, want in [
+        ('updates', leaves(updates), ref_u),
+        ('cma', leaves(state.cma), ref_cma),
+        ('count', leaves(state.count), ref_count),
+    ]:
+      for x, y in zip(got, want):
+        np.testing.assert_allclose(
+            x, y, rtol=2e-5, atol=1e-7, err_msg=f'{name} at step {step}'
+        )
+    total_chi += sum(c.sum() for c in chis)
+    total_p += sum(p.sum() for p in ref_p)
+  # The masks drawn over all steps agree with the reference p.
+  n = 30 * sum(x.size for x in jax.tree.leaves(params))
+  sigma = np.sqrt(n * 0.25)
+  assert abs(total_chi - total_p) < 5 * sigma
+
+
+def test_first_step_update_is_masked_gradient():
+  """k = 1 and cma = 0: g~ = g, output chi * g, cma = (1 - chi) g."""
+  params = make_params()
+  grads = random_grads(np.random.default_rng(1))
+  tx = optax_sbs.stochastic_batch_size(key=0)
+  updates, state = tx.update(grads, tx.init(params), params)
+  for g, u, c, k in zip(
+      leaves(grads), leaves(updates), leaves(state.cma), leaves(state.count)
+  ):
+    chi = k == 1
+    np.testing.assert_array_equal(u, np.where(chi, g, 0))
+    np.testing.assert_array_equal(c, np.where(chi, 0, g))
+    np.testing.assert_array_equal(k, np.where(chi, 1, 2))
+
+
+@pytest.mark.parametrize('p', [0.001, 0.01, 0.3, 0.5, 0.9, 0.999])
+def test_fixed_probability_rate_within_binomial_bound(p):
+  n = 200_000
+  tx = optax_sbs.stochastic_batch_size(key=7, probability=p)
+  params = {'w': jnp.zeros((n,))}
+  _, state = jax.jit(tx.update)(
+      {'w': jnp.ones((n,))}, tx.init(params), params
+  )
+  updated = float(jnp.sum(state.count['w'] == 1))
+  assert abs(updated - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1
+
+
+def test_adaptive_rate_per_leaf_matches_mean_p():
+  """Per leaf, the update rate over many keys matches the mean of p."""
+  params = make_params()
+  grads = random_grads(np.random.default_rng(2))
+  groups = jax.tree.leaves(TYPES)
+  ref_p = reference.probabilities(
+      [np.abs(g) for g in leaves(grads)], groups, 0.5, -2.0
+  )
+  num_keys = 400
+
+  def rate(key):
+    tx = optax_sbs.stochastic_batch_size(key, alpha=0.5, lam=-2.0)
+    _, state = tx.update(grads, tx.init(params), params)
+    return [jnp.mean(k == 1) for k in jax.tree.leaves(state.count)]
+
+  rates = jax.jit(jax.vmap(rate))(jax.random.split(jax.random.key(0), num_keys))
+  for r, p in zip(rates, ref_p):
+    n = num_keys * p.size
+    sigma = np.sqrt(np.sum(p * (1 - p)) * num_keys) / n
+    assert abs(float(jnp.mean(r)) - p.mean()) < 5 * sigma + 1e-9
+
+
+def test_probability_one_is_sgd_bit_for_bit():
+  """Same updates, states and params as optax.sgd, step after step.
+
+  Each optimizer's update is jitted on its own and the updates applied the
+  same way. (Inside one fused jit step, XLA:CPU may contract SGD's
+  ``p - lr * g`` into a fused multiply-add for plain SGD but not behind the
+  SBS select, a 1-ulp codegen difference, not a different update.)
+  """
+  rng = np.random.default_rng(3)
+  for momentum in (None, 0.9):
+    params_a = params_b = jax.tree.map(lambda x: x + 1.0, make_params())
+    sgd = optax.sgd(0.05, momentum=momentum)
+    sbs = optax.chain(
+        optax_sbs.stochastic_batch_size(key=0, probability=1.0),
+        optax.sgd(0.05, momentum=momentum),
+    )
+    sa, sb = sgd.init(params_a), sbs.init(params_b)
+    update_a, update_b = jax.jit(sgd.update), jax.jit(sbs.update)
+    apply = jax.jit(optax.apply_updates)
+    for _ in range(50):
+      grads = random_grads(rng)
+      ua, sa = update_a(grads, sa, params_a)
+      ub, sb = update_b(grads, sb, params_b)
+      for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+      params_a, params_b = apply(params_a, ua), apply(params_b, ub)
+    for x, y in zip(jax.tree.leaves((params_a, sa)),
+                    jax.tree.leaves((params_b, sb[1]))):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_probability_one_is_sgd_bit_for_bit_low_precision(dtype):
+  params = jax.tree.map(lambda x: x.astype(dtype) + 1, make_params())
+  tx = optax_sbs.stochastic_batch_size(key=0, probability=1.0)
+  state = tx.init(params)
+  grads = jax.tree.map(
+      lambda x: x.astype(dtype), random_grads(np.random.default_rng(4))
+  )
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
+    assert u.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(g))
+
+
+def test_probability_zero_never_updates_and_accumulates_mean():
+  rng = np.random.default_rng(5)
+  params = make_params()
+  tx = optax_sbs.stochastic_batch_size(key=0, probability=0.0)
+  state = tx.init(params)
+  all_grads = [random_grads(rng) for _ in range(6)]
+  for grads in all_grads:
+    updates, state = tx.update(grads, state, params)
+    assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
+  mean = jax.tree.map(lambda *g: np.mean(np.stack(g), 0), *all_grads)
+  for c, m in zip(jax.tree.leaves(state.cma), jax.tree.leaves(mean)):
+    np.testing.assert_allclose(np.asarray(c), m, rtol=1e-5, atol=1e-7)
+  for k in jax.tree.leaves(state.count):
+    np.testing.assert_array_equal(np.asarray(k), 7)
+
+
+def test_alpha_lam_zero_gives_one_half():
+  mags = [jnp.abs(x) for x in jax.tree.leaves(random_grads(np.random.default_rng(6)))]
+  probs = optax_sbs.update_probability(mags, [0] * len(mags), 0.0, 0.0)
+  for p in probs:
+    np.testing.assert_array_equal(np.asarray(p), 0.5)
+
+
+def test_degenerate_statistics_give_one_half():
+  """Equal magnitudes within a leaf, one leaf per group, equal layers."""
+  mags = [jnp.full((5, 3), 0.1), jnp.full((7,), 0.1), jnp.zeros((4,)),
+          jnp.full((), 2.0)]
+  probs = optax_sbs.update_probability(mags, [0, 0, 1, 2], 0.1, -4.0)
+  for p in probs:
+    np.testing.assert_array_equal(np.asarray(p), 0.5)
+
+
+def test_local_scheme_ranks_by_magnitude_within_layer():
+  """lam = 0, alpha > 0: larger |g~| gives larger p; mean v = 0 per layer."""
+  a = jnp.asarray(np.random.default_rng(0).random(1000), jnp.float32)
+  (p,) = optax_sbs.update_probability([a], [0], 3.0, 0.0)
+  order = np.argsort(np.asarray(a))
+  assert np.all(np.diff(np.asarray(p)[order]) >= 0)
+  v = np.log(np.asarray(p) / (1 - np.asarray(p))) / 3.0
+  np.testing.assert_allclose(v.mean(), 0, atol=1e-4)
+  np.testing.assert_allclose(v.std(), 1, atol=1e-4)
+
+
+def test_global_scheme_is_constant_within_layer():
+  rng = np.random.default_rng(0)
+  mags = [jnp.asarray(rng.random(50) * s, jnp.float32) for s in (1, 2, 10)]
+  probs = optax_sbs.update_probability(mags, [0, 0, 0], 0.0, -4.0)
+  for p in probs:
+    assert np.ptp(np.asarray(p)) == 0
+  # lam < 0: the layer with the smallest mean magnitude is updated most.
+  firsts = [float(p[0]) for p in probs]
+  assert firsts[0] > firsts[1] > firsts[2]
+
+
+def test_same_key_same_trajectory_other_key_other_masks():
+  params = make_params()
+  rng_grads = [random_grads(np.random.default_rng(i)) for i in range(5)]
+
+  def run(key):
+    tx = optax_sbs.stochastic_batch_size(key=key)
+    state = tx.init(params)
+    out = []
+    for grads in rng_grads:
+      updates, state = tx.update(grads, state, params)
+      out.append(updates)
+    return out, state
+
+  a, sa = run(0)
+  b, sb = run(jax.random.key(0))
+  c, sc = run(1)
+  for x, y in zip(jax.tree.leaves(a + [sa.cma, sa.count]),
+                  jax.tree.leaves(b + [sb.cma, sb.count])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert any(
+      not np.array_equal(np.asarray(x), np.asarray(y))
+      for x, y in zip(jax.tree.leaves(sa.count), jax.tree.leaves(sc.count))
+  )
+
+
+def test_eager_equals_jit():
+  params = make_params()
+  grads = random_grads(np.random.default_rng(8))
+  tx = optax_sbs.stochastic_batch_size(key=5)
+  state = tx.init(params)
+  ue, se = tx.update(grads, state, params)
+  uj, sj = jax.jit(tx.update)(grads, state, params)
+  for x, y in zip(jax.tree.leaves((ue, se.cma, se.count)),
+                  jax.tree.leaves((uj, sj.cma, sj.count))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+  np.testing.assert_array_equal(
+      jax.random.key_data(se.key), jax.random.key_data(sj.key)
+  )
+
+
+@pytest.mark.parametrize(
+    'key', [0, np.int32(3), jax.random.key(0), jax.random.PRNGKey(0)]
+)
+def test_key_forms_are_canonicalised(key):
+  state = optax_sbs.stochastic_batch_size(key).init({'w': jnp.ones(3)})
+  assert jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key)
+  assert state.key.shape == ()
+
+
+def test_none_masked_empty_scalar_and_zero_leaves():
+  params = {
+      'none': None,
+      'masked': optax.MaskedNode(),
+      'empty': jnp.zeros((0, 3)),
+      'scalar': jnp.zeros(()),
+      'frozen': jnp.zeros((4, 4)),
+      'w': jnp.zeros((3, 2)),
+  }
+  grads = dict(params, scalar=jnp.array(0.3), w=jnp.ones((3, 2)))
+  tx = optax_sbs.stochastic_batch_size(key=0)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(5):
+    updates, state = update(grads, state, params)
+  assert updates['none'] is None
+  assert isinstance(updates['masked'], optax.MaskedNode)
+  assert updates['empty'].shape == (0, 3)
+  assert updates['scalar'].shape == ()
+  for x in jax.tree.leaves((updates, state.cma, state.count)):
+    assert np.all(np.isfinite(np.asarray(x, np.float64)))
+  np.testing.assert_array_equal(np.asarray(state.cma['frozen']), 0)
+  sbs_state = optax_sbs.find_state(state)
+  assert float(sbs_state.update_fraction()['empty']) == 0.0
+
+
+def test_under_optax_masked():
+  params = {'a': jnp.ones(3), 'b': jnp.ones(4)}
+  tx = optax.masked(
+      optax_sbs.stochastic_batch_size(key=0, probability=0.0),
+      {'a': True, 'b': False},
+  )
+  state = tx.init(params)
+  updates, state = tx.update({'a': jnp.ones(3), 'b': jnp.ones(4)}, state, params)
+  np.testing.assert_array_equal(np.asarray(updates['a']), 0)
+  np.testing.assert_array_equal(np.asarray(updates['b']), 1)
+
+
+@pytest.mark.parametrize(
+    'grad_dtype', [jnp.float32, jnp.bfloat16, jnp.float16]
+)
+@pytest.mark.parametrize('cma_dtype', [None, jnp.bfloat16, jnp.float32])
+def test_dtypes(grad_dtype, cma_dtype):
+  params = jax.tree.map(lambda x: x.astype(grad_dtype), make_params())
+  grads = jax.tree.map(
+      lambda x: x.astype(grad_dtype), random_grads(np.random.default_rng(9))
+  )
+  tx = optax_sbs.stochastic_batch_size(key=0, cma_dtype=cma_dtype)
+  state = tx.init(params)
+  want_cma = jnp.float32 if cma_dtype is None else cma_dtype
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+  for u, c in zip(jax.tree.leaves(updates), jax.tree.leaves(state.cma)):
+    assert u.dtype == grad_dtype
+    assert c.dtype == want_cma
+    assert np.all(np.isfinite(np.asarray(u, np.float32)))
+
+
+def test_default_cma_dtype_follows_float64_params():
+  with jax.enable_x64(True):
+    state = optax_sbs.stochastic_batch_size(key=0).init(
+        {'w': jnp.ones(3, jnp.float64)}
+    )
+    assert state.cma['w'].dtype == jnp.float64
+
+
+@pytest.mark.parametrize('count_dtype', [jnp.uint8, jnp.int8, jnp.int16])
+def test_count_saturates(count_dtype):
+  params = {'w': jnp.ones(4)}
+  tx = optax_sbs.stochastic_batch_size(
+      key=0, probability=0.0, count_dtype=count_dtype
+  )
+  state = tx.init(params)
+  maximum = int(jnp.iinfo(count_dtype).max)
+
+  def body(state, _):
+    _, state = tx.update({'w': jnp.ones(4)}, state, params)
+    return state, state.count['w'][0]
+
+  state, trace = jax.lax.scan(body, state, length=maximum + 20)
+  trace = np.asarray(trace, np.int64)
+  assert state.count['w'].dtype == count_dtype
+  assert np.all(np.diff(trace) >= 0)
+  assert trace[-1] == maximum
+  np.testing.assert_allclose(np.asarray(state.cma['w']), 1.0)
+
+
+def test_update_fraction_and_mean_count():
+  params = make_params()
+  tx = optax.chain(
+      optax_sbs.stochastic_batch_size(key=1), optax.sgd(0.1)
+  )
+  state = tx.init(params)
+  for i in range(4):
+    _, state = tx.update(random_grads(np.random.default_rng(i)), state, params)
+  sbs_state = optax_sbs.find_state(state)
+  fraction, mean_count = sbs_state.update_fraction(), sbs_state.mean_count()
+  for k, f, m in zip(jax.tree.leaves(sbs_state.count),
+                     jax.tree.leaves(fraction), jax.tree.leaves(mean_count)):
+    k = np.asarray(k)
+    np.testing.assert_allclose(float(f), np.mean(k == 1), rtol=1e-6)
+    np.testing.assert_allclose(float(m), np.mean(k), rtol=1e-6)
+
+
+def test_find_state_raises_without_sbs():
+  with pytest.raises(ValueError, match='no StochasticBatchSizeState'):
+    optax_sbs.find_state(optax.sgd(0.1).init({'w': jnp.ones(2)}))
+
+
+def test_group_fn_single_group_and_custom():
+  params = {'a': jnp.zeros(100), 'b': jnp.zeros(100)}
+  grads = {'a': jnp.full(100, 0.01).at[0].set(0.02),
+           'b': jnp.full(100, 1.0).at[0].set(2.0)}
+  # Each leaf alone in its group: only the local term; in one group, the
+  # global term separates the layers.
+  for group_fn, separated in [
+      (lambda path, leaf: jax.tree_util.keystr(path), False),
+      (optax_sbs.single_group, True),
+  ]:
+    tx = optax_sbs.stochastic_batch_size(key=0, lam=-8.0, group_fn=group_fn)
+    rates = []
+    for key in range(20):
+      tx = optax_sbs.stochastic_batch_size(key=key, lam=-8.0, group_fn=group_fn)
+      _, state = tx.update(grads, tx.init(params), params)
+      rates.append([float(jnp.mean(state.count[n] == 1)) for n in 'ab'])
+    ra, rb = np.mean(rates, 0)
+    if separated:
+      assert ra > 0.99 and rb < 0.01
+    else:
+      assert abs(ra - 0.5) < 0.05 and abs(rb - 0.5) < 0.05
+
+
+def test_parameter_type_default_grouping():
+  params = {
+      'params': {
+          'Conv_0': {'kernel': jnp.zeros((3, 3, 3, 8)), 'bias': jnp.zeros(8)},
+          'BatchNorm_0': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
+          'bn1': {'scale': jnp.zeros(8)},
+          'layer1_0': {'norm_1': {'bias': jnp.zeros(8)}},
+          'Dense_0': {'kernel': jnp.zeros((8, 10)), 'bias': jnp.zeros(10)},
+          'Embed_0': {'embedding': jnp.zeros((100, 8))},
+          'scalar': jnp.zeros(()),
+      }
+  }
+  got = {
+      jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x)
+      for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  assert got == {
+      "['params']['BatchNorm_0']['bias']": 'norm',
+      "['params']['BatchNorm_0']['scale']": 'norm',
+      "['params']['Conv_0']['bias']": 'bias',
+      "['params']['Conv_0']['kernel']": 'conv',
+      "['params']['Dense_0']['bias']": 'bias',
+      "['params']['Dense_0']['kernel']": 'dense',
+      "['params']['Embed_0']['embedding']": 'embedding',
+      "['params']['bn1']['scale']": 'norm',
+      "['params']['layer1_0']['norm_1']['bias']": 'norm',
+      "['params']['scalar']": 'bias',
+  }
