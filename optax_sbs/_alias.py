@@ -24,7 +24,7 @@ def sbs(
     magnitude: Literal['cma', 'gradient'] = 'cma',
     group_fn: Optional[_probability.GroupFn] = None,
     cma_dtype: Optional[jax.typing.DTypeLike] = None,
-    count_dtype: jax.typing.DTypeLike = jnp.int32,
+    count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> base.GradientTransformationExtraArgs:
   """SGD with stochastic batch size: the paper's optimiser in one call.
 

@@ -96,7 +96,7 @@ def stochastic_batch_size(
     magnitude: Literal['cma', 'gradient'] = 'cma',
     group_fn: Optional[_probability.GroupFn] = None,
     cma_dtype: Optional[jax.typing.DTypeLike] = None,
-    count_dtype: jax.typing.DTypeLike = jnp.int32,
+    count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> base.GradientTransformationExtraArgs:
   r"""Stochastic batch size: every parameter element gets its own batch size.
 

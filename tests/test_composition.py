@@ -1,0 +1,241 @@
+"""SBS composed with jit, Optax combinators and wrappers, and vmap.
+
+Includes the contract Optax's own optimizers pass (``contrib/_common_test.py``):
+extra args ignored, no recompilation on the second call, inject_hyperparams
+equality, dtype stability, MultiSteps, tree_map_params.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import test_utils
+import pytest
+
+import optax_sbs
+
+PARAMS = {
+    'conv': {'kernel': jnp.full((3, 3, 2, 4), 0.5, jnp.float32), 'bias': jnp.zeros(4)},
+    'dense': {'kernel': jnp.full((8, 3), -0.5, jnp.float32), 'bias': jnp.zeros(3)},
+}
+
+
+def grads_at(step):
+  rng = np.random.default_rng(step)
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype)
+      * (1 + p.ndim),
+      PARAMS,
+  )
+
+
+def assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def run(tx, steps=10, jit=True, **extra):
+  params, state = PARAMS, tx.init(PARAMS)
+  update = jax.jit(tx.update) if jit else tx.update
+  for i in range(steps):
+    updates, state = update(grads_at(i), state, params, **extra)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+@pytest.mark.parametrize('momentum', [None, 0.9])
+def test_sbs_alias_equals_explicit_chain(momentum):
+  lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
+  a = run(optax_sbs.sbs(lr, key=4, momentum=momentum))
+  b = run(optax.chain(
+      optax_sbs.stochastic_batch_size(key=4),
+      optax.sgd(lr, momentum=momentum),
+  ))
+  assert_trees_equal(a, b)
+
+
+def test_momentum_accumulates_only_emitted_updates():
+  """With momentum, the SGD trace sees chi * g~ (zeros where not updated)."""
+  tx = optax.chain(
+      optax_sbs.stochastic_batch_size(key=0), optax.trace(decay=0.9)
+  )
+  state = tx.init(PARAMS)
+  trace = jax.tree.map(jnp.zeros_like, PARAMS)
+  for i in range(5):
+    updates, state = tx.update(grads_at(i), state, PARAMS)
+  # Recompute: SBS alone with the same key, then a NumPy trace.
+  sbs_alone = optax_sbs.stochastic_batch_size(key=0)
+  s = sbs_alone.init(PARAMS)
+  for i in range(5):
+    u, s = sbs_alone.update(grads_at(i), s, PARAMS)
+    trace = jax.tree.map(lambda t, x: 0.9 * t + x, trace, u)
+  for x, y in zip(jax.tree.leaves(trace), jax.tree.leaves(updates)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+
+
+def test_extra_args_ignored_and_no_recompilation():
+  tx = optax_sbs.sbs(0.1, key=0)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(
+        grads_at(0), state, params, unexpected_extra_arg=1, value=2.0
+    )
+    return optax.apply_updates(params, updates), state
+
+  params, state = step(PARAMS, tx.init(PARAMS))
+  with test_utils.log_compilations() as logs:
+    step(params, state)
+  assert not logs
+
+
+def test_inject_hyperparams_equals_plain():
+  plain = optax_sbs.stochastic_batch_size(key=2, alpha=0.3, lam=-2.0)
+  injected = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
+      key=2, alpha=0.3, lam=-2.0
+  )
+  params_p, state_p = run(plain)
+  params_i, state_i = run(injected)
+  assert_trees_equal(params_p, params_i)
+  assert_trees_equal(state_p, state_i.inner_state)
+  assert float(state_i.hyperparams['alpha']) == pytest.approx(0.3)
+
+
+def test_inject_hyperparams_changes_take_effect_without_recompiling():
+  tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
+      key=0, alpha=0.0, lam=0.0, probability=0.5
+  )
+  update = jax.jit(tx.update)
+  state = tx.init(PARAMS)
+  _, state = update(grads_at(0), state, PARAMS)
+  state.hyperparams['probability'] = jnp.asarray(1.0, jnp.float32)
+  with test_utils.log_compilations() as logs:
+    _, state = update(grads_at(1), state, PARAMS)
+  assert not logs
+  for k in jax.tree.leaves(state.inner_state.count):
+    np.testing.assert_array_equal(np.asarray(k), 1)
+
+
+def test_inject_schedule_for_lam():
+  tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
+      key=0, lam=optax.linear_schedule(0.0, -4.0, 10)
+  )
+  _, state = run(tx, steps=3)
+  # inject_hyperparams keeps the value used by the last (third) update.
+  assert float(state.hyperparams['lam']) == pytest.approx(-4.0 * 2 / 10)
+
+
+def test_multisteps():
+  """MultiSteps averages k micro-batches, then SBS sees the mean."""
+  every = 3
+  inner = optax_sbs.sbs(0.1, key=1)
+  multi = optax.MultiSteps(inner, every_k_schedule=every)
+  state_m = multi.init(PARAMS)
+  state_i = inner.init(PARAMS)
+  params_m = params_i = PARAMS
+  update_m = jax.jit(multi.update)
+  for outer in range(3):
+    micro = [grads_at(10 * outer + j) for j in range(every)]
+    for j, g in enumerate(micro):
+      updates, state_m = update_m(g, state_m, params_m)
+      if j < every - 1:
+        for u in jax.tree.leaves(updates):
+          np.testing.assert_array_equal(np.asarray(u), 0)
+      params_m = optax.apply_updates(params_m, updates)
+    mean = jax.tree.map(lambda *x: sum(x) / every, *micro)
+    updates, state_i = inner.update(mean, state_i, params_i)
+    params_i = optax.apply_updates(params_i, updates)
+  for x, y in zip(jax.tree.leaves(params_m), jax.tree.leaves(params_i)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5)
+  assert_trees_equal(
+      optax_sbs.find_state(state_m).count, optax_sbs.find_state(state_i).count
+  )
+
+
+def test_apply_if_finite_leaves_state_untouched_on_nan():
+  tx = optax.apply_if_finite(optax_sbs.sbs(0.1, key=0), max_consecutive_errors=3)
+  update = jax.jit(tx.update)
+  state = tx.init(PARAMS)
+  updates, state = update(grads_at(0), state, PARAMS)
+  before = optax_sbs.find_state(state)
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads_at(1))
+  updates, state = update(bad, state, PARAMS)
+  after = optax_sbs.find_state(state)
+  assert_trees_equal(before, after)
+  for u in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(np.asarray(u), 0)
+  assert int(state.notfinite_count) == 1
+
+
+def test_vmap_over_keys_runs_independent_trials():
+  num_trials = 4
+
+  def trial(key):
+    tx = optax_sbs.stochastic_batch_size(key)
+    state = tx.init(PARAMS)
+    for i in range(3):
+      _, state = tx.update(grads_at(i), state, PARAMS)
+    return state
+
+  keys = jax.random.split(jax.random.key(0), num_trials)
+  batched = jax.jit(jax.vmap(trial))(keys)
+  for t in range(num_trials):
+    single = trial(keys[t])
+    assert_trees_equal(
+        jax.tree.map(lambda x: x[t], (batched.cma, batched.count)),
+        (single.cma, single.count),
+    )
+  counts = [np.asarray(k) for k in jax.tree.leaves(batched.count)]
+  assert any(not np.array_equal(k[0], k[1]) for k in counts)
+
+
+def test_vmap_over_update_with_batched_state():
+  tx = optax_sbs.stochastic_batch_size(key=0)
+  keys = jnp.arange(3)
+  states = jax.vmap(
+      lambda k: optax_sbs.stochastic_batch_size(k).init(PARAMS)
+  )(keys)
+  grads = jax.tree.map(lambda g: jnp.stack([g] * 3), grads_at(0))
+  updates, states = jax.vmap(tx.update)(grads, states)
+  for t in range(3):
+    single_tx = optax_sbs.stochastic_batch_size(t)
+    u, _ = single_tx.update(grads_at(0), single_tx.init(PARAMS))
+    assert_trees_equal(jax.tree.map(lambda x: x[t], updates), u)
+
+
+def test_tree_map_params_and_dtype_stability_under_cond():
+  tx = optax_sbs.sbs(0.1, key=0)
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+  state = tx.init(params)
+  state = optax.tree.map_params(tx, lambda v: v, state)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.tree.map(lambda p: p * 2, params)
+    cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+    updates, state = jax.lax.cond(
+        cond, lambda: tx.update(grads, state, params), lambda: (params, state)
+    )
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(2):
+    params, state = step(params, state)
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
+
+
+def test_scan_converges_on_parabola():
+  """SBS still minimises a quadratic (each element is updated eventually)."""
+  target = jnp.array([1.0, -1.0, 2.0, 0.5])
+  tx = optax_sbs.sbs(0.1, key=0)
+
+  def step(carry, _):
+    params, state = carry
+    grads = jax.grad(lambda p: jnp.sum((p - target) ** 2))(params)
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  params = jnp.zeros(4)
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=2000)
+  np.testing.assert_allclose(np.asarray(params), np.asarray(target), atol=1e-3)
