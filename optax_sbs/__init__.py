@@ -6,6 +6,7 @@ from optax_sbs._probability import single_group
 from optax_sbs._probability import update_probability
 from optax_sbs._schedules import sigmoid_schedule
 from optax_sbs._transform import find_state
+from optax_sbs._transform import reset_accumulators
 from optax_sbs._transform import stochastic_batch_size
 from optax_sbs._transform import StochasticBatchSizeState
 
@@ -14,6 +15,7 @@ __version__ = '0.1.0'
 __all__ = (
     'find_state',
     'parameter_type',
+    'reset_accumulators',
     'sbs',
     'sigmoid_schedule',
     'single_group',

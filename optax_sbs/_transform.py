@@ -139,9 +139,12 @@ def stochastic_batch_size(
     group_fn: ``(path, leaf) -> hashable`` naming the group whose leaves are
       normalised together for the global term. Default
       :func:`parameter_type` (conv, dense, bias, norm, embedding);
-      :func:`single_group` puts all leaves in one group.
+      :func:`single_group` puts all leaves in one group. Under
+      ``optax.inject_hyperparams`` pass it in ``static_args`` (Optax treats
+      every callable as a schedule).
     cma_dtype: dtype of the stored moving average. ``None`` (default) means
-      float32, or the param dtype if that is wider (float64).
+      float32, or the param dtype if that is wider (float64). Give dtypes as
+      strings (``'bfloat16'``) under ``optax.inject_hyperparams``.
     count_dtype: integer dtype of the counts (``int32`` default; ``uint8`` or
       ``int16`` save memory). Counts saturate at the dtype's maximum.
 
@@ -254,6 +257,44 @@ def stochastic_batch_size(
     return treedef.unflatten(new_updates), new_state
 
   return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def reset_accumulators(opt_state: Any) -> Any:
+  """Resets every SBS moving average to 0 and count to 1, keeping the key.
+
+  The paper's Algorithm 2 starts each epoch with ``g~ = 0`` and ``k = 1``;
+  call this between epochs to do the same (the default keeps accumulating
+  across epochs). Unlike re-running ``init``, the PRNG key moves on, so the
+  next epoch draws new masks.
+
+  Args:
+    opt_state: any optimizer state containing
+      :class:`StochasticBatchSizeState` nodes (chains, wrappers).
+
+  Returns:
+    The same state with each :class:`StochasticBatchSizeState` reset.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_sbs
+    >>> tx = optax_sbs.sbs(0.1, key=0, probability=0.0)
+    >>> state = tx.init({'w': jnp.ones(2)})
+    >>> _, state = tx.update({'w': jnp.ones(2)}, state)
+    >>> optax_sbs.find_state(state).count['w']
+    Array([2, 2], dtype=int32)
+    >>> optax_sbs.find_state(optax_sbs.reset_accumulators(state)).count['w']
+    Array([1, 1], dtype=int32)
+  """
+  is_sbs = lambda x: isinstance(x, StochasticBatchSizeState)
+
+  def reset(node):
+    if not is_sbs(node):
+      return node
+    return node._replace(
+        cma=jax.tree.map(jnp.zeros_like, node.cma),
+        count=jax.tree.map(jnp.ones_like, node.count),
+    )
+
+  return jax.tree.map(reset, opt_state, is_leaf=is_sbs)
 
 
 def find_state(opt_state: Any) -> StochasticBatchSizeState:

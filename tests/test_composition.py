@@ -239,3 +239,32 @@ def test_scan_converges_on_parabola():
   params = jnp.zeros(4)
   (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=2000)
   np.testing.assert_allclose(np.asarray(params), np.asarray(target), atol=1e-3)
+
+
+def test_reset_accumulators_inside_wrappers():
+  tx = optax.MultiSteps(
+      optax.inject_hyperparams(optax_sbs.sbs)(learning_rate=0.1, key=0),
+      every_k_schedule=1,
+  )
+  _, state = run(tx, steps=3)
+  before = optax_sbs.find_state(state)
+  reset = optax_sbs.find_state(optax_sbs.reset_accumulators(state))
+  for c, k in zip(jax.tree.leaves(reset.cma), jax.tree.leaves(reset.count)):
+    np.testing.assert_array_equal(np.asarray(c), 0)
+    np.testing.assert_array_equal(np.asarray(k), 1)
+  assert_trees_equal(before.key, reset.key)
+  assert any(np.any(np.asarray(k) > 1) for k in jax.tree.leaves(before.count))
+
+
+def test_inject_hyperparams_with_static_group_fn_and_typed_key():
+  key = jax.random.key(3)
+  plain = optax_sbs.stochastic_batch_size(
+      key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16'
+  )
+  injected = optax.inject_hyperparams(
+      optax_sbs.stochastic_batch_size, static_args=('group_fn',)
+  )(key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16')
+  params_p, state_p = run(plain, steps=3)
+  params_i, state_i = run(injected, steps=3)
+  assert_trees_equal((params_p, state_p), (params_i, state_i.inner_state))
+  assert jax.tree.leaves(state_p.cma)[0].dtype == jnp.bfloat16
