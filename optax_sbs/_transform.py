@@ -196,10 +196,12 @@ def stochastic_batch_size(
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params')
+    # *_like keeps each param's sharding: the state is laid out like params.
     cma = jax.tree.map(
-        lambda p: jnp.zeros(p.shape, _cma_dtype(p.dtype, cma_dtype)), params
+        lambda p: jnp.zeros_like(p, dtype=_cma_dtype(p.dtype, cma_dtype)),
+        params,
     )
-    count = jax.tree.map(lambda p: jnp.ones(p.shape, count_dtype), params)
+    count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
     return StochasticBatchSizeState(
         cma=cma, count=count, key=_canonicalize_key(key)
     )

@@ -138,6 +138,9 @@ def test_jit_named_sharding_equals_single_device(shard_params):
   param_sharding = jax.tree_util.tree_map_with_path(param_spec, PARAMS)
   params = jax.device_put(PARAMS, param_sharding)
   state = tx.init(params)
+  for leaf, s in zip(jax.tree.leaves(optax_sbs.find_state(state).cma),
+                     jax.tree.leaves(param_sharding)):
+    assert leaf.sharding == s  # the state is laid out like the params
   batch_sharding = NamedSharding(mesh, P('data'))
   sharded_step = jax.jit(step)
   single_step = jax.jit(step)
