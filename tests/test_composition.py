@@ -65,7 +65,7 @@ def test_momentum_accumulates_only_emitted_updates():
   trace = jax.tree.map(jnp.zeros_like, PARAMS)
   for i in range(5):
     updates, state = tx.update(grads_at(i), state, PARAMS)
-  # Recompute: SBS alone with the same key, then a NumPy trace.
+  # Recompute: SBS alone with the same key, then the momentum trace by hand.
   sbs_alone = optax_sbs.stochastic_batch_size(key=0)
   s = sbs_alone.init(PARAMS)
   for i in range(5):
