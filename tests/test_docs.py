@@ -2,8 +2,6 @@
 
 import pathlib
 import re
-import subprocess
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,13 +27,3 @@ def test_readme_has_two_setup_commands_that_match_ci():
   assert len(commands) == 2
   ci = (ROOT / '.ci' / 'run').read_text()
   assert commands[1] in ci
-
-
-def test_demo_runs_quickly():
-  out = subprocess.run(
-      [sys.executable, str(ROOT / 'examples' / 'demo.py'), '--steps', '60',
-       '--trials', '1'],
-      capture_output=True, text=True, timeout=300, check=True,
-  ).stdout
-  assert re.search(r'\| sgd \| \d+\.\d\d', out)
-  assert re.search(r'\| sbs \| \d+\.\d\d', out)

@@ -1,0 +1,52 @@
+"""Default configuration: the main job, SGD vs SBS on the embedded CIFAR-10 sample."""
+
+import dataclasses
+import os
+from typing import Optional
+
+EMBEDDED_SAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'data', 'cifar10_sample.npz',
+)
+
+# The paper's batch size -> momentum pairing (§5.1, Table 2).
+PAPER_MOMENTUM = {16: 0.0, 32: 0.3, 64: 0.6, 128: 0.9}
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything that defines a run. Saved as config.json in the workdir."""
+
+  # Data.
+  dataset: str = EMBEDDED_SAMPLE  # TFDS name or path to a .npz
+  data_dir: Optional[str] = None  # TFDS data_dir
+  download: bool = True  # let TFDS download and prepare
+  train_fraction: float = 1.0  # the paper's 1/2, 1/4, 1/8
+  augment: bool = True  # random crop (pad 4) + flip where valid
+  # Model.
+  model: str = 'small_cnn'
+  # Optimisation.
+  optimizers: tuple[str, ...] = ('sgd', 'sbs')
+  epochs: int = 12
+  batch_size: int = 32
+  learning_rate: float = 0.1  # sigmoid schedule from here ...
+  end_learning_rate: float = 0.001  # ... to here
+  momentum: Optional[float] = None  # None: the paper's pairing by batch size
+  weight_decay: float = 0.0
+  # SBS.
+  alpha: float = 0.1
+  lam: float = -4.0
+  probability: Optional[float] = None
+  scale_by_count: bool = False
+  magnitude: str = 'cma'
+  group: str = 'type'  # 'type' (conv/dense/bias/norm) or 'single'
+  count_dtype: str = 'int32'
+  # Protocol.
+  trials: int = 3
+  seed: int = 0
+  eval_batch_size: int = 500
+  workdir: str = 'results/default'
+
+
+def get_config() -> Config:
+  return Config()

@@ -1,0 +1,159 @@
+"""The paper's networks in Flax Linen: VGG11-BN, ResNet18/50 (CIFAR variants), a small CNN.
+
+CIFAR variants: a 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep
+their resolution in the first stage. Every model takes NHWC float images and
+``train`` (batch statistics and dropout on). BatchNorm reduces over the batch
+axis of the array it sees: under ``jax.jit`` with a batch sharded over
+devices that is the global batch; under ``jax.pmap`` pass ``axis_name``.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+def _norm(train: bool, axis_name: Optional[str]) -> ModuleDef:
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9,
+      epsilon=1e-5, axis_name=axis_name,
+  )
+
+
+class SmallCNN(nn.Module):
+  """Conv-BN-ReLU stages, each after the first downsampling by a stride-2 conv.
+
+  With the default widths (32, 64, 128): about 94k parameters. It uses
+  strided convolutions instead of max-pooling because XLA:CPU's max-pool
+  gradient is an order of magnitude slower than the pooling itself: this
+  model is the one meant to train at useful speed on 2 CPU cores.
+  """
+
+  num_classes: int = 10
+  widths: Sequence[int] = (16, 32, 64)
+  dropout_rate: float = 0.0
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = _norm(train, self.axis_name)
+    for i, width in enumerate(self.widths):
+      strides = 1 if i == 0 else 2
+      x = nn.Conv(width, (3, 3), strides, use_bias=False)(x)
+      x = nn.relu(norm()(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+_VGG11 = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
+
+
+class VGG11(nn.Module):
+  """VGG11 with batch normalisation after every convolution (CIFAR head)."""
+
+  num_classes: int = 10
+  dropout_rate: float = 0.0
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = _norm(train, self.axis_name)
+    for layer in _VGG11:
+      if layer == 'M':
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      else:
+        x = nn.Conv(layer, (3, 3), use_bias=False)(x)
+        x = nn.relu(norm()(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+
+  filters: int
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False)(x)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False)(x)
+      residual = self.norm()(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand (x4), with a projection shortcut if needed."""
+
+  filters: int
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False)(y)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters * 4, (1, 1), self.strides,
+                         use_bias=False)(x)
+      residual = self.norm()(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages."""
+
+  stage_sizes: Sequence[int]
+  block: Callable[..., nn.Module]
+  num_classes: int = 10
+  dropout_rate: float = 0.0
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = _norm(train, self.axis_name)
+    x = nn.Conv(64, (3, 3), use_bias=False, name='stem_conv')(x)
+    x = nn.relu(norm(name='stem_norm')(x))
+    for stage, size in enumerate(self.stage_sizes):
+      for b in range(size):
+        strides = 2 if stage > 0 and b == 0 else 1
+        x = self.block(64 * 2**stage, norm, strides)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+
+MODELS = {
+    'small_cnn': SmallCNN,
+    'vgg11': VGG11,
+    'resnet18': ResNet18,
+    'resnet50': ResNet50,
+}
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """The model registered under ``name``; raises ValueError listing names."""
+  if name not in MODELS:
+    raise ValueError(
+        f'unknown model {name!r}; choose one of {", ".join(MODELS)}'
+    )
+  return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,83 @@
+"""Writing a run's results: JSON and CSV of every epoch, summary markdown, curves PNG."""
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+
+def summary_markdown(summary: dict, config) -> str:
+  lines = [
+      f'Validation accuracy (%), {config.model} on {os.path.basename(config.dataset)}'
+      f' (train fraction {config.train_fraction}), {config.epochs} epochs, batch'
+      f' {config.batch_size}, {summary[next(iter(summary))]["trials"]} trials:'
+      ' mean ± std over trials of the mean over the last'
+      f' {summary[next(iter(summary))]["last_epochs"]} epoch(s) (last 10%) and of'
+      ' the maximum over epochs.',
+      '',
+      '| optimizer | last 10% | max | per trial (last 10%) |',
+      '|---|---|---|---|',
+  ]
+  for opt, s in summary.items():
+    lines.append(
+        f'| {opt} | {s["last_mean"]:.2f} ± {s["last_std"]:.2f} | '
+        f'{s["max_mean"]:.2f} ± {s["max_std"]:.2f} | '
+        + ', '.join(f'{a:.2f}' for a in s['per_trial_last']) + ' |'
+    )
+  if 'sgd' in summary and len(summary) > 1:
+    base = np.asarray(summary['sgd']['per_trial_last'])
+    for opt, s in summary.items():
+      if opt == 'sgd':
+        continue
+      diff = np.asarray(s['per_trial_last']) - base
+      wins = int(np.sum(diff > 0))
+      lines += ['', f'{opt} − sgd (paired by trial): {diff.mean():+.2f} points;'
+                f' {opt} better in {wins} of {len(diff)} trials.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot_curves(rows: list[dict], path: str) -> None:
+  """Validation accuracy vs epoch per optimizer (mean over trials ± std)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for opt in dict.fromkeys(r['optimizer'] for r in rows):
+    trials = sorted({r['trial'] for r in rows if r['optimizer'] == opt})
+    curves = np.array([[r['val_accuracy'] for r in sorted(
+        (r for r in rows if r['optimizer'] == opt and r['trial'] == t),
+        key=lambda r: r['epoch'])] for t in trials])
+    epochs = np.arange(1, curves.shape[1] + 1)
+    mean, std = curves.mean(0), curves.std(0)
+    ax.plot(epochs, mean, label=f'{opt} ({len(trials)} trials)')
+    ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write(workdir: str, config, rows: list[dict], summary: dict) -> dict:
+  """Writes config.json, history.json, history.csv, summary.md, curves.png."""
+  os.makedirs(workdir, exist_ok=True)
+  paths = {name: os.path.join(workdir, name) for name in (
+      'config.json', 'history.json', 'history.csv', 'summary.md', 'curves.png')}
+  with open(paths['config.json'], 'w') as f:
+    json.dump(dataclasses.asdict(config), f, indent=2)
+  with open(paths['history.json'], 'w') as f:
+    json.dump({'rows': rows, 'summary': summary}, f, indent=2)
+  fields = list(dict.fromkeys(k for r in rows for k in r))
+  with open(paths['history.csv'], 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(paths['summary.md'], 'w') as f:
+    f.write(summary_markdown(summary, config))
+  plot_curves(rows, paths['curves.png'])
+  return paths

@@ -1,0 +1,188 @@
+"""examples/cifar: models, optimizers, training, summaries, CLI errors, 8 devices."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import input_pipeline as ip
+import main as cli
+import models
+import results
+import train
+from configs.default import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    'name,num_params',
+    [('small_cnn', 24_346), ('vgg11', 9_228_362), ('resnet18', 11_173_962),
+     ('resnet50', 23_520_842)],
+)
+def test_model_shapes_and_sizes(name, num_params):
+  model = models.create_model(name, num_classes=10)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  assert sum(v.size for v in jax.tree.leaves(variables['params'])) == num_params
+  assert 'batch_stats' in variables
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out.shape == (2, 10)
+  # CIFAR variants: a 3x3 stem on the RGB input.
+  stem = variables['params'].get('stem_conv') or variables['params']['Conv_0']
+  assert stem['kernel'].shape[:3] == (3, 3, 3)
+
+
+def test_model_parameter_types_for_sbs_grouping():
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+  variables = jax.eval_shape(lambda: models.ResNet18().init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  kinds = {optax_sbs.parameter_type(p, x) for p, x in
+           jax.tree_util.tree_flatten_with_path(variables['params'])[0]}
+  assert kinds == {'conv', 'norm', 'dense', 'bias'}
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="unknown model 'vgg19'"):
+    models.create_model('vgg19', 10)
+
+
+def test_default_momentum_is_the_paper_pairing():
+  assert [train.default_momentum(b) for b in (16, 32, 64, 128)] == [0, 0.3, 0.6, 0.9]
+  assert train.default_momentum(256) == 0.9 and train.default_momentum(8) == 0.0
+
+
+def test_summarize_last_ten_percent_and_max():
+  rows = []
+  for trial, accs in enumerate([[10, 50, 40, 30, 20, 25, 30, 35, 40, 60, 62],
+                                [20, 30, 40, 50, 60, 70, 80, 90, 10, 20, 30]]):
+    rows += [dict(optimizer='sgd', trial=trial, epoch=e + 1, val_accuracy=a)
+             for e, a in enumerate(accs)]
+  s = train.summarize(rows, epochs=11)['sgd']
+  assert s['last_epochs'] == 2  # ceil(10% of 11)
+  assert s['per_trial_last'] == [61.0, 25.0]
+  assert s['last_mean'] == 43.0
+  assert s['last_std'] == pytest.approx(np.std([61, 25], ddof=1))
+  assert s['max_mean'] == 76.0
+
+
+def tiny_dataset(n_train=96, n_test=40, hw=8):
+  rng = np.random.default_rng(0)
+  y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
+  # Learnable: the class sets the mean colour.
+  def images(y):
+    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
+    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
+  return ip.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
+
+
+TINY = dict(model='small_cnn', epochs=3, batch_size=16, trials=1,
+            eval_batch_size=8, augment=False, learning_rate=0.05)
+
+
+def test_single_vs_eight_devices_same_result():
+  """Batch sharded over 8 devices (BatchNorm over the global batch) == 1."""
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  data = tiny_dataset()
+  config = Config(**TINY, optimizers=('sgd', 'sbs'))
+  one = train.run(config, data, mesh=train.mesh_over_local_devices(1))
+  eight = train.run(config, data, mesh=train.mesh_over_local_devices(8))
+  assert len(one) == len(eight) == 6
+  for a, b in zip(one, eight):
+    for key in ('train_loss', 'val_loss', 'val_accuracy'):
+      np.testing.assert_allclose(a[key], b[key], rtol=2e-3, atol=1e-3, err_msg=key)
+
+
+def test_training_learns_and_sbs_probability_one_equals_sgd():
+  data = tiny_dataset()
+  mesh = train.mesh_over_local_devices(1)
+  sgd = train.run(Config(**TINY, optimizers=('sgd',)), data, mesh=mesh)
+  assert sgd[-1]['val_accuracy'] > 60  # chance is 25%
+  assert sgd[-1]['train_loss'] < sgd[0]['train_loss']
+  p1 = train.run(Config(**TINY, optimizers=('sbs',), probability=1.0), data,
+                 mesh=mesh)
+  for a, b in zip(sgd, p1):
+    np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
+    assert b['sbs_update_fraction'] == 1.0 and b['sbs_mean_count'] == 1.0
+
+
+def test_trials_differ_and_optimizers_are_paired():
+  data = tiny_dataset()
+  config = Config(**dict(TINY, epochs=1, trials=2), optimizers=('sgd', 'sbs'),
+                  probability=1.0)
+  rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
+  by = {(r['optimizer'], r['trial']): r for r in rows}
+  # p = 1 SBS is SGD: same trial seed -> same run; other seed -> other run.
+  assert by['sgd', 0]['train_loss'] == pytest.approx(by['sbs', 0]['train_loss'], rel=1e-5)
+  assert by['sgd', 0]['train_loss'] != by['sgd', 1]['train_loss']
+
+
+def test_results_files(tmp_path):
+  data = tiny_dataset()
+  config = Config(**dict(TINY, epochs=2, trials=2), optimizers=('sgd', 'sbs'),
+                  workdir=str(tmp_path))
+  rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
+  summary = train.summarize(rows, config.epochs)
+  paths = results.write(str(tmp_path), config, rows, summary)
+  history = json.load(open(paths['history.json']))
+  assert len(history['rows']) == 8
+  assert open(paths['history.csv']).read().count('\n') == 9
+  md = open(paths['summary.md']).read()
+  assert '| sgd |' in md and '| sbs |' in md and 'paired by trial' in md
+  assert open(paths['curves.png'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  assert json.load(open(paths['config.json']))['trials'] == 2
+
+
+@pytest.mark.parametrize(
+    'args,match',
+    [
+        (['--dataset', 'imagenet2012'], "unknown dataset 'imagenet2012'"),
+        (['--model', 'vgg19'], "unknown model 'vgg19'"),
+        (['--dataset', '/nonexistent/d.npz'], 'no such .npz file'),
+        (['--train-fraction', '0'], r'train fraction must lie in \(0, 1\]'),
+        (['--train-fraction', '1.5'], r'train fraction must lie in \(0, 1\]'),
+        (['--optimizers', 'adam'], 'unknown optimizer adam'),
+        (['--batch-size', '12'], 'not divisible by the 8 devices'),
+    ],
+)
+def test_cli_errors_exit_2_with_message(args, match, capsys):
+  if 'divisible' in match and jax.device_count() != 8:
+    pytest.skip('needs 8 devices')
+  assert cli.main(args + ['--workdir', '/tmp/unused']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ')
+  assert __import__('re').search(match, err)
+
+
+def test_cli_npz_without_arrays(tmp_path, capsys):
+  path = tmp_path / 'bad.npz'
+  np.savez(path, images=np.zeros((2, 8, 8, 3)))
+  assert cli.main(['--dataset', str(path)]) == 2
+  assert 'missing arrays x_train, y_train, x_test, y_test' in capsys.readouterr().err
+
+
+def test_cli_end_to_end_subprocess(tmp_path):
+  """The entry point as a user runs it, on a tiny .npz, 1 device."""
+  data = tiny_dataset()
+  path = tmp_path / 'tiny.npz'
+  np.savez(path, x_train=data.x_train, y_train=data.y_train,
+           x_test=data.x_test, y_test=data.y_test)
+  env = dict(os.environ, XLA_FLAGS='')
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'examples', 'cifar', 'main.py'),
+       '--dataset', str(path), '--epochs', '2', '--trials', '2',
+       '--batch-size', '16', '--eval-batch-size', '8', '--workdir',
+       str(tmp_path / 'out')],
+      capture_output=True, text=True, timeout=600, env=env,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert '| sgd |' in out.stdout and '| sbs |' in out.stdout
+  assert sorted(os.listdir(tmp_path / 'out')) == [
+      'config.json', 'curves.png', 'history.csv', 'history.json', 'summary.md']
