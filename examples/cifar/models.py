@@ -74,6 +74,17 @@ class VGG11(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+def _add_shortcut(x, y, strides: int, norm: ModuleDef):
+  """``relu(shortcut(x) + y)``: identity, or a 1x1 projection when shapes differ.
+
+  Called inside a block's compact ``__call__``, so the projection's modules
+  belong to that block.
+  """
+  if x.shape != y.shape:
+    x = norm()(nn.Conv(y.shape[-1], (1, 1), strides, use_bias=False)(x))
+  return nn.relu(x + y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
 
@@ -83,15 +94,11 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False)(x)
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    if residual.shape != y.shape:
-      residual = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False)(x)
-      residual = self.norm()(residual)
-    return nn.relu(residual + y)
+    return _add_shortcut(x, y, self.strides, self.norm)
 
 
 class Bottleneck(nn.Module):
@@ -103,17 +110,12 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
     y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False)(y)
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    if residual.shape != y.shape:
-      residual = nn.Conv(self.filters * 4, (1, 1), self.strides,
-                         use_bias=False)(x)
-      residual = self.norm()(residual)
-    return nn.relu(residual + y)
+    return _add_shortcut(x, y, self.strides, self.norm)
 
 
 class ResNet(nn.Module):
