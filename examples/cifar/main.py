@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs.default import Config  # pylint: disable=g-import-not-at-top
 
 
-def parse_args(argv) -> Config:
+def parse_args(argv) -> tuple[bool, bool, Config]:
+  """Returns ``(resume, checkpoint, config)``."""
   d = Config()
   p = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
@@ -55,8 +56,12 @@ def parse_args(argv) -> Config:
   p.add_argument('--seed', type=int, default=d.seed)
   p.add_argument('--eval-batch-size', type=int, default=d.eval_batch_size)
   p.add_argument('--workdir', default=d.workdir)
+  p.add_argument('--resume', action='store_true',
+                 help='continue the runs checkpointed in --workdir')
+  p.add_argument('--no-checkpoint', action='store_true',
+                 help='do not save a checkpoint after every epoch')
   a = p.parse_args(argv)
-  return dataclasses.replace(
+  return a.resume, not a.no_checkpoint, dataclasses.replace(
       d, dataset=a.dataset, data_dir=a.data_dir, download=not a.no_download,
       model=a.model,
       optimizers=tuple(o.strip() for o in a.optimizers.split(',') if o.strip()),
@@ -87,9 +92,10 @@ def progress_bar(optimizer, trial, epochs):
 
 
 def main(argv=None) -> int:
-  config = parse_args(sys.argv[1:] if argv is None else argv)
+  resume, checkpoint, config = parse_args(sys.argv[1:] if argv is None else argv)
   # Heavy imports after argument parsing, so --help is instant.
   import jax  # pylint: disable=g-import-not-at-top
+  import checkpointing  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import results  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
@@ -101,9 +107,12 @@ def main(argv=None) -> int:
     print(f'{data.name}: {len(data.x_train)} train / {len(data.x_test)} test '
           f'images {data.x_train.shape[1:]}, {data.num_classes} classes; '
           f'{jax.device_count()} device(s): {jax.devices()[0].platform}')
-    rows = train.run(config, data, progress_factory=lambda o, t: progress_bar(
-        o, t, config.epochs))
-  except (input_pipeline.DataError, train.ConfigError) as e:
+    rows = train.run(
+        config, data,
+        progress_factory=lambda o, t: progress_bar(o, t, config.epochs),
+        checkpoint=checkpoint, resume=resume)
+  except (input_pipeline.DataError, train.ConfigError,
+          checkpointing.ResumeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   summary = train.summarize(rows, config.epochs)

@@ -14,6 +14,7 @@ import optax
 
 import optax_sbs
 
+import checkpointing
 import input_pipeline
 import models
 from configs.default import Config, PAPER_MOMENTUM
@@ -134,7 +135,7 @@ def make_steps(mean: np.ndarray, std: np.ndarray, mesh: Mesh):
   return train, evaluate
 
 
-def create_state(config: Config, model, tx, image_shape, key) -> TrainState:
+def create_state(model, tx, image_shape, key) -> TrainState:
   init_key, dropout_key = jax.random.split(key)
   variables = model.init(init_key, jnp.zeros((1,) + image_shape, jnp.float32),
                          train=False)
@@ -157,9 +158,13 @@ def evaluate_dataset(evaluate, state, x, y, batch_size):
 
 
 def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
-              trial: int, mesh: Mesh, progress: Optional[Callable] = None
+              trial: int, mesh: Mesh, progress: Optional[Callable] = None,
+              checkpointer: Optional[checkpointing.RunCheckpointer] = None
               ) -> list[dict]:
   """Trains ``optimizer`` for one trial; returns one row per epoch.
+
+  With a ``checkpointer``, the run starts from its latest checkpoint (if
+  any) and saves one after every epoch.
 
   The trial seed fixes model init, data subset, data order, augmentation and
   the SBS key, so the optimizers of one trial see identical runs but for
@@ -183,7 +188,7 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   model_key, sbs_key = jax.random.split(key)
   model = models.create_model(config.model, data.num_classes)
   tx = build_optimizer(config, optimizer, total_steps, sbs_key)
-  state = create_state(config, model, tx, x_train.shape[1:], model_key)
+  state = create_state(model, tx, x_train.shape[1:], model_key)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   train_step, eval_step = make_steps(mean, std, mesh)
   lr_schedule = optax_sbs.sigmoid_schedule(
@@ -193,7 +198,14 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   rng = np.random.default_rng(order_seed)
   rows = []
-  for epoch in range(1, config.epochs + 1):
+  if checkpointer is not None:
+    restored = checkpointer.restore(state)
+    if restored is not None:
+      state, rows, rng.bit_generator.state = restored
+      for row in rows:
+        if progress is not None:
+          progress(row)
+  for epoch in range(len(rows) + 1, config.epochs + 1):
     start = time.perf_counter()
     losses, accs = [], []
     for xb, yb in input_pipeline.train_batches(x_train, y_train,
@@ -222,6 +234,8 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
       row['sbs_update_fraction'] = float(np.mean(fractions))
       row['sbs_mean_count'] = float(np.mean(counts))
     rows.append(row)
+    if checkpointer is not None:
+      checkpointer.save(epoch, state, rows, rng.bit_generator.state)
     if progress is not None:
       progress(row)
   return rows
@@ -257,18 +271,35 @@ def mesh_over_local_devices(num_devices: Optional[int] = None) -> Mesh:
 
 
 def run(config: Config, data: input_pipeline.Dataset, progress_factory=None,
-        mesh: Optional[Mesh] = None) -> list[dict]:
+        mesh: Optional[Mesh] = None, checkpoint: bool = False,
+        resume: bool = False) -> list[dict]:
   """All optimizers x trials, trial-major so paired runs sit together.
 
-  ``mesh`` defaults to all local devices on one 'data' axis.
+  Args:
+    config: the run's configuration.
+    data: the dataset.
+    progress_factory: ``(optimizer, trial) -> callable(row)``, per run.
+    mesh: defaults to all local devices on one 'data' axis.
+    checkpoint: save an Orbax checkpoint after every epoch of every run in
+      ``config.workdir``.
+    resume: continue from the checkpoints in ``config.workdir`` (made by the
+      same configuration); finished runs are not repeated.
   """
   mesh = mesh or mesh_over_local_devices()
   validate(config, mesh.size)
+  if checkpoint or resume:
+    checkpointing.prepare_workdir(config.workdir, config, resume)
   rows = []
   for trial in range(config.trials):
     for opt in config.optimizers:
       progress = progress_factory(opt, trial) if progress_factory else None
-      rows += run_trial(config, opt, data, trial, mesh, progress)
-      if progress is not None and hasattr(progress, 'close'):
-        progress.close()
+      checkpointer = (checkpointing.RunCheckpointer(config.workdir, opt, trial)
+                      if checkpoint or resume else None)
+      try:
+        rows += run_trial(config, opt, data, trial, mesh, progress, checkpointer)
+      finally:
+        if checkpointer is not None:
+          checkpointer.close()
+        if progress is not None and hasattr(progress, 'close'):
+          progress.close()
   return rows
