@@ -60,7 +60,21 @@ def parse_args(argv) -> tuple[bool, bool, Config]:
                  help='continue the runs checkpointed in --workdir')
   p.add_argument('--no-checkpoint', action='store_true',
                  help='do not save a checkpoint after every epoch')
+  g = p.add_argument_group(
+      'multi-host', 'run one process per host, each with the same flags but '
+      '--process-id; all processes join through jax.distributed.initialize')
+  g.add_argument('--coordinator-address', default=None,
+                 help='host:port of process 0')
+  g.add_argument('--num-processes', type=int, default=None)
+  g.add_argument('--process-id', type=int, default=None)
   a = p.parse_args(argv)
+  if a.coordinator_address is not None:
+    if a.num_processes is None or a.process_id is None:
+      p.error('--coordinator-address needs --num-processes and --process-id')
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(a.coordinator_address, a.num_processes,
+                               a.process_id)
   return a.resume, not a.no_checkpoint, dataclasses.replace(
       d, dataset=a.dataset, data_dir=a.data_dir, download=not a.no_download,
       model=a.model,
@@ -116,6 +130,8 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   summary = train.summarize(rows, config.epochs)
+  if jax.process_index() != 0:  # every process has the same rows
+    return 0
   paths = results.write(config.workdir, config, rows, summary)
   print()
   print(results.summary_markdown(summary, config))

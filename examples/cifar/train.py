@@ -55,6 +55,11 @@ def validate(config: Config, num_devices: int) -> None:
   for name in ('epochs', 'batch_size', 'trials', 'eval_batch_size'):
     if getattr(config, name) < 1:
       raise ConfigError(f'{name} must be at least 1, got {getattr(config, name)}')
+  if config.batch_size % jax.process_count():
+    raise ConfigError(
+        f'batch size {config.batch_size} is not divisible by the '
+        f'{jax.process_count()} processes'
+    )
   if config.batch_size % num_devices:
     raise ConfigError(
         f'batch size {config.batch_size} is not divisible by the '
@@ -148,10 +153,41 @@ def create_state(model, tx, image_shape, key) -> TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def evaluate_dataset(evaluate, state, x, y, batch_size):
+def replicate(tree, mesh: Mesh):
+  """Places a host tree replicated on every device of ``mesh``, all processes."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(put, tree)
+
+
+def to_global(mesh: Mesh, *arrays: np.ndarray):
+  """Host batches -> arrays sharded over 'data' across all processes.
+
+  Every process iterates the same global batches (same seeds); each one
+  contributes its contiguous slice, which lands on its own devices.
+  """
+  sharding = NamedSharding(mesh, P('data'))
+  n, i = jax.process_count(), jax.process_index()
+  out = []
+  for a in arrays:
+    per = len(a) // n
+    out.append(jax.make_array_from_process_local_data(
+        sharding, a[i * per:(i + 1) * per], a.shape))
+  return out
+
+
+def evaluate_dataset(evaluate, state, x, y, batch_size, mesh):
   loss, correct = 0.0, 0
   for xb, yb, mask in input_pipeline.eval_batches(x, y, batch_size):
-    out = evaluate(state, xb, yb, mask)
+    out = evaluate(state, *to_global(mesh, xb, yb, mask))
     loss += float(out['loss'])
     correct += int(out['correct'])
   return loss / len(x), 100.0 * correct / len(x)
@@ -189,7 +225,7 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   model = models.create_model(config.model, data.num_classes)
   tx = build_optimizer(config, optimizer, total_steps, sbs_key)
   state = create_state(model, tx, x_train.shape[1:], model_key)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = replicate(state, mesh)
   train_step, eval_step = make_steps(mean, std, mesh)
   lr_schedule = optax_sbs.sigmoid_schedule(
       config.learning_rate, config.end_learning_rate, max(total_steps, 1))
@@ -212,14 +248,14 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
                                                config.batch_size, rng):
       if config.augment:
         xb = input_pipeline.augment(xb, rng, flip=data.flip)
-      state, metrics = train_step(state, xb, yb)
+      state, metrics = train_step(state, *to_global(mesh, xb, yb))
       losses.append(metrics['loss'])
       accs.append(metrics['accuracy'])
     train_loss = float(np.mean(jax.device_get(losses)))
     train_acc = 100.0 * float(np.mean(jax.device_get(accs)))
     seconds = time.perf_counter() - start
     val_loss, val_acc = evaluate_dataset(
-        eval_step, state, data.x_test, data.y_test, eval_batch_size)
+        eval_step, state, data.x_test, data.y_test, eval_batch_size, mesh)
     row = dict(
         optimizer=optimizer, trial=trial, epoch=epoch,
         train_loss=train_loss, train_accuracy=train_acc,
