@@ -283,7 +283,7 @@ def summarize(rows: list[dict], epochs: int) -> dict[str, dict]:
   last = max(1, math.ceil(0.1 * epochs))
   summary = {}
   for opt in dict.fromkeys(r['optimizer'] for r in rows):
-    per_trial_last, per_trial_max, final_loss = [], [], []
+    per_trial_last, per_trial_max = [], []
     for trial in sorted({r['trial'] for r in rows if r['optimizer'] == opt}):
       accs = [r['val_accuracy'] for r in sorted(
           (r for r in rows if r['optimizer'] == opt and r['trial'] == trial),
