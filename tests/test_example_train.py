@@ -336,3 +336,22 @@ def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
   for opt, floor in (('sgd', 40.0), ('sbs', 30.0)):
     final = [r for r in rows if r['optimizer'] == opt][-1]
     assert final['val_accuracy'] > floor, (opt, final)
+
+
+def test_vectorized_trials_equal_sequential_trials():
+  data = tiny_dataset()
+  mesh = train.mesh_over_local_devices(1)
+  config = Config(**dict(TINY, epochs=2, trials=2, augment=True),
+                  optimizers=('sgd', 'sbs'))
+  sequential = train.run(config, data, mesh=mesh)
+  vectorized = train.run(config, data, mesh=mesh, vectorized=True)
+  key = lambda r: (r['optimizer'], r['trial'], r['epoch'])
+  sequential, vectorized = sorted(sequential, key=key), sorted(vectorized, key=key)
+  assert [key(r) for r in sequential] == [key(r) for r in vectorized]
+  for a, b in zip(sequential, vectorized):
+    for name in ('train_loss', 'val_loss', 'val_accuracy', 'sbs_mean_count'):
+      if name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=2e-3, atol=1e-3,
+                                   err_msg=f'{name} {key(a)}')
+  with pytest.raises(train.ConfigError, match='do not checkpoint'):
+    train.run(config, data, mesh=mesh, vectorized=True, checkpoint=True)

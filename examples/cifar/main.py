@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs.default import Config  # pylint: disable=g-import-not-at-top
 
 
-def parse_args(argv) -> tuple[bool, bool, Config]:
-  """Returns ``(resume, checkpoint, config)``."""
+def parse_args(argv) -> tuple[bool, bool, bool, Config]:
+  """Returns ``(resume, checkpoint, vmap_trials, config)``."""
   d = Config()
   p = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
@@ -60,6 +60,9 @@ def parse_args(argv) -> tuple[bool, bool, Config]:
                  help='continue the runs checkpointed in --workdir')
   p.add_argument('--no-checkpoint', action='store_true',
                  help='do not save a checkpoint after every epoch')
+  p.add_argument('--vmap-trials', action='store_true',
+                 help='run the trials of each optimizer at once with jax.vmap '
+                      '(no checkpoints; slower than sequential on CPU)')
   g = p.add_argument_group(
       'multi-host', 'run one process per host, each with the same flags but '
       '--process-id; all processes join through jax.distributed.initialize')
@@ -75,7 +78,7 @@ def parse_args(argv) -> tuple[bool, bool, Config]:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(a.coordinator_address, a.num_processes,
                                a.process_id)
-  return a.resume, not a.no_checkpoint, dataclasses.replace(
+  return a.resume, not a.no_checkpoint, a.vmap_trials, dataclasses.replace(
       d, dataset=a.dataset, data_dir=a.data_dir, download=not a.no_download,
       model=a.model,
       optimizers=tuple(o.strip() for o in a.optimizers.split(',') if o.strip()),
@@ -92,7 +95,8 @@ def parse_args(argv) -> tuple[bool, bool, Config]:
 
 def progress_bar(optimizer, trial, epochs):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=epochs, desc=f'{optimizer} trial {trial}', unit='epoch',
+  desc = f'{optimizer} trial {trial}' if trial != 'all' else f'{optimizer} all trials'
+  bar = tqdm(total=epochs, desc=desc, unit='epoch',
              leave=True, dynamic_ncols=True, file=sys.stdout)
 
   def update(row):
@@ -106,7 +110,9 @@ def progress_bar(optimizer, trial, epochs):
 
 
 def main(argv=None) -> int:
-  resume, checkpoint, config = parse_args(sys.argv[1:] if argv is None else argv)
+  resume, checkpoint, vmap_trials, config = parse_args(
+      sys.argv[1:] if argv is None else argv)
+  checkpoint = checkpoint and not vmap_trials
   # Heavy imports after argument parsing, so --help is instant.
   import jax  # pylint: disable=g-import-not-at-top
   import checkpointing  # pylint: disable=g-import-not-at-top
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
     rows = train.run(
         config, data,
         progress_factory=lambda o, t: progress_bar(o, t, config.epochs),
-        checkpoint=checkpoint, resume=resume)
+        checkpoint=checkpoint, resume=resume, vectorized=vmap_trials)
   except (input_pipeline.DataError, train.ConfigError,
           checkpointing.ResumeError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -1,5 +1,6 @@
 """Training and evaluation: jit over a device mesh, SGD or SBS, trials, summaries."""
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Optional
@@ -98,45 +99,63 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_steps(mean: np.ndarray, std: np.ndarray, mesh: Mesh):
-  """Jitted train and eval steps; batches sharded over 'data', state replicated."""
-  mean, std = jnp.asarray(mean), jnp.asarray(std)
+def _inputs(images, mean, std):
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def train_step(state: TrainState, images, labels, mean, std):
+  """One SGD/SBS step on a batch of uint8 images (normalised here)."""
+  x = _inputs(images, mean, std)
+  dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, x,
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key},
+    )
+    return cross_entropy(logits, labels).mean(), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return state, {'loss': loss, 'accuracy': accuracy}
+
+
+def eval_step(state: TrainState, images, labels, mask, mean, std):
+  """Summed loss and number correct over the unmasked examples."""
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      _inputs(images, mean, std), train=False,
+  )
+  loss = jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0))
+  correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False))
+  return {'loss': loss, 'correct': correct}
+
+
+def make_steps(mesh: Mesh, vectorized: bool = False):
+  """Jitted train and eval steps; batches sharded over 'data', state replicated.
+
+  ``vectorized``: the steps are vmapped over a leading trial axis of the
+  state, the training batches and the normalisation statistics (the test
+  batches are shared by all trials).
+  """
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
-
-  def train_step(state: TrainState, images, labels):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
-    dropout_key = jax.random.fold_in(state.dropout_key, state.step)
-
-    def loss_fn(params):
-      logits, updates = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, x,
-          train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key},
-      )
-      return cross_entropy(logits, labels).mean(), (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads,
-                                  batch_stats=updates['batch_stats'])
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return state, {'loss': loss, 'accuracy': accuracy}
-
-  def eval_step(state: TrainState, images, labels, mask):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
-    logits = state.apply_fn(
-        {'params': state.params, 'batch_stats': state.batch_stats}, x,
-        train=False,
-    )
-    loss = jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0))
-    correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False))
-    return {'loss': loss, 'correct': correct}
-
   # Output shardings are left to propagation: the state stays replicated.
   # (Pinning out_shardings made the step 5x slower on XLA:CPU here.)
-  train = jax.jit(train_step, in_shardings=(replicated, batch, batch),
-                  donate_argnums=0)
-  evaluate = jax.jit(eval_step, in_shardings=(replicated, batch, batch, batch))
+  if not vectorized:
+    train = jax.jit(train_step, donate_argnums=0, in_shardings=(
+        replicated, batch, batch, replicated, replicated))
+    evaluate = jax.jit(eval_step, in_shardings=(
+        replicated, batch, batch, batch, replicated, replicated))
+    return train, evaluate
+  trial_batch = NamedSharding(mesh, P(None, 'data'))
+  train = jax.jit(jax.vmap(train_step), donate_argnums=0, in_shardings=(
+      replicated, trial_batch, trial_batch, replicated, replicated))
+  evaluate = jax.jit(
+      jax.vmap(eval_step, in_axes=(0, None, None, None, 0, 0)),
+      in_shardings=(replicated, batch, batch, batch, replicated, replicated))
   return train, evaluate
 
 
@@ -184,13 +203,63 @@ def to_global(mesh: Mesh, *arrays: np.ndarray):
   return out
 
 
-def evaluate_dataset(evaluate, state, x, y, batch_size, mesh):
+def evaluate_dataset(evaluate, state, x, y, batch_size, mesh, mean, std):
+  """Mean loss and accuracy (%) over ``x``; arrays over trials if vmapped."""
   loss, correct = 0.0, 0
   for xb, yb, mask in input_pipeline.eval_batches(x, y, batch_size):
-    out = evaluate(state, *to_global(mesh, xb, yb, mask))
-    loss += float(out['loss'])
-    correct += int(out['correct'])
+    out = evaluate(state, *to_global(mesh, xb, yb, mask), mean, std)
+    loss += np.asarray(out['loss'], np.float64)
+    correct += np.asarray(out['correct'], np.int64)
   return loss / len(x), 100.0 * correct / len(x)
+
+
+@dataclasses.dataclass
+class TrialSetup:
+  """What a trial's seed fixes: data subset and statistics, order, keys."""
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+  steps_per_epoch: int
+  total_steps: int
+  model_key: jax.Array
+  sbs_key: jax.Array
+  rng: np.random.Generator  # data order and augmentation
+
+
+def setup_trial(config: Config, data: input_pipeline.Dataset,
+                trial: int) -> TrialSetup:
+  seed = config.seed + trial
+  idx = input_pipeline.class_balanced_subset(
+      data.y_train, config.train_fraction, np.random.default_rng([seed, 0]))
+  x_train, y_train = data.x_train[idx], data.y_train[idx]
+  if len(x_train) < config.batch_size:
+    raise ConfigError(
+        f'the training set has {len(x_train)} examples, fewer than one batch '
+        f'of {config.batch_size}'
+    )
+  mean, std = input_pipeline.channel_stats(x_train)
+  steps_per_epoch = len(x_train) // config.batch_size
+  model_key, sbs_key = jax.random.split(jax.random.key(seed))
+  return TrialSetup(x_train, y_train, mean, std, steps_per_epoch,
+                    steps_per_epoch * config.epochs, model_key, sbs_key,
+                    np.random.default_rng([seed, 1]))
+
+
+def _eval_batch_size(config: Config, mesh: Mesh) -> int:
+  # Evaluation pads its last batch anyway: round up to a multiple of devices.
+  return -(-config.eval_batch_size // mesh.size) * mesh.size
+
+
+def sbs_statistics(opt_state) -> dict[str, float]:
+  """Mean over leaves of SBS's per-leaf update fraction and mean count."""
+  sbs_state = optax_sbs.find_state(opt_state)
+  return dict(
+      sbs_update_fraction=float(np.mean(jax.tree.leaves(
+          sbs_state.update_fraction()))),
+      sbs_mean_count=float(np.mean(jax.tree.leaves(sbs_state.mean_count()))),
+  )
 
 
 def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
@@ -206,33 +275,17 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   the SBS key, so the optimizers of one trial see identical runs but for
   the optimizer itself (a paired comparison).
   """
-  seed = config.seed + trial
-  subset_rng, order_seed = np.random.default_rng([seed, 0]), [seed, 1]
-  idx = input_pipeline.class_balanced_subset(
-      data.y_train, config.train_fraction, subset_rng)
-  x_train, y_train = data.x_train[idx], data.y_train[idx]
-  if len(x_train) < config.batch_size:
-    raise ConfigError(
-        f'the training set has {len(x_train)} examples, fewer than one batch '
-        f'of {config.batch_size}'
-    )
-  mean, std = input_pipeline.channel_stats(x_train)
-  steps_per_epoch = len(x_train) // config.batch_size
-  total_steps = steps_per_epoch * config.epochs
-
-  key = jax.random.key(seed)
-  model_key, sbs_key = jax.random.split(key)
+  t = setup_trial(config, data, trial)
   model = models.create_model(config.model, data.num_classes)
-  tx = build_optimizer(config, optimizer, total_steps, sbs_key)
-  state = create_state(model, tx, x_train.shape[1:], model_key)
+  tx = build_optimizer(config, optimizer, t.total_steps, t.sbs_key)
+  state = create_state(model, tx, t.x_train.shape[1:], t.model_key)
   state = replicate(state, mesh)
-  train_step, eval_step = make_steps(mean, std, mesh)
+  train, evaluate = make_steps(mesh)
+  mean, std = replicate((t.mean, t.std), mesh)
   lr_schedule = optax_sbs.sigmoid_schedule(
-      config.learning_rate, config.end_learning_rate, max(total_steps, 1))
-
-  # Evaluation pads its last batch anyway: round up to a multiple of devices.
-  eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
-  rng = np.random.default_rng(order_seed)
+      config.learning_rate, config.end_learning_rate, max(t.total_steps, 1))
+  eval_batch_size = _eval_batch_size(config, mesh)
+  rng, steps_per_epoch = t.rng, t.steps_per_epoch
   rows = []
   if checkpointer is not None:
     restored = checkpointer.restore(state)
@@ -244,36 +297,113 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   for epoch in range(len(rows) + 1, config.epochs + 1):
     start = time.perf_counter()
     losses, accs = [], []
-    for xb, yb in input_pipeline.train_batches(x_train, y_train,
+    for xb, yb in input_pipeline.train_batches(t.x_train, t.y_train,
                                                config.batch_size, rng):
       if config.augment:
         xb = input_pipeline.augment(xb, rng, flip=data.flip)
-      state, metrics = train_step(state, *to_global(mesh, xb, yb))
+      state, metrics = train(state, *to_global(mesh, xb, yb), mean, std)
       losses.append(metrics['loss'])
       accs.append(metrics['accuracy'])
     train_loss = float(np.mean(jax.device_get(losses)))
     train_acc = 100.0 * float(np.mean(jax.device_get(accs)))
     seconds = time.perf_counter() - start
     val_loss, val_acc = evaluate_dataset(
-        eval_step, state, data.x_test, data.y_test, eval_batch_size, mesh)
+        evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
+        mean, std)
     row = dict(
         optimizer=optimizer, trial=trial, epoch=epoch,
         train_loss=train_loss, train_accuracy=train_acc,
-        val_loss=val_loss, val_accuracy=val_acc,
+        val_loss=float(val_loss), val_accuracy=float(val_acc),
         images_per_sec=steps_per_epoch * config.batch_size / seconds,
         learning_rate=float(lr_schedule(epoch * steps_per_epoch)),
     )
     if optimizer == 'sbs':
-      sbs_state = optax_sbs.find_state(state.opt_state)
-      fractions = jax.tree.leaves(sbs_state.update_fraction())
-      counts = jax.tree.leaves(sbs_state.mean_count())
-      row['sbs_update_fraction'] = float(np.mean(fractions))
-      row['sbs_mean_count'] = float(np.mean(counts))
+      row.update(sbs_statistics(state.opt_state))
     rows.append(row)
     if checkpointer is not None:
       checkpointer.save(epoch, state, rows, rng.bit_generator.state)
     if progress is not None:
       progress(row)
+  return rows
+
+
+def _with_sbs_key(opt_state, key):
+  """The optimizer state with its SBS key replaced (a no-op without SBS)."""
+  is_sbs = lambda x: isinstance(x, optax_sbs.StochasticBatchSizeState)
+  return jax.tree.map(lambda n: n._replace(key=key) if is_sbs(n) else n,
+                      opt_state, is_leaf=is_sbs)
+
+
+def run_trials_vectorized(config: Config, optimizer: str,
+                          data: input_pipeline.Dataset, mesh: Mesh,
+                          progress: Optional[Callable] = None) -> list[dict]:
+  """All trials of ``optimizer`` at once: one program vmapped over trials.
+
+  Each trial keeps its own subset, statistics, data order, augmentation,
+  init and SBS key, exactly as :func:`run_trial` draws them, so the rows
+  equal the sequential ones up to float rounding. Single process, no
+  checkpoints. On XLA:CPU this was 2.4x slower than running the trials one
+  after another (``benchmarks/results/trials_vmap.md``).
+  """
+  if jax.process_count() > 1:
+    raise ConfigError('vectorised trials run in a single process')
+  setups = [setup_trial(config, data, t) for t in range(config.trials)]
+  if len({len(t.x_train) for t in setups}) > 1:
+    raise ConfigError('vectorised trials need training subsets of one size')
+  first = setups[0]
+  model = models.create_model(config.model, data.num_classes)
+  # One optimizer for all trials; each trial's SBS key goes into its state.
+  tx = build_optimizer(config, optimizer, first.total_steps, first.sbs_key)
+  states = [create_state(model, tx, first.x_train.shape[1:], t.model_key)
+            for t in setups]
+  states = [s.replace(opt_state=_with_sbs_key(s.opt_state, t.sbs_key))
+            for s, t in zip(states, setups)]
+  stack = lambda *xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)
+  state = replicate(stack(*states), mesh)
+  mean, std = replicate((np.stack([t.mean for t in setups]),
+                         np.stack([t.std for t in setups])), mesh)
+  train, evaluate = make_steps(mesh, vectorized=True)
+  lr_schedule = optax_sbs.sigmoid_schedule(
+      config.learning_rate, config.end_learning_rate, max(first.total_steps, 1))
+  eval_batch_size = _eval_batch_size(config, mesh)
+  rows = []
+  for epoch in range(1, config.epochs + 1):
+    start = time.perf_counter()
+    losses, accs = [], []
+    epoch_batches = [input_pipeline.train_batches(
+        t.x_train, t.y_train, config.batch_size, t.rng) for t in setups]
+    for batches in zip(*epoch_batches):
+      xs, ys = [], []
+      for (xb, yb), t in zip(batches, setups):
+        if config.augment:
+          xb = input_pipeline.augment(xb, t.rng, flip=data.flip)
+        xs.append(xb)
+        ys.append(yb)
+      state, metrics = train(state, np.stack(xs), np.stack(ys), mean, std)
+      losses.append(metrics['loss'])
+      accs.append(metrics['accuracy'])
+    train_loss = np.mean(jax.device_get(losses), axis=0)
+    train_acc = 100.0 * np.mean(jax.device_get(accs), axis=0)
+    seconds = time.perf_counter() - start
+    val_loss, val_acc = evaluate_dataset(
+        evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
+        mean, std)
+    for trial in range(config.trials):
+      row = dict(
+          optimizer=optimizer, trial=trial, epoch=epoch,
+          train_loss=float(train_loss[trial]),
+          train_accuracy=float(train_acc[trial]),
+          val_loss=float(val_loss[trial]), val_accuracy=float(val_acc[trial]),
+          images_per_sec=(config.trials * first.steps_per_epoch
+                          * config.batch_size / seconds),
+          learning_rate=float(lr_schedule(epoch * first.steps_per_epoch)),
+      )
+      if optimizer == 'sbs':
+        row.update(sbs_statistics(
+            jax.tree.map(lambda x: x[trial], state.opt_state)))
+      rows.append(row)
+    if progress is not None:
+      progress(rows[-1])
   return rows
 
 
@@ -308,7 +438,7 @@ def mesh_over_local_devices(num_devices: Optional[int] = None) -> Mesh:
 
 def run(config: Config, data: input_pipeline.Dataset, progress_factory=None,
         mesh: Optional[Mesh] = None, checkpoint: bool = False,
-        resume: bool = False) -> list[dict]:
+        resume: bool = False, vectorized: bool = False) -> list[dict]:
   """All optimizers x trials, trial-major so paired runs sit together.
 
   Args:
@@ -320,9 +450,23 @@ def run(config: Config, data: input_pipeline.Dataset, progress_factory=None,
       ``config.workdir``.
     resume: continue from the checkpoints in ``config.workdir`` (made by the
       same configuration); finished runs are not repeated.
+    vectorized: run the trials of each optimizer at once, vmapped (no
+      checkpoints); rows come out optimizer-major.
   """
   mesh = mesh or mesh_over_local_devices()
   validate(config, mesh.size)
+  if vectorized:
+    if checkpoint or resume:
+      raise ConfigError('vectorised trials do not checkpoint or resume')
+    rows = []
+    for opt in config.optimizers:
+      progress = progress_factory(opt, 'all') if progress_factory else None
+      try:
+        rows += run_trials_vectorized(config, opt, data, mesh, progress)
+      finally:
+        if progress is not None and hasattr(progress, 'close'):
+          progress.close()
+    return rows
   if checkpoint or resume:
     checkpointing.prepare_workdir(config.workdir, config, resume)
   rows = []
