@@ -261,6 +261,10 @@ def stochastic_batch_size(
   return base.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _is_sbs_state(node: Any) -> bool:
+  return isinstance(node, StochasticBatchSizeState)
+
+
 def reset_accumulators(opt_state: Any) -> Any:
   """Resets every SBS moving average to 0 and count to 1, keeping the key.
 
@@ -286,17 +290,15 @@ def reset_accumulators(opt_state: Any) -> Any:
     >>> optax_sbs.find_state(optax_sbs.reset_accumulators(state)).count['w']
     Array([1, 1], dtype=int32)
   """
-  is_sbs = lambda x: isinstance(x, StochasticBatchSizeState)
-
   def reset(node):
-    if not is_sbs(node):
+    if not _is_sbs_state(node):
       return node
     return node._replace(
         cma=jax.tree.map(jnp.zeros_like, node.cma),
         count=jax.tree.map(jnp.ones_like, node.count),
     )
 
-  return jax.tree.map(reset, opt_state, is_leaf=is_sbs)
+  return jax.tree.map(reset, opt_state, is_leaf=_is_sbs_state)
 
 
 def find_state(opt_state: Any) -> StochasticBatchSizeState:
@@ -324,9 +326,8 @@ def find_state(opt_state: Any) -> StochasticBatchSizeState:
     >>> float(sbs_state.update_fraction()['w']), float(sbs_state.mean_count()['w'])
     (1.0, 1.0)
   """
-  is_sbs = lambda x: isinstance(x, StochasticBatchSizeState)
-  for node in jax.tree.leaves(opt_state, is_leaf=is_sbs):
-    if is_sbs(node):
+  for node in jax.tree.leaves(opt_state, is_leaf=_is_sbs_state):
+    if _is_sbs_state(node):
       return node
   raise ValueError(
       'find_state: no StochasticBatchSizeState in this optimizer state.'

@@ -70,12 +70,16 @@ def validate(config: Config, num_devices: int) -> None:
     raise ConfigError(f"group must be 'type' or 'single', got {config.group!r}")
 
 
+def learning_rate_schedule(config: Config, total_steps: int):
+  """The paper's sigmoid annealing from ``learning_rate`` to ``end_learning_rate``."""
+  return optax_sbs.sigmoid_schedule(
+      config.learning_rate, config.end_learning_rate, max(total_steps, 1))
+
+
 def build_optimizer(config: Config, optimizer: str, total_steps: int,
                     key: jax.Array) -> optax.GradientTransformation:
   """SGD or SBS + SGD, sigmoid learning rate, optional L2 weight decay."""
-  lr = optax_sbs.sigmoid_schedule(
-      config.learning_rate, config.end_learning_rate, max(total_steps, 1)
-  )
+  lr = learning_rate_schedule(config, total_steps)
   momentum = (default_momentum(config.batch_size) if config.momentum is None
               else config.momentum)
   parts = []
@@ -252,6 +256,23 @@ def _eval_batch_size(config: Config, mesh: Mesh) -> int:
   return -(-config.eval_batch_size // mesh.size) * mesh.size
 
 
+def epoch_row(config: Config, optimizer: str, trial: int, epoch: int,
+              steps_per_epoch: int, train_loss, train_acc, val_loss, val_acc,
+              images_per_sec: float, opt_state) -> dict:
+  """The logged row of one epoch of one trial."""
+  row = dict(
+      optimizer=optimizer, trial=trial, epoch=epoch,
+      train_loss=float(train_loss), train_accuracy=float(train_acc),
+      val_loss=float(val_loss), val_accuracy=float(val_acc),
+      images_per_sec=images_per_sec,
+      learning_rate=float(learning_rate_schedule(
+          config, steps_per_epoch * config.epochs)(epoch * steps_per_epoch)),
+  )
+  if optimizer == 'sbs':
+    row.update(sbs_statistics(opt_state))
+  return row
+
+
 def sbs_statistics(opt_state) -> dict[str, float]:
   """Mean over leaves of SBS's per-leaf update fraction and mean count."""
   sbs_state = optax_sbs.find_state(opt_state)
@@ -282,8 +303,6 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   state = replicate(state, mesh)
   train, evaluate = make_steps(mesh)
   mean, std = replicate((t.mean, t.std), mesh)
-  lr_schedule = optax_sbs.sigmoid_schedule(
-      config.learning_rate, config.end_learning_rate, max(t.total_steps, 1))
   eval_batch_size = _eval_batch_size(config, mesh)
   rng, steps_per_epoch = t.rng, t.steps_per_epoch
   rows = []
@@ -291,9 +310,8 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
     restored = checkpointer.restore(state)
     if restored is not None:
       state, rows, rng.bit_generator.state = restored
-      for row in rows:
-        if progress is not None:
-          progress(row)
+      for row in rows if progress is not None else ():
+        progress(row)
   for epoch in range(len(rows) + 1, config.epochs + 1):
     start = time.perf_counter()
     losses, accs = [], []
@@ -310,15 +328,10 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
     val_loss, val_acc = evaluate_dataset(
         evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
         mean, std)
-    row = dict(
-        optimizer=optimizer, trial=trial, epoch=epoch,
-        train_loss=train_loss, train_accuracy=train_acc,
-        val_loss=float(val_loss), val_accuracy=float(val_acc),
-        images_per_sec=steps_per_epoch * config.batch_size / seconds,
-        learning_rate=float(lr_schedule(epoch * steps_per_epoch)),
-    )
-    if optimizer == 'sbs':
-      row.update(sbs_statistics(state.opt_state))
+    row = epoch_row(
+        config, optimizer, trial, epoch, steps_per_epoch, train_loss,
+        train_acc, val_loss, val_acc,
+        steps_per_epoch * config.batch_size / seconds, state.opt_state)
     rows.append(row)
     if checkpointer is not None:
       checkpointer.save(epoch, state, rows, rng.bit_generator.state)
@@ -363,8 +376,6 @@ def run_trials_vectorized(config: Config, optimizer: str,
   mean, std = replicate((np.stack([t.mean for t in setups]),
                          np.stack([t.std for t in setups])), mesh)
   train, evaluate = make_steps(mesh, vectorized=True)
-  lr_schedule = optax_sbs.sigmoid_schedule(
-      config.learning_rate, config.end_learning_rate, max(first.total_steps, 1))
   eval_batch_size = _eval_batch_size(config, mesh)
   rows = []
   for epoch in range(1, config.epochs + 1):
@@ -388,20 +399,14 @@ def run_trials_vectorized(config: Config, optimizer: str,
     val_loss, val_acc = evaluate_dataset(
         evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
         mean, std)
+    images_per_sec = (config.trials * first.steps_per_epoch
+                      * config.batch_size / seconds)
     for trial in range(config.trials):
-      row = dict(
-          optimizer=optimizer, trial=trial, epoch=epoch,
-          train_loss=float(train_loss[trial]),
-          train_accuracy=float(train_acc[trial]),
-          val_loss=float(val_loss[trial]), val_accuracy=float(val_acc[trial]),
-          images_per_sec=(config.trials * first.steps_per_epoch
-                          * config.batch_size / seconds),
-          learning_rate=float(lr_schedule(epoch * first.steps_per_epoch)),
-      )
-      if optimizer == 'sbs':
-        row.update(sbs_statistics(
-            jax.tree.map(lambda x: x[trial], state.opt_state)))
-      rows.append(row)
+      rows.append(epoch_row(
+          config, optimizer, trial, epoch, first.steps_per_epoch,
+          train_loss[trial], train_acc[trial], val_loss[trial], val_acc[trial],
+          images_per_sec,
+          jax.tree.map(lambda x, i=trial: x[i], state.opt_state)))
     if progress is not None:
       progress(rows[-1])
   return rows
