@@ -65,19 +65,26 @@ def materialize(shapes, seed=0):
       for k, x in zip(keys, leaves)])
 
 
-def median_seconds(fn, reps, warmup=3):
-  for _ in range(warmup):
-    fn()
-  times = []
+def interleaved_medians(runs, reps, warmup=3):
+  """Median seconds of each callable, timed in turn within every repetition.
+
+  Interleaving puts every candidate under the same background load, so the
+  ratios between them are steadier than those of back-to-back blocks.
+  """
+  for run in runs.values():
+    for _ in range(warmup):
+      run()
+  times = {name: [] for name in runs}
   for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def optimizer_step_timing(tx, params, grads, reps):
-  """(median step seconds, compile seconds, state bytes per parameter)."""
+def optimizer_step(tx, params, grads):
+  """(step callable, compile seconds, state bytes per parameter)."""
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
@@ -99,10 +106,11 @@ def optimizer_step_timing(tx, params, grads, reps):
     box[0], box[1] = compiled(box[0], box[1], grads)
     jax.block_until_ready(box[0])
 
-  return median_seconds(run, reps), compile_s, state_bytes / n
+  return run, compile_s, state_bytes / n
 
 
-def train_step_timing(model_name, tx, batch, reps):
+def train_step(model_name, tx, batch):
+  """(step callable, compile seconds) of the example's jitted train step."""
   model = models.create_model(model_name, 10)
   state = train_lib.create_state(model, tx, (32, 32, 3), jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -119,7 +127,7 @@ def train_step_timing(model_name, tx, batch, reps):
     box[0], metrics = compiled(box[0], images, labels, mean, std)
     jax.block_until_ready(metrics)
 
-  return median_seconds(run, reps, warmup=2), compile_s
+  return run, compile_s
 
 
 def main():
@@ -137,8 +145,9 @@ def main():
       f'{dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)',
       f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
       f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
-      f'- median of {reps} repetitions after warm-up; params and state donated; '
-      'ratios are against `optax.sgd` in the same run.', '',
+      f'- median of {reps} repetitions after warm-up, candidates interleaved within '
+      'each repetition; params and state donated; ratios are against `optax.sgd` '
+      'in the same run.', '',
   ]
 
   def emit(line=''):
@@ -155,11 +164,12 @@ def main():
     params = materialize(model_params(name))
     grads = materialize(params, seed=1)
     n = sum(x.size for x in jax.tree.leaves(params))
-    results = {}
-    for opt_name, make in optimizers().items():
-      results[opt_name] = optimizer_step_timing(make(), params, grads, reps)
-    base, adam_compile = results['sgd'][0], results['adam'][1]
-    for opt_name, (t, c, b) in results.items():
+    steps = {opt_name: optimizer_step(make(), params, grads)
+             for opt_name, make in optimizers().items()}
+    times = interleaved_medians({k: v[0] for k, v in steps.items()}, reps)
+    base, adam_compile = times['sgd'], steps['adam'][1]
+    for opt_name, (_, c, b) in steps.items():
+      t = times[opt_name]
       emit(f'| {name} | {n / 1e6:.2f}M | {len(jax.tree.leaves(params))} | '
            f'{opt_name} | {1e3 * t:.2f} | {t / base:.1f}x | {c:.2f} | '
            f'{c / adam_compile:.1f}x | {b:.1f} |')
@@ -172,8 +182,11 @@ def main():
   for millions in (1, 5, 10, 25):
     params = {f'w{i}': jnp.full((1000, 1000), 0.01) for i in range(millions)}
     grads = materialize(params, seed=2)
-    t_sgd = optimizer_step_timing(optax.sgd(0.1), params, grads, reps)[0]
-    t_sbs = optimizer_step_timing(optax_sbs.sbs(0.1, key=0), params, grads, reps)[0]
+    times = interleaved_medians({
+        'sgd': optimizer_step(optax.sgd(0.1), params, grads)[0],
+        'sbs': optimizer_step(optax_sbs.sbs(0.1, key=0), params, grads)[0],
+    }, reps)
+    t_sgd, t_sbs = times['sgd'], times['sbs']
     emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | '
          f'{t_sbs / t_sgd:.1f}x |')
 
@@ -187,10 +200,12 @@ def main():
   if not args.quick:
     cases.append(('resnet18', 128))
   for model_name, batch in cases:
-    step_reps = max(3, reps // (4 if model_name == 'resnet18' else 1))
-    t_sgd, c_sgd = train_step_timing(model_name, optax.sgd(0.1), batch, step_reps)
-    t_sbs, c_sbs = train_step_timing(
-        model_name, optax_sbs.sbs(0.1, key=0), batch, step_reps)
+    step_reps = max(5, reps // (2 if model_name == 'resnet18' else 1))
+    run_sgd, c_sgd = train_step(model_name, optax.sgd(0.1), batch)
+    run_sbs, c_sbs = train_step(model_name, optax_sbs.sbs(0.1, key=0), batch)
+    times = interleaved_medians({'sgd': run_sgd, 'sbs': run_sbs}, step_reps,
+                                warmup=2)
+    t_sgd, t_sbs = times['sgd'], times['sbs']
     emit(f'| {model_name} | {batch} | {1e3 * t_sgd:.1f} | {1e3 * t_sbs:.1f} | '
          f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |')
 

@@ -1,6 +1,9 @@
 """optax_sbs: stochastic batch size (SBS) as an Optax gradient transformation."""
 
+from optax_sbs import baselines
 from optax_sbs._alias import sbs
+from optax_sbs._keys import key_data_tree
+from optax_sbs._keys import wrap_key_data_tree
 from optax_sbs._probability import parameter_type
 from optax_sbs._probability import single_group
 from optax_sbs._probability import update_probability
@@ -13,7 +16,9 @@ from optax_sbs._transform import StochasticBatchSizeState
 __version__ = '0.1.0'
 
 __all__ = (
+    'baselines',
     'find_state',
+    'key_data_tree',
     'parameter_type',
     'reset_accumulators',
     'sbs',
@@ -22,4 +27,5 @@ __all__ = (
     'stochastic_batch_size',
     'StochasticBatchSizeState',
     'update_probability',
+    'wrap_key_data_tree',
 )

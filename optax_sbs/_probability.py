@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Relative size below which a standard deviation is treated as zero.
 _STD_RTOL = 1e-5
@@ -113,6 +114,81 @@ def layer_statistics(magnitude: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, std
 
 
+def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
+  """Per leaf, the index of its group (groups numbered by first appearance)."""
+  index: dict[Hashable, int] = {}
+  ids = [index.setdefault(group, len(index)) for group in groups]
+  return np.asarray(ids, np.int32), len(index)
+
+
+def probability_coefficients(
+    magnitudes: Sequence[jax.Array],
+    groups: Sequence[Hashable],
+    alpha: jax.typing.ArrayLike,
+    lam: jax.typing.ArrayLike,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-leaf scalars ``(mean, scale, offset)`` of eq. 21.
+
+  For leaf ``l``, ``p = sigmoid((a - mean[l]) * scale[l] + offset[l])`` with
+  ``scale = alpha / sd_l`` (0 for a degenerate ``sd_l``) and
+  ``offset = lam * mu~_l``. Everything after the per-leaf reductions is
+  computed on vectors of length ``len(magnitudes)``, so the compiled program
+  has a handful of scalar kernels however many leaves there are.
+
+  Args:
+    magnitudes: per leaf, the gradient magnitudes ``a`` (float).
+    groups: per leaf, the (hashable) group its global statistics use.
+    alpha: local slope (eq. 18).
+    lam: global slope (eq. 20).
+
+  Returns:
+    Three float vectors of length ``len(magnitudes)``.
+  """
+  if not magnitudes:  # an empty tree (no leaves, or only None leaves)
+    empty = jnp.zeros((0,), jnp.float32)
+    return empty, empty, empty
+  dtype = jnp.result_type(*magnitudes)
+  stats = [
+      layer_statistics(a) if a.size else (jnp.zeros((), a.dtype),) * 2
+      for a in magnitudes
+  ]
+  means = jnp.stack([m for m, _ in stats]).astype(dtype)
+  stds = jnp.stack([s for _, s in stats]).astype(dtype)
+
+  # Global statistics (eq. 19): element-count-weighted over each group.
+  group_of, num_groups = _group_index(groups)
+  sizes = np.asarray([a.size for a in magnitudes], np.float64)
+  totals = np.zeros(num_groups)
+  np.add.at(totals, group_of, sizes)
+  weights = np.divide(
+      sizes, totals[group_of], out=np.zeros_like(sizes),
+      where=totals[group_of] > 0,
+  ).astype(dtype)
+  def group_sum(x):
+    return jax.ops.segment_sum(weights * x, group_of, num_groups)[group_of]
+  group_mean = group_sum(means)
+  group_std = jnp.sqrt(group_sum(jnp.square(means - group_mean)))
+  mu_tilde = _standardize(means, group_mean, group_std)
+
+  degenerate = stds <= _STD_RTOL * jnp.abs(means)
+  scale = jnp.where(
+      degenerate, 0, alpha / jnp.where(degenerate, 1, stds)
+  ).astype(dtype)
+  offset = (lam * mu_tilde).astype(dtype)
+  return means, scale, offset
+
+
+def probability_from_coefficients(
+    magnitude: jax.Array,
+    mean: jax.Array,
+    scale: jax.Array,
+    offset: jax.Array,
+) -> jax.Array:
+  """``sigmoid((magnitude - mean) * scale + offset)`` in the magnitude's dtype."""
+  z = (magnitude - mean) * scale + offset
+  return jax.nn.sigmoid(z).astype(magnitude.dtype)
+
+
 def update_probability(
     magnitudes: Sequence[jax.Array],
     groups: Sequence[Hashable],
@@ -129,38 +205,19 @@ def update_probability(
 
   Returns:
     Per leaf, ``p = sigmoid(alpha * v + lam * mu~)`` with the leaf's shape.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_sbs
+    >>> a = jnp.array([0.0, 1.0, 2.0])
+    >>> p = optax_sbs.update_probability([a], ['conv'], alpha=1.0, lam=0.0)
+    >>> [round(float(x), 3) for x in p[0]]
+    [0.227, 0.5, 0.773]
   """
-  stats = []
-  for a in magnitudes:
-    if a.size == 0:
-      zero = jnp.zeros((), a.dtype)
-      stats.append((zero, zero))
-    else:
-      stats.append(layer_statistics(a))
-
-  # Global statistics: element-count-weighted over the leaves of each group.
-  mu_tilde = [None] * len(magnitudes)
-  members: dict[Hashable, list[int]] = {}
-  for i, group in enumerate(groups):
-    members.setdefault(group, []).append(i)
-  for index in members.values():
-    sizes = [magnitudes[i].size for i in index]
-    total = sum(sizes)
-    means = [stats[i][0] for i in index]
-    if total == 0:
-      for i in index:
-        mu_tilde[i] = jnp.zeros((), magnitudes[i].dtype)
-      continue
-    weights = [n / total for n in sizes]
-    group_mean = sum(w * m for w, m in zip(weights, means))
-    group_std = jnp.sqrt(
-        sum(w * jnp.square(m - group_mean) for w, m in zip(weights, means))
-    )
-    for i, m in zip(index, means):
-      mu_tilde[i] = _standardize(m, group_mean, group_std)
-
-  probabilities = []
-  for a, (mean, std), mt in zip(magnitudes, stats, mu_tilde):
-    v = _standardize(a, mean, std)
-    probabilities.append(jax.nn.sigmoid(alpha * v + lam * mt).astype(a.dtype))
-  return probabilities
+  if not magnitudes:
+    return []
+  means, scales, offsets = probability_coefficients(
+      magnitudes, groups, alpha, lam)
+  return [
+      probability_from_coefficients(a, means[i], scales[i], offsets[i])
+      for i, a in enumerate(magnitudes)
+  ]

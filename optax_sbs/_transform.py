@@ -235,7 +235,13 @@ def stochastic_batch_size(
             jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)
         ]
       groups = [group_fn(path, g) for path, g in zip(paths, grads)]
-      probs = _probability.update_probability(magnitudes, groups, alpha, lam)
+      means, scales, offsets = _probability.probability_coefficients(
+          magnitudes, groups, alpha, lam)
+      probs = [
+          _probability.probability_from_coefficients(
+              a, means[i], scales[i], offsets[i])
+          for i, a in enumerate(magnitudes)
+      ]
     else:
       probs = [probability] * len(grads)
 
@@ -244,12 +250,15 @@ def stochastic_batch_size(
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):
+      new_count = jnp.where(chi, jnp.ones_like(k), numerics.safe_increment(k))
+      # The mask is read back from the new count (count == 1 exactly where
+      # chi, as counts are >= 1 and saturate at >= 2). XLA then generates the
+      # random bits once, in the count's kernel, instead of once per output.
+      chi = new_count == 1
       step = gt * k.astype(gt.dtype) if scale_by_count else gt
       new_updates.append(jnp.where(chi, step, 0).astype(g.dtype))
       new_cmas.append(jnp.where(chi, 0, gt).astype(cma.dtype))
-      new_counts.append(
-          jnp.where(chi, jnp.ones_like(k), numerics.safe_increment(k))
-      )
+      new_counts.append(new_count)
 
     new_state = StochasticBatchSizeState(
         cma=treedef.unflatten(new_cmas),

@@ -46,6 +46,7 @@ def test_embedded_sample_is_valid():
         (dict(x_train=np.zeros((40, 8, 8))), r'x_train must have shape \(N, H, W, C\)'),
         (dict(y_train=np.zeros(39, int)), r'y_train must have shape \(40,\)'),
         (dict(y_train=np.full(40, -1)), 'negative labels'),
+        (dict(y_test=np.full(12, 10)), 'never occur in y_train'),
         (dict(y_train=np.zeros(40, np.float32)), 'integer labels'),
         (dict(x_train=np.full((40, 8, 8, 3), np.nan, np.float32)), 'NaN or Inf'),
         (dict(x_test=np.zeros((12, 4, 4, 3), np.uint8)), 'differ in shape'),

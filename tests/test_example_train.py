@@ -168,6 +168,7 @@ def test_cli_npz_without_arrays(tmp_path, capsys):
   assert 'missing arrays x_train, y_train, x_test, y_test' in capsys.readouterr().err
 
 
+@pytest.mark.slow  # kept out of the default run for time; run with -m slow
 def test_cli_end_to_end_subprocess(tmp_path):
   """The entry point as a user runs it, on a tiny .npz, 1 device."""
   data = tiny_dataset()
@@ -253,6 +254,7 @@ def test_resume_with_other_config_is_refused(tmp_path, capsys):
   assert cli.main(common + ['--optimizers', 'sgd', '--resume']) == 0
 
 
+@pytest.mark.slow  # kept out of the default run for time; run with -m slow
 def test_pmap_train_state_script_eight_vs_one_device():
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
@@ -338,6 +340,7 @@ def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
     assert final['val_accuracy'] > floor, (opt, final)
 
 
+@pytest.mark.slow  # kept out of the default run for time; run with -m slow
 def test_vectorized_trials_equal_sequential_trials():
   data = tiny_dataset()
   mesh = train.mesh_over_local_devices(1)

@@ -108,6 +108,50 @@ def test_matches_numpy_reference_over_many_steps(
   assert abs(total_chi - total_p) < 5 * sigma
 
 
+def plain_jax_step(grads, cma, count, key, alpha, lam, groups):
+  """One SBS step written with jax.random and plain jnp, no fast path."""
+  next_key, step_key = jax.random.split(key)
+  g_tilde = [c + (g - c) / k.astype(jnp.float32)
+             for g, c, k in zip(grads, cma, count)]
+  probs = optax_sbs.update_probability(
+      [jnp.abs(x) for x in g_tilde], groups, alpha, lam)
+  total = sum(x.size for x in grads)
+  u = jax.random.uniform(step_key, (total,))
+  chis, offset = [], 0
+  for p in probs:
+    chis.append(u[offset:offset + p.size].reshape(p.shape) < p)
+    offset += p.size
+  updates = [jnp.where(c, x, 0) for c, x in zip(chis, g_tilde)]
+  new_cma = [jnp.where(c, 0, x) for c, x in zip(chis, g_tilde)]
+  new_count = [jnp.where(c, 1, k + 1) for c, k in zip(chis, count)]
+  return updates, new_cma, new_count, next_key
+
+
+def test_fast_path_equals_plain_jax_reference():
+  """Masks bit for bit, and values, equal jax.random.uniform + plain jnp."""
+  rng = np.random.default_rng(5)
+  params = make_params()
+  groups = jax.tree.leaves(TYPES)
+  tx = optax_sbs.stochastic_batch_size(key=11, alpha=0.5, lam=-2.0)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  cma, count = jax.tree.leaves(state.cma), jax.tree.leaves(state.count)
+  key = state.key
+  for _ in range(4):
+    grads = random_grads(rng)
+    updates, state = update(grads, state, params)
+    want_u, cma, count, key = plain_jax_step(
+        jax.tree.leaves(grads), cma, count, key, 0.5, -2.0, groups)
+    for got, want in zip(jax.tree.leaves(state.count), count):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for got, want in zip(leaves(updates), want_u):
+      np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-9)
+    for got, want in zip(leaves(state.cma), cma):
+      np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(
+        jax.random.key_data(state.key), jax.random.key_data(key))
+
+
 def test_first_step_update_is_masked_gradient():
   """k = 1 and cma = 0: g~ = g, output chi * g, cma = (1 - chi) g."""
   params = make_params()

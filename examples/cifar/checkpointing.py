@@ -8,7 +8,8 @@ complete, so an interrupted save never leaves a half-written checkpoint
 that a resume would read.
 
 Typed PRNG keys (the SBS key, the dropout key) are stored as their raw
-``key_data`` and wrapped back on restore: Orbax does not save typed keys.
+``key_data`` and wrapped back on restore (``optax_sbs.key_data_tree`` /
+``wrap_key_data_tree``): Orbax does not save typed keys.
 """
 
 import dataclasses
@@ -18,28 +19,13 @@ import shutil
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+import optax_sbs
 
 
 class ResumeError(ValueError):
   """A workdir that cannot be resumed with this configuration."""
-
-
-def _is_key(x) -> bool:
-  return hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _to_saveable(tree):
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
-
-
-def _from_saveable(restored, template):
-  return jax.tree.map(
-      lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
-      if _is_key(t) else r,
-      restored, template,
-  )
 
 
 def _state_tree(state) -> dict:
@@ -58,7 +44,7 @@ class RunCheckpointer:
 
   def save(self, epoch: int, state, rows: list[dict], rng_state: dict) -> None:
     self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_saveable(_state_tree(state))),
+        state=ocp.args.StandardSave(optax_sbs.key_data_tree(_state_tree(state))),
         meta=ocp.args.JsonSave({'rows': rows, 'rng': rng_state}),
     ))
     self._manager.wait_until_finished()
@@ -70,10 +56,10 @@ class RunCheckpointer:
       return None
     template = _state_tree(template_state)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            _to_saveable(template))
+                            optax_sbs.key_data_tree(template))
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    tree = _from_saveable(restored['state'], template)
+    tree = optax_sbs.wrap_key_data_tree(restored['state'], like=template)
     state = template_state.replace(**tree)
     return state, restored['meta']['rows'], restored['meta']['rng']
 

@@ -77,10 +77,16 @@ def from_arrays(name, x_train, y_train, x_test, y_test, flip=True,
     )
   if len(y_train) == 0:
     raise DataError(f'{name}: the training split is empty')
-  if num_classes is None:
+  inferred = num_classes is None
+  if inferred:
     num_classes = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
   if y_train.max() >= num_classes or (len(y_test) and y_test.max() >= num_classes):
     raise DataError(f'{name}: labels must lie in [0, {num_classes})')
+  unseen = np.setdiff1d(y_test, y_train) if inferred else ()
+  if len(unseen):
+    raise DataError(
+        f'{name}: y_test has labels that never occur in y_train '
+        f'({", ".join(map(str, unseen[:10]))}): labels out of range?')
   return Dataset(
       name=name,
       x_train=_to_uint8(name, x_train), y_train=y_train.astype(np.int32),

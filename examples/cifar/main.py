@@ -35,7 +35,9 @@ def parse_args(argv) -> tuple[bool, bool, bool, Config]:
   p.add_argument('--model', default=d.model,
                  help='small_cnn, vgg11, resnet18 or resnet50')
   p.add_argument('--optimizers', default=','.join(d.optimizers),
-                 help='comma-separated: sgd, sbs')
+                 help='comma-separated methods: sgd, sbs, dropout (SGD + dropout), '
+                 'adrop (SGD + adaptive dropout / stochastic depth), esgd '
+                 '(Entropy-SGD), asgd (Accelerated SGD)')
   p.add_argument('--epochs', type=int, default=d.epochs)
   p.add_argument('--batch-size', type=int, default=d.batch_size)
   p.add_argument('--learning-rate', type=float, default=d.learning_rate)
@@ -50,6 +52,16 @@ def parse_args(argv) -> tuple[bool, bool, bool, Config]:
   p.add_argument('--magnitude', default=d.magnitude, choices=('cma', 'gradient'))
   p.add_argument('--group', default=d.group, choices=('type', 'single'))
   p.add_argument('--count-dtype', default=d.count_dtype)
+  b = p.add_argument_group('baselines')
+  b.add_argument('--dropout-rate', type=float, default=d.dropout_rate)
+  b.add_argument('--depth-dropout', type=float, default=d.depth_dropout)
+  b.add_argument('--esgd-inner-steps', type=int, default=d.esgd_inner_steps)
+  b.add_argument('--esgd-inner-learning-rate', type=float,
+                 default=d.esgd_inner_learning_rate)
+  b.add_argument('--esgd-gamma', type=float, default=d.esgd_gamma)
+  b.add_argument('--esgd-noise', type=float, default=d.esgd_noise)
+  b.add_argument('--asgd-kappa', type=float, default=d.asgd_kappa)
+  b.add_argument('--asgd-xi', type=float, default=d.asgd_xi)
   p.add_argument('--train-fraction', type=float, default=d.train_fraction)
   p.add_argument('--no-augment', action='store_true')
   p.add_argument('--trials', type=int, default=d.trials)
@@ -87,6 +99,11 @@ def parse_args(argv) -> tuple[bool, bool, bool, Config]:
       weight_decay=a.weight_decay, alpha=a.alpha, lam=a.lam,
       probability=a.probability, scale_by_count=a.scale_by_count,
       magnitude=a.magnitude, group=a.group, count_dtype=a.count_dtype,
+      dropout_rate=a.dropout_rate, depth_dropout=a.depth_dropout,
+      esgd_inner_steps=a.esgd_inner_steps,
+      esgd_inner_learning_rate=a.esgd_inner_learning_rate,
+      esgd_gamma=a.esgd_gamma, esgd_noise=a.esgd_noise,
+      asgd_kappa=a.asgd_kappa, asgd_xi=a.asgd_xi,
       train_fraction=a.train_fraction, augment=not a.no_augment,
       trials=a.trials, seed=a.seed, eval_batch_size=a.eval_batch_size,
       workdir=a.workdir,

@@ -2,7 +2,15 @@
 
 CIFAR variants: a 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep
 their resolution in the first stage. Every model takes NHWC float images and
-``train`` (batch statistics and dropout on). BatchNorm reduces over the batch
+``train`` (batch statistics and dropout on).
+
+Regularisers of the paper's comparison (§5.4): ``dropout_rate`` drops the
+features before the classifier (Dropout, rate 0.5 in the paper);
+``depth_dropout`` is the adaptive dropout the paper cites (Huang et al. 2016):
+rates that grow linearly with depth, ``depth_dropout * l / L`` for layer or
+block ``l`` of ``L``. In the ResNets it is stochastic depth (a residual
+branch is dropped for a whole example); in the plain CNNs it is dropout on
+the output of each convolution layer. BatchNorm reduces over the batch
 axis of the array it sees: under ``jax.jit`` with a batch sharded over
 devices that is the global batch; under ``jax.pmap`` pass ``axis_name``.
 """
@@ -24,6 +32,17 @@ def _norm(train: bool, axis_name: Optional[str]) -> ModuleDef:
   )
 
 
+def depth_rates(num_layers: int, final_rate: float) -> list[float]:
+  """Huang et al.'s linear decay rule: ``final_rate * l / L`` for l = 1..L."""
+  return [final_rate * (l + 1) / num_layers for l in range(num_layers)]
+
+
+def _drop(rate: float, train: bool, broadcast_dims=()):
+  """Inverted dropout (identity when ``rate`` is 0 or not training)."""
+  return nn.Dropout(rate, broadcast_dims=broadcast_dims,
+                    deterministic=not train or rate == 0.0)
+
+
 class SmallCNN(nn.Module):
   """Conv-BN-ReLU stages, each after the first downsampling by a stride-2 conv.
 
@@ -36,17 +55,19 @@ class SmallCNN(nn.Module):
   num_classes: int = 10
   widths: Sequence[int] = (16, 32, 64)
   dropout_rate: float = 0.0
+  depth_dropout: float = 0.0
   axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     norm = _norm(train, self.axis_name)
-    for i, width in enumerate(self.widths):
+    rates = depth_rates(len(self.widths), self.depth_dropout)
+    for i, (width, rate) in enumerate(zip(self.widths, rates)):
       strides = 1 if i == 0 else 2
       x = nn.Conv(width, (3, 3), strides, use_bias=False)(x)
-      x = nn.relu(norm()(x))
+      x = _drop(rate, train)(nn.relu(norm()(x)))
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = _drop(self.dropout_rate, train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -58,28 +79,35 @@ class VGG11(nn.Module):
 
   num_classes: int = 10
   dropout_rate: float = 0.0
+  depth_dropout: float = 0.0
   axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     norm = _norm(train, self.axis_name)
+    convs = [layer for layer in _VGG11 if layer != 'M']
+    rates = iter(depth_rates(len(convs), self.depth_dropout))
     for layer in _VGG11:
       if layer == 'M':
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       else:
         x = nn.Conv(layer, (3, 3), use_bias=False)(x)
-        x = nn.relu(norm()(x))
+        x = _drop(next(rates), train)(nn.relu(norm()(x)))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = _drop(self.dropout_rate, train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
-def _add_shortcut(x, y, strides: int, norm: ModuleDef):
+def _add_shortcut(x, y, strides: int, norm: ModuleDef, drop_rate: float,
+                  train: bool):
   """``relu(shortcut(x) + y)``: identity, or a 1x1 projection when shapes differ.
 
-  Called inside a block's compact ``__call__``, so the projection's modules
-  belong to that block.
+  With ``drop_rate``, the residual branch ``y`` of an example is dropped with
+  that probability and scaled by ``1 / (1 - drop_rate)`` otherwise
+  (stochastic depth, inverted). Called inside a block's compact
+  ``__call__``, so the projection's modules belong to that block.
   """
+  y = _drop(drop_rate, train, broadcast_dims=tuple(range(1, y.ndim)))(y)
   if x.shape != y.shape:
     x = norm()(nn.Conv(y.shape[-1], (1, 1), strides, use_bias=False)(x))
   return nn.relu(x + y)
@@ -91,6 +119,8 @@ class BasicBlock(nn.Module):
   filters: int
   norm: ModuleDef
   strides: int = 1
+  drop_rate: float = 0.0
+  train: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -98,7 +128,8 @@ class BasicBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    return _add_shortcut(x, y, self.strides, self.norm)
+    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate,
+                         self.train)
 
 
 class Bottleneck(nn.Module):
@@ -107,6 +138,8 @@ class Bottleneck(nn.Module):
   filters: int
   norm: ModuleDef
   strides: int = 1
+  drop_rate: float = 0.0
+  train: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -115,7 +148,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    return _add_shortcut(x, y, self.strides, self.norm)
+    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate,
+                         self.train)
 
 
 class ResNet(nn.Module):
@@ -125,6 +159,7 @@ class ResNet(nn.Module):
   block: Callable[..., nn.Module]
   num_classes: int = 10
   dropout_rate: float = 0.0
+  depth_dropout: float = 0.0
   axis_name: Optional[str] = None
 
   @nn.compact
@@ -132,12 +167,13 @@ class ResNet(nn.Module):
     norm = _norm(train, self.axis_name)
     x = nn.Conv(64, (3, 3), use_bias=False, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_norm')(x))
+    rates = iter(depth_rates(sum(self.stage_sizes), self.depth_dropout))
     for stage, size in enumerate(self.stage_sizes):
       for b in range(size):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = self.block(64 * 2**stage, norm, strides)(x)
+        x = self.block(64 * 2**stage, norm, strides, next(rates), train)(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = _drop(self.dropout_rate, train)(x)
     return nn.Dense(self.num_classes)(x)
 
 

@@ -20,7 +20,9 @@ import input_pipeline
 import models
 from configs.default import Config, PAPER_MOMENTUM
 
-OPTIMIZERS = ('sgd', 'sbs')
+# The methods of the paper's comparison (§5.4). dropout and adrop are SGD on
+# a model with (adaptive) dropout; the others change the optimiser.
+OPTIMIZERS = ('sgd', 'sbs', 'dropout', 'adrop', 'esgd', 'asgd')
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,27 @@ def validate(config: Config, num_devices: int) -> None:
     )
   if config.group not in ('type', 'single'):
     raise ConfigError(f"group must be 'type' or 'single', got {config.group!r}")
+  for name in ('dropout_rate', 'depth_dropout'):
+    if not 0.0 <= getattr(config, name) < 1.0:
+      raise ConfigError(
+          f'{name} must lie in [0, 1), got {getattr(config, name)}')
+  if config.esgd_inner_steps < 1:
+    raise ConfigError(
+        f'esgd_inner_steps must be at least 1, got {config.esgd_inner_steps}')
+  if config.asgd_kappa < 1 or not 0 < config.asgd_xi <= config.asgd_kappa**0.5:
+    raise ConfigError(
+        f'asgd needs kappa >= 1 and 0 < xi <= sqrt(kappa), got kappa '
+        f'{config.asgd_kappa}, xi {config.asgd_xi}')
+
+
+def create_method_model(config: Config, method: str, num_classes: int):
+  """The model a method trains: dropout variants add their regulariser."""
+  kwargs = {}
+  if method == 'dropout':
+    kwargs['dropout_rate'] = config.dropout_rate
+  elif method == 'adrop':
+    kwargs['depth_dropout'] = config.depth_dropout
+  return models.create_model(config.model, num_classes, **kwargs)
 
 
 def learning_rate_schedule(config: Config, total_steps: int):
@@ -95,7 +118,16 @@ def build_optimizer(config: Config, optimizer: str, total_steps: int,
                   else optax_sbs.parameter_type),
         count_dtype=config.count_dtype,
     ))
-  parts.append(optax.sgd(lr, momentum=momentum or None))
+  if optimizer == 'esgd':
+    parts.append(optax_sbs.baselines.scale_by_entropy_sgd(
+        key, num_inner_steps=config.esgd_inner_steps,
+        inner_learning_rate=config.esgd_inner_learning_rate,
+        gamma=config.esgd_gamma, noise=config.esgd_noise))
+  if optimizer == 'asgd':
+    parts.append(optax_sbs.baselines.accelerated_sgd(
+        lr, kappa=config.asgd_kappa, xi=config.asgd_xi))
+  else:
+    parts.append(optax.sgd(lr, momentum=momentum or None))
   return optax.chain(*parts)
 
 
@@ -121,7 +153,15 @@ def train_step(state: TrainState, images, labels, mean, std):
 
   (loss, (logits, updates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  # value_fn: the loss on this batch, for optimisers that evaluate it
+  # elsewhere (Entropy-SGD's inner steps); the others ignore it.
+  opt_updates, opt_state = state.tx.update(
+      grads, state.opt_state, state.params,
+      value_fn=lambda p: loss_fn(p)[0])
+  state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, opt_updates),
+      opt_state=opt_state, batch_stats=updates['batch_stats'])
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, {'loss': loss, 'accuracy': accuracy}
 
@@ -297,7 +337,7 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   the optimizer itself (a paired comparison).
   """
   t = setup_trial(config, data, trial)
-  model = models.create_model(config.model, data.num_classes)
+  model = create_method_model(config, optimizer, data.num_classes)
   tx = build_optimizer(config, optimizer, t.total_steps, t.sbs_key)
   state = create_state(model, tx, t.x_train.shape[1:], t.model_key)
   state = replicate(state, mesh)
@@ -340,11 +380,16 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   return rows
 
 
-def _with_sbs_key(opt_state, key):
-  """The optimizer state with its SBS key replaced (a no-op without SBS)."""
-  is_sbs = lambda x: isinstance(x, optax_sbs.StochasticBatchSizeState)
-  return jax.tree.map(lambda n: n._replace(key=key) if is_sbs(n) else n,
-                      opt_state, is_leaf=is_sbs)
+_KEYED_STATES = (optax_sbs.StochasticBatchSizeState,
+                 optax_sbs.baselines.ScaleByEntropySGDState)
+
+
+def _with_optimizer_key(opt_state, key):
+  """The optimizer state with its PRNG key (SBS masks, Entropy-SGD noise)
+  replaced; a no-op for optimisers without one."""
+  keyed = lambda x: isinstance(x, _KEYED_STATES)
+  return jax.tree.map(lambda n: n._replace(key=key) if keyed(n) else n,
+                      opt_state, is_leaf=keyed)
 
 
 def run_trials_vectorized(config: Config, optimizer: str,
@@ -364,12 +409,12 @@ def run_trials_vectorized(config: Config, optimizer: str,
   if len({len(t.x_train) for t in setups}) > 1:
     raise ConfigError('vectorised trials need training subsets of one size')
   first = setups[0]
-  model = models.create_model(config.model, data.num_classes)
+  model = create_method_model(config, optimizer, data.num_classes)
   # One optimizer for all trials; each trial's SBS key goes into its state.
   tx = build_optimizer(config, optimizer, first.total_steps, first.sbs_key)
   states = [create_state(model, tx, first.x_train.shape[1:], t.model_key)
             for t in setups]
-  states = [s.replace(opt_state=_with_sbs_key(s.opt_state, t.sbs_key))
+  states = [s.replace(opt_state=_with_optimizer_key(s.opt_state, t.sbs_key))
             for s, t in zip(states, setups)]
   stack = lambda *xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)
   state = replicate(stack(*states), mesh)

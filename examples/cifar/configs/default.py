@@ -41,6 +41,15 @@ class Config:
   magnitude: str = 'cma'
   group: str = 'type'  # 'type' (conv/dense/bias/norm) or 'single'
   count_dtype: str = 'int32'
+  # Baselines of the paper's comparison (§5.4).
+  dropout_rate: float = 0.5  # 'dropout': before the classifier
+  depth_dropout: float = 0.5  # 'adrop': linear in depth, this at the top
+  esgd_inner_steps: int = 5  # 'esgd': Langevin steps per step
+  esgd_inner_learning_rate: float = 0.1
+  esgd_gamma: float = 0.03
+  esgd_noise: float = 1e-4
+  asgd_kappa: float = 1000.0  # 'asgd': Kidambi et al.'s defaults
+  asgd_xi: float = 10.0
   # Protocol.
   trials: int = 3
   seed: int = 0

@@ -1,0 +1,325 @@
+"""The paper's Tables 3-5 (§5), at the scale this machine allows, honestly reported.
+
+Every cell is a run of the training program (examples/cifar) with several
+paired trials: trial t of every cell uses the same data subset, order,
+augmentation and initialisation, so differences between cells are paired.
+
+  Table 3: SBS with alpha in {-0.1, 0, 0.1, 1} (lam = 0) and lam in
+           {0, -2, -4, -8} (alpha = 0.1), plus the readings the paper leaves
+           open (scale_by_count, magnitudes of g instead of g~, one global
+           group instead of groups by parameter type) and a learning-rate
+           check (SGD and SBS at 0.5x and 2x the base rate).
+  Table 4: SGD vs SBS at several training fractions and batch sizes.
+  Table 5: SGD, Dropout, adaptive Dropout, Entropy-SGD, Accelerated SGD, SBS.
+
+Per cell: the mean over the last 10% of epochs and the maximum over epochs
+of the test accuracy, each as mean ± std over trials; for every cell against
+its SGD cell, the paired difference with a 95% t confidence interval.
+
+  python benchmarks/paper_tables.py                   # CPU scale, ~2 h on 2 cores
+  python benchmarks/paper_tables.py --scale paper --dataset cifar10   # accelerator
+
+Finished cells are cached as JSON in --workdir; a rerun picks up where it
+stopped. Writes ``benchmarks/results/paper_tables_<scale>.md`` and
+``paper_tables_<scale>_curves.png``.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+import optax
+from scipy import stats
+
+import optax_sbs
+
+import input_pipeline
+import train as train_lib
+from configs.default import Config
+
+SHARED_CIFAR = os.path.join(os.path.dirname(ROOT), 'shared', 'data',
+                            'cifar10.npz')
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  model: str
+  epochs: int
+  trials: int
+  fraction: float  # Tables 3 and 5
+  batch_size: int  # Tables 3 and 5
+  table4_fractions: tuple[float, ...]
+  table4_batch_sizes: tuple[int, ...]
+
+
+SCALES = {
+    # Small CNN, 1/16 of CIFAR-10 (3,125 images) for Tables 3 and 5.
+    'cpu': Scale('small_cnn', 15, 5, 1 / 16, 16, (1 / 8, 1 / 16, 1 / 32),
+                 (16, 128)),
+    # The paper's protocol (§5): run on an accelerator.
+    'paper': Scale('resnet18', 100, 10, 1 / 8, 16, (1 / 2, 1 / 4, 1 / 8),
+                   (16, 32, 64, 128)),
+    # Seconds: for the tests of this script.
+    'smoke': Scale('small_cnn', 2, 2, 1 / 100, 16, (1 / 100,), (16,)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  table: str  # where it is reported
+  label: str  # its row label there
+  method: str  # sgd, sbs, dropout, adrop, esgd, asgd
+  overrides: tuple[tuple[str, object], ...] = ()
+
+  def config(self, base: Config) -> Config:
+    return dataclasses.replace(base, optimizers=(self.method,),
+                               **dict(self.overrides))
+
+  def baseline(self) -> 'Cell':
+    """The SGD cell this cell is paired with: same data, batch, rate."""
+    keep = ('train_fraction', 'batch_size', 'learning_rate')
+    return Cell('', '', 'sgd', tuple(
+        (k, v) for k, v in self.overrides if k in keep))
+
+
+def cells(scale: Scale, tables) -> list[Cell]:
+  """The cells of ``tables`` ('3', '4', '5'), table by table in that order."""
+  return [c for t in tables for c in _table_cells(scale, t)]
+
+
+def _table_cells(scale: Scale, table: str) -> list[Cell]:
+  base = (('train_fraction', scale.fraction), ('batch_size', scale.batch_size))
+  out = []
+  if table == '3':
+    out.append(Cell('3', 'SGD', 'sgd', base))
+    for alpha in (-0.1, 0.0, 0.1, 1.0):
+      out.append(Cell('3', f'local: alpha={alpha:g}, lam=0', 'sbs',
+                      base + (('alpha', alpha), ('lam', 0.0))))
+    for lam in (-2.0, -4.0, -8.0):
+      out.append(Cell('3', f'global: alpha=0.1, lam={lam:g}', 'sbs',
+                      base + (('alpha', 0.1), ('lam', lam))))
+    paper = base + (('alpha', 0.1), ('lam', -4.0))
+    out += [
+        Cell('3', 'reading: scale_by_count (eta~ = k eta)', 'sbs',
+             paper + (('scale_by_count', True),)),
+        Cell('3', "reading: magnitudes of g (not g~)", 'sbs',
+             paper + (('magnitude', 'gradient'),)),
+        Cell('3', 'reading: one global group (not by type)', 'sbs',
+             paper + (('group', 'single'),)),
+    ]
+    for factor in (0.5, 2.0):
+      lr = (('learning_rate', 0.1 * factor),)
+      out.append(Cell('3', f'lr check: SGD, lr={0.1 * factor:g}', 'sgd',
+                      base + lr))
+      out.append(Cell('3', f'lr check: SBS (0.1, -4), lr={0.1 * factor:g}',
+                      'sbs', paper + lr))
+  if table == '4':
+    for batch in scale.table4_batch_sizes:
+      for fraction in scale.table4_fractions:
+        o = (('train_fraction', fraction), ('batch_size', batch))
+        out.append(Cell('4', f'SGD, 1/{round(1 / fraction)}, batch {batch}',
+                        'sgd', o))
+        out.append(Cell('4', f'SBS, 1/{round(1 / fraction)}, batch {batch}',
+                        'sbs', o + (('alpha', 0.1), ('lam', -4.0))))
+  if table == '5':
+    names = {'sgd': 'SGD', 'dropout': 'Dropout (0.5)',
+             'adrop': 'adaptive Dropout (depth-linear, 0.5)',
+             'esgd': 'Entropy-SGD (L=5)', 'asgd': 'Accelerated SGD',
+             'sbs': 'SBS (alpha=0.1, lam=-4)'}
+    for method, label in names.items():
+      extra = (('alpha', 0.1), ('lam', -4.0)) if method == 'sbs' else ()
+      out.append(Cell('5', label, method, base + extra))
+  return out
+
+
+def cell_key(config: Config) -> str:
+  text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_cell(config: Config, data, workdir: str) -> tuple[list[dict], float]:
+  """Rows of every trial of one cell (cached in ``workdir``) and its seconds."""
+  path = os.path.join(workdir, f'{cell_key(config)}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    return cached['rows'], cached['seconds']
+  start = time.perf_counter()
+  rows = train_lib.run(config, data)
+  seconds = time.perf_counter() - start
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'config': dataclasses.asdict(config), 'rows': rows,
+               'seconds': seconds}, f)
+  os.replace(path + '.tmp', path)
+  return rows, seconds
+
+
+def per_trial(rows: list[dict], epochs: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per trial: mean accuracy over the last 10% of epochs, and the max."""
+  summary = train_lib.summarize(rows, epochs)
+  (s,) = summary.values()
+  maxima = [max(r['val_accuracy'] for r in rows if r['trial'] == t)
+            for t in sorted({r['trial'] for r in rows})]
+  return np.asarray(s['per_trial_last']), np.asarray(maxima)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, int]:
+  """Mean of a - b, its 95% t confidence interval, and how often a > b."""
+  d = a - b
+  mean = float(d.mean())
+  if len(d) < 2:
+    return mean, float('nan'), float('nan'), int(np.sum(d > 0))
+  half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+  return mean, mean - half, mean + half, int(np.sum(d > 0))
+
+
+def curves(rows: list[dict]) -> np.ndarray:
+  trials = sorted({r['trial'] for r in rows})
+  return np.array([[r['val_accuracy'] for r in sorted(
+      (r for r in rows if r['trial'] == t), key=lambda r: r['epoch'])]
+                   for t in trials]).mean(0)
+
+
+def plot(panels: dict[str, dict[str, np.ndarray]], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4),
+                           squeeze=False)
+  for ax, (title, lines) in zip(axes[0], panels.items()):
+    for label, curve in lines.items():
+      ax.plot(np.arange(1, len(curve) + 1), curve, label=label)
+    ax.set_title(title)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('test accuracy (%), mean over trials')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--scale', default='cpu', choices=sorted(SCALES))
+  parser.add_argument('--tables', default='5,4,3',
+                      help='which tables, run in this order (5 and 4 hold the '
+                      "paper's main claims, so they run first)")
+  parser.add_argument('--dataset', default=SHARED_CIFAR,
+                      help='a .npz path or a TFDS name (cifar10)')
+  parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
+  parser.add_argument('--trials', type=int, default=None)
+  parser.add_argument('--epochs', type=int, default=None)
+  parser.add_argument('--workdir', default=None)
+  parser.add_argument('--out', default=None, help='markdown path')
+  args = parser.parse_args(argv)
+  scale = SCALES[args.scale]
+  if args.trials:
+    scale = dataclasses.replace(scale, trials=args.trials)
+  if args.epochs:
+    scale = dataclasses.replace(scale, epochs=args.epochs)
+  tables = [t for t in args.tables.split(',') if t]
+  if not set(tables) <= {'3', '4', '5'}:
+    parser.error(f'--tables takes 3, 4 and 5, got {args.tables}')
+  out = args.out or os.path.join(
+      ROOT, 'benchmarks', 'results', f'paper_tables_{args.scale}.md')
+  workdir = args.workdir or os.path.join(
+      ROOT, 'results', f'paper_tables_{args.scale}')
+  command = 'python benchmarks/paper_tables.py ' + ' '.join(
+      sys.argv[1:] if argv is None else argv)
+
+  data = input_pipeline.load(args.dataset, args.data_dir)
+  base = dataclasses.replace(
+      Config(), dataset=args.dataset, data_dir=args.data_dir,
+      model=scale.model, epochs=scale.epochs, trials=scale.trials,
+      workdir=workdir)
+  todo = cells(scale, tables)
+  results, total_seconds = {}, 0.0
+  started = time.perf_counter()
+  for cell in todo + [c.baseline() for c in todo]:
+    config = cell.config(base)
+    key = cell_key(config)
+    if key in results:
+      continue
+    print(f'[{time.perf_counter() - started:7.0f}s] table {cell.table or "-"}'
+          f' {cell.label or "SGD baseline"} {dict(cell.overrides)}', flush=True)
+    rows, seconds = run_cell(config, data, workdir)
+    results[key] = rows
+    total_seconds += seconds
+
+  dev = jax.devices()[0]
+  lines = [
+      f'# The paper\'s Tables 3-5, scale "{args.scale}"', '',
+      f'- command: `{command.strip()}`',
+      f'- data: `{os.path.basename(args.dataset)}`'
+      + (' (this CIFAR-10 copy has JPEG-decoded pixels: see '
+         '`shared/data/README.md`)' if args.dataset.endswith('cifar10.npz')
+         else ''),
+      f'- scale: {scale.model}, {scale.epochs} epochs, {scale.trials} paired '
+      f'trials per cell, sigmoid learning rate 0.1 -> 0.001, momentum by the '
+      f'paper\'s batch-size pairing, test accuracy after every epoch',
+      f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
+      f'{dev.platform} ({dev.device_kind})',
+      f'- versions: python {platform.python_version()}, jax {jax.__version__},'
+      f' optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+      f'- training time of all cells: {total_seconds / 3600:.2f} h',
+      '',
+      'Accuracy columns: mean ± std over trials of (a) the mean over the last '
+      '10% of epochs, (b) the maximum over epochs. "vs SGD": the paired '
+      'difference of (a) against the SGD cell with the same data, batch size '
+      'and learning rate, with its 95% t confidence interval and the number of '
+      'trials in which the cell beat SGD.', '',
+  ]
+  titles = {'3': 'Table 3: SBS settings and readings (batch '
+                 f'{scale.batch_size}, 1/{round(1 / scale.fraction)} of the '
+                 'training set)',
+            '4': 'Table 4: SGD vs SBS by training fraction and batch size',
+            '5': f'Table 5: the paper\'s methods (batch {scale.batch_size}, '
+                 f'1/{round(1 / scale.fraction)} of the training set)'}
+  panels = {}
+  for table in sorted(tables):
+    lines += [f'## {titles[table]}', '',
+              '| cell | last 10% | max | vs SGD (points) | 95% CI | beats SGD |',
+              '|---|---|---|---|---|---|']
+    for cell in (c for c in todo if c.table == table):
+      rows = results[cell_key(cell.config(base))]
+      last, best = per_trial(rows, scale.epochs)
+      base_last, _ = per_trial(
+          results[cell_key(cell.baseline().config(base))], scale.epochs)
+      if cell.method == 'sgd' and cell.baseline() == Cell(
+          '', '', 'sgd', cell.overrides):
+        versus = '(baseline) | | '
+      else:
+        mean, lo, hi, wins = paired_difference(last, base_last)
+        versus = f'{mean:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(last)}'
+      lines.append(
+          f'| {cell.label} | {last.mean():.2f} ± {last.std(ddof=1) if len(last) > 1 else 0:.2f} | '
+          f'{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | {versus} |')
+      if table in ('4', '5'):
+        panels.setdefault(f'Table {table}', {})[cell.label] = curves(rows)
+    lines.append('')
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  plot_path = os.path.splitext(out)[0] + '_curves.png'
+  if panels:
+    plot(panels, plot_path)
+    lines.append(f'Learning curves: `{os.path.basename(plot_path)}`.')
+  with open(out, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+  print(f'written to {out}')
+  return out
+
+
+if __name__ == '__main__':
+  main()

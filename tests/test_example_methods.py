@@ -1,0 +1,177 @@
+"""The paper's comparison methods in the training program, and the tables script."""
+
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+import train
+from configs.default import Config, EMBEDDED_SAMPLE
+from test_example_train import TINY, tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import paper_tables  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_depth_rates_are_linear_in_depth():
+  assert models.depth_rates(4, 0.5) == [0.125, 0.25, 0.375, 0.5]
+  assert models.depth_rates(3, 0.0) == [0.0, 0.0, 0.0]
+
+
+def _init(model, x):
+  return model.init(jax.random.key(0), x, train=False)
+
+
+def _perturbed(variables):
+  """Params moved off their init (ResNets zero-init each block's last BN
+  scale, which makes a dropped residual branch invisible at init)."""
+  leaves, treedef = jax.tree.flatten(variables['params'])
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  params = treedef.unflatten([
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return dict(variables, params=params)
+
+
+def _apply(model, x, seed):
+  variables = _perturbed(_init(model, x))
+  out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                       rngs={'dropout': jax.random.key(seed)})
+  return out
+
+
+# A two-block ResNet runs the ResNet code path at a fraction of the cost.
+TINY_RESNET = dict(stage_sizes=(1, 1), block=models.BasicBlock)
+
+
+@pytest.mark.parametrize('make', [
+    # The plain-CNN paths also train in test_every_method_trains_on_tiny_data.
+    pytest.param(lambda **kw: models.SmallCNN(**kw), marks=pytest.mark.slow),
+    lambda **kw: models.ResNet(**TINY_RESNET, **kw),
+], ids=['small_cnn', 'resnet'])
+def test_regularised_models_keep_params_and_are_identity_at_test_time(make):
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  plain = make()
+  for kwargs in ({'dropout_rate': 0.5}, {'depth_dropout': 0.5}):
+    model = make(**kwargs)
+    v_plain, v = _init(plain, x), _init(model, x)
+    assert jax.tree.structure(v) == jax.tree.structure(v_plain)
+    # Test time: no dropout, the same function as the plain model.
+    test_time = lambda m, v: m.apply(v, x, train=False)
+    np.testing.assert_allclose(test_time(model, v), test_time(plain, v),
+                               rtol=1e-6)
+    # Training: random, depending on the dropout key.
+    a, b = _apply(model, x, seed=1), _apply(model, x, seed=2)
+    assert not np.allclose(a, b)
+
+
+def test_stochastic_depth_drops_whole_residual_branches():
+  """A block with drop rate r outputs relu(x) (branch dropped) for about r of
+  the examples, and relu(x + y / (1 - r)) for the others."""
+  class Probe(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      norm = lambda **kw: (lambda z: z)  # identity "norm"
+      return models.BasicBlock(4, norm, 1, 0.3, True)(x)
+
+  x = jax.random.normal(jax.random.key(0), (4000, 2, 2, 4))
+  probe = Probe()
+  v = probe.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, x)
+  out = probe.apply(v, x, rngs={'dropout': jax.random.key(3)})
+  dropped = np.all(np.isclose(out, jax.nn.relu(x)), axis=(1, 2, 3))
+  assert abs(dropped.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 4000)
+
+
+def test_method_names_and_their_optimisers():
+  config = Config(**TINY)
+  key = jax.random.key(0)
+  for method in train.OPTIMIZERS:
+    tx = train.build_optimizer(config, method, 100, key)
+    params = {'w': jnp.ones((3, 2))}
+    state = tx.init(params)
+    updates, _ = tx.update({'w': jnp.ones((3, 2))}, state, params,
+                           value_fn=lambda p: jnp.sum(p['w'] ** 2))
+    assert updates['w'].shape == (3, 2)
+  with pytest.raises(train.ConfigError, match='unknown optimizer'):
+    train.validate(Config(**dict(TINY), optimizers=('adamw',)), 1)
+  for bad, match in (({'dropout_rate': 1.0}, 'dropout_rate'),
+                     ({'esgd_inner_steps': 0}, 'esgd_inner_steps'),
+                     ({'asgd_xi': 100.0}, 'asgd')):
+    with pytest.raises(train.ConfigError, match=match):
+      train.validate(Config(**dict(TINY, **bad)), 1)
+
+
+def test_every_method_trains_on_tiny_data():
+  data = tiny_dataset()
+  config = Config(**dict(TINY, epochs=2),
+                  optimizers=('dropout', 'adrop', 'esgd', 'asgd'))
+  rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
+  for method in config.optimizers:
+    mine = [r for r in rows if r['optimizer'] == method]
+    assert len(mine) == 2
+    assert all(np.isfinite(r['train_loss']) for r in mine), method
+    assert mine[-1]['val_accuracy'] > 25, (method, mine[-1])  # chance: 25%
+
+
+@pytest.mark.slow
+def test_vectorized_trials_equal_sequential_for_entropy_sgd():
+  """Each trial's Entropy-SGD noise key goes into its vmapped state."""
+  data = tiny_dataset()
+  mesh = train.mesh_over_local_devices(1)
+  config = Config(**dict(TINY, epochs=1, trials=2, esgd_noise=1e-2),
+                  optimizers=('esgd',))
+  seq = train.run(config, data, mesh=mesh)
+  vec = train.run(config, data, mesh=mesh, vectorized=True)
+  for a, b in zip(seq, vec):
+    np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=2e-3)
+
+
+def test_paper_tables_cells_and_pairing():
+  cells = paper_tables.cells(paper_tables.SCALES['cpu'], {'3', '4', '5'})
+  t3 = [c for c in cells if c.table == '3']
+  assert len(t3) == 15
+  assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {
+      -0.1, 0.0, 0.1, 1.0}
+  assert len([c for c in cells if c.table == '4']) == 12
+  assert [c.method for c in cells if c.table == '5'] == [
+      'sgd', 'dropout', 'adrop', 'esgd', 'asgd', 'sbs']
+  # Every cell is paired with the SGD cell of its data, batch and rate.
+  base = Config()
+  lr_cell = next(c for c in t3 if c.label.startswith('lr check: SBS') and
+                 dict(c.overrides)['learning_rate'] == 0.2)
+  sgd_config = lr_cell.baseline().config(base)
+  assert sgd_config.optimizers == ('sgd',) and sgd_config.learning_rate == 0.2
+  assert sgd_config.train_fraction == 1 / 16 and sgd_config.batch_size == 16
+
+
+def test_paired_difference_confidence_interval():
+  a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 1.0, 2.5, 2.0])
+  mean, lo, hi, wins = paper_tables.paired_difference(a, b)
+  d = a - b  # 0.5, 1, 0.5, 2: mean 1, sd 0.7071, t(0.975, 3) = 3.1824
+  half = 3.1824463 * np.std(d, ddof=1) / 2
+  assert mean == pytest.approx(1.0)
+  assert (lo, hi) == pytest.approx((1 - half, 1 + half), rel=1e-6)
+  assert wins == 4
+
+
+def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
+  out = tmp_path / 'tables.md'
+  argv = ['--scale', 'smoke', '--tables', '4', '--dataset', EMBEDDED_SAMPLE,
+          '--workdir', str(tmp_path / 'work'), '--out', str(out)]
+  paper_tables.main(argv)
+  text = out.read_text()
+  assert '| SGD, 1/100, batch 16 | ' in text and '(baseline)' in text
+  sbs_row = next(l for l in text.splitlines() if l.startswith('| SBS, 1/100'))
+  assert sbs_row.endswith('/2 |')  # paired over the 2 trials
+  assert 'JPEG' not in text  # only said of the shared cifar10.npz
+  assert (tmp_path / 'tables_curves.png').exists()
+  cached = sorted(os.listdir(tmp_path / 'work'))
+  assert len(cached) == 2
+  # A second run reads the cache (no training): same table.
+  paper_tables.main(argv)
+  assert out.read_text().split('- training time')[1] == text.split('- training time')[1]

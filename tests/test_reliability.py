@@ -1,0 +1,202 @@
+"""Faults and restarts: Orbax round trips, SIGKILL mid-run, determinism, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+import optax_sbs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, 'examples', 'cifar', 'main.py')
+
+
+def _params():
+  return {'Conv_0': {'kernel': jnp.zeros((3, 3, 2, 4))},
+          'Dense_0': {'kernel': jnp.zeros((8, 3)), 'bias': jnp.zeros(3)}}
+
+
+def _grads(t):
+  key = jax.random.fold_in(jax.random.key(5), t)
+  leaves, treedef = jax.tree.flatten(_params())
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([jax.random.normal(k, x.shape)
+                            for k, x in zip(keys, leaves)])
+
+
+def _train(tx, params, state, steps, start=0):
+  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+      *tx.update(g, s, p)))
+  for t in range(start, start + steps):
+    params, state = step(params, state, _grads(t))
+  return params, state
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
+    tmp_path):
+  tx = optax.chain(optax_sbs.stochastic_batch_size(3),
+                   optax.sgd(0.1, momentum=0.9))
+  params = _params()
+  whole = _train(tx, params, tx.init(params), 10)
+
+  half = _train(tx, params, tx.init(params), 5)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / 'ckpt', optax_sbs.key_data_tree(half))
+  with ocp.StandardCheckpointer() as ckpt:
+    raw = ckpt.restore(tmp_path / 'ckpt',
+                       optax_sbs.key_data_tree(jax.eval_shape(lambda: half)))
+  restored = optax_sbs.wrap_key_data_tree(raw, like=half)
+  sbs_state = optax_sbs.find_state(restored[1])
+  assert jnp.issubdtype(sbs_state.key.dtype, jax.dtypes.prng_key)
+  _assert_trees_equal(restored, half)
+  resumed = _train(tx, *restored, 5, start=5)
+  _assert_trees_equal(resumed, whole)
+
+
+def test_key_data_tree_keeps_other_leaves_and_key_impls():
+  tree = {'k': jax.random.key(1), 'rbg': jax.random.key(2, impl='rbg'),
+          'x': jnp.ones(2), 'n': None}
+  raw = optax_sbs.key_data_tree(tree)
+  assert raw['k'].dtype == jnp.uint32 and raw['rbg'].shape == (4,)
+  back = optax_sbs.wrap_key_data_tree(raw, like=tree)
+  assert jax.random.key_impl(back['rbg']) == jax.random.key_impl(tree['rbg'])
+  _assert_trees_equal(back, tree)
+  with pytest.raises(ValueError, match='structure'):
+    optax_sbs.wrap_key_data_tree({'k': raw['k']}, like=tree)
+
+
+def test_same_key_same_run_eager_and_jit_and_repeated():
+  tx = optax_sbs.stochastic_batch_size(7)
+  params = _params()
+  state = tx.init(params)
+  eager = tx.update(_grads(0), state, params)
+  jitted = jax.jit(tx.update)(_grads(0), state, params)
+  again = jax.jit(tx.update)(_grads(0), tx.init(params), params)
+  _assert_trees_equal(eager, jitted)
+  _assert_trees_equal(jitted, again)
+
+
+@pytest.mark.parametrize('num_devices', [2, 8])
+def test_masks_bit_identical_across_device_counts_and_shardings(num_devices):
+  if jax.device_count() < num_devices:
+    pytest.skip(f'needs {num_devices} devices')
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ('x',))
+  tx = optax_sbs.stochastic_batch_size(7)
+  params = {'w': jnp.zeros((16, 24)), 'b': jnp.zeros(24)}
+  grads = {'w': jax.random.normal(jax.random.key(0), (16, 24)),
+           'b': jax.random.normal(jax.random.key(1), (24,))}
+  one = jax.jit(tx.update)(grads, tx.init(params), params)
+  for spec in (P(), P('x')):  # replicated, and rows sharded over devices
+    put = lambda t: jax.device_put(t, {'w': NamedSharding(mesh, spec),
+                                       'b': NamedSharding(mesh, P())})
+    sharded_params, sharded_grads = put(params), put(grads)
+    out = jax.jit(tx.update)(sharded_grads, tx.init(sharded_params),
+                             sharded_params)
+    for a, b in zip(jax.tree.leaves(one[1].count), jax.tree.leaves(out[1].count)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(out[0])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def _tiny_npz(path):
+  rng = np.random.default_rng(0)
+  y = np.arange(96) % 4
+  x = np.clip(y[:, None, None, None] * 60 + 20
+              + rng.normal(0, 30, (96, 8, 8, 3)), 0, 255).astype(np.uint8)
+  np.savez(path, x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
+
+
+def _cli(*args):
+  return [sys.executable, MAIN, '--optimizers', 'sbs', '--trials', '1',
+          '--batch-size', '16', '--eval-batch-size', '8', *args]
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+  """SIGKILL once a checkpoint exists; --resume finishes with the same state."""
+  data = tmp_path / 'tiny.npz'
+  _tiny_npz(data)
+  common = ['--dataset', str(data), '--epochs', '12']
+  env = dict(os.environ, XLA_FLAGS='')
+  whole = subprocess.run(_cli(*common, '--workdir', str(tmp_path / 'whole')),
+                         capture_output=True, text=True, timeout=600, env=env)
+  assert whole.returncode == 0, whole.stderr[-2000:]
+
+  killed_dir = tmp_path / 'killed'
+  ckpts = killed_dir / 'checkpoints' / 'sbs_trial0'
+  proc = subprocess.Popen(_cli(*common, '--workdir', str(killed_dir)),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=env)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts)):
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, 'finished before it was killed'
+  finished = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert finished and finished[-1] < 12
+
+  resumed = subprocess.run(
+      _cli(*common, '--workdir', str(killed_dir), '--resume'),
+      capture_output=True, text=True, timeout=600, env=env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+  def rows(workdir):
+    with open(workdir / 'history.json') as f:
+      return [{k: v for k, v in r.items() if k != 'images_per_sec'}
+              for r in json.load(f)['rows']]
+  assert rows(killed_dir) == rows(tmp_path / 'whole')
+  # The final checkpoints hold the same train state, bit for bit.
+  finals = []
+  for workdir in (tmp_path / 'whole', killed_dir):
+    path = workdir / 'checkpoints' / 'sbs_trial0' / '12' / 'state'
+    with ocp.StandardCheckpointer() as ckpt:
+      finals.append(ckpt.restore(path))
+  _assert_trees_equal(finals[0], finals[1])
+
+
+def test_unguarded_non_finite_gradient_freezes_its_group_as_documented():
+  """README: without apply_if_finite, a NaN element makes its group's
+  statistics NaN, so those leaves stop being updated (p = NaN -> chi False)
+  and the NaN stays in the CMA; other groups go on; reset_accumulators
+  clears it."""
+  tx = optax_sbs.stochastic_batch_size(0)
+  params = _params()
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  bad = _grads(0)
+  bad['Conv_0']['kernel'] = bad['Conv_0']['kernel'].at[0, 0, 0, 0].set(jnp.nan)
+  updates, state = update(bad, state, params)
+  for _ in range(5):
+    updates, state = update(_grads(1), state, params)
+  conv_count = np.asarray(state.count['Conv_0']['kernel'])
+  assert np.all(conv_count == 7)  # never updated since the NaN: k = 1 + 6
+  assert np.all(np.asarray(updates['Conv_0']['kernel']) == 0)
+  assert np.isnan(np.asarray(state.cma['Conv_0']['kernel'])).sum() == 1
+  # Another group (dense) is unaffected: finite, and updated at some steps.
+  assert np.all(np.isfinite(np.asarray(updates['Dense_0']['kernel'])))
+  assert np.any(np.asarray(state.count['Dense_0']['kernel']) < 7)
+  # The documented recovery: reset the accumulators.
+  state = optax_sbs.reset_accumulators(state)
+  updates, state = update(_grads(2), state, params)
+  assert np.all(np.isfinite(np.asarray(updates['Conv_0']['kernel'])))
+  assert np.any(np.asarray(state.count['Conv_0']['kernel']) == 1)
