@@ -200,3 +200,76 @@ def test_unguarded_non_finite_gradient_freezes_its_group_as_documented():
   updates, state = update(_grads(2), state, params)
   assert np.all(np.isfinite(np.asarray(updates['Conv_0']['kernel'])))
   assert np.any(np.asarray(state.count['Conv_0']['kernel']) == 1)
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
+  """A save killed mid-write leaves Orbax's temporary folder; a resume reads
+  the last finalised epoch and finishes like an uninterrupted run."""
+  import train  # pylint: disable=g-import-not-at-top
+  from configs.default import Config  # pylint: disable=g-import-not-at-top
+  from test_example_train import TINY, tiny_dataset  # pylint: disable=g-import-not-at-top
+  data = tiny_dataset()
+  mesh = train.mesh_over_local_devices(1)
+  config = Config(**dict(TINY, epochs=3), optimizers=('sbs',),
+                  workdir=str(tmp_path / 'a'))
+  whole = train.run(config, data, mesh=mesh, checkpoint=True)
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_2(optimizer, trial):
+    def progress(row):
+      if row['epoch'] == 2:
+        raise Stop
+    return progress
+
+  cut = Config(**dict(TINY, epochs=3), optimizers=('sbs',),
+               workdir=str(tmp_path / 'b'))
+  with pytest.raises(Stop):
+    train.run(cut, data, mesh=mesh, checkpoint=True,
+              progress_factory=stop_after_2)
+  run_dir = tmp_path / 'b' / 'checkpoints' / 'sbs_trial0'
+  # What a SIGKILL during the save of epoch 3 leaves behind.
+  partial = run_dir / '3.orbax-checkpoint-tmp-1234567890'
+  (partial / 'state').mkdir(parents=True)
+  (partial / 'state' / 'garbage').write_bytes(b'\x00' * 100)
+  resumed = train.run(cut, data, mesh=mesh, resume=True)
+  strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'}
+                        for r in rows]
+  assert strip(resumed) == strip(whole)
+
+
+@pytest.mark.parametrize('override,match', [
+    ('truncated', 'not a readable .npz'),
+    (dict(x_train=np.zeros((96, 8, 8), np.uint8)), r'must have shape \(N, H, W, C\)'),
+    (dict(y_train=np.full(96, -3)), 'negative labels'),
+    (dict(y_test=np.full(40, 7)), 'never occur in y_train'),
+    (dict(x_test=np.full((40, 8, 8, 3), np.nan, np.float32)), 'NaN or Inf'),
+    ('fraction 0.001', 'leaves no training examples'),
+    ('fraction 0.1', 'fewer than one batch'),
+])
+def test_bad_input_to_the_training_program_fails_before_training(
+    tmp_path, capsys, override, match):
+  import main as cli  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'd.npz'
+  _tiny_npz(path)
+  args = ['--dataset', str(path), '--epochs', '1', '--trials', '1',
+          '--batch-size', '16', '--eval-batch-size', '8',
+          '--workdir', str(tmp_path / 'w')]
+  if override == 'truncated':
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) // 3])
+  elif isinstance(override, str):
+    args += ['--train-fraction', override.split()[1]]
+  else:
+    with np.load(path) as f:
+      arrays = dict(f)
+    arrays.update(override)
+    np.savez(path, **arrays)
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and __import__('re').search(match, err), err
+  # Nothing was trained: no checkpoint of any run exists.
+  checkpoints = tmp_path / 'w' / 'checkpoints'
+  assert not checkpoints.exists() or not any(
+      any(True for _ in d.iterdir()) for d in checkpoints.iterdir())

@@ -153,6 +153,11 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   summary = train.summarize(rows, config.epochs)
+  if jax.process_count() > 1:  # replicas must hold identical params
+    for r in rows:
+      if 'params_sha256' in r:
+        print(f'process {jax.process_index()}: {r["optimizer"]} trial '
+              f'{r["trial"]} final params sha256 {r["params_sha256"]}')
   if jax.process_index() != 0:  # every process has the same rows
     return 0
   paths = results.write(config.workdir, config, rows, summary)

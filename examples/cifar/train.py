@@ -1,6 +1,7 @@
 """Training and evaluation: jit over a device mesh, SGD or SBS, trials, summaries."""
 
 import dataclasses
+import hashlib
 import math
 import time
 from typing import Any, Callable, Optional
@@ -313,6 +314,19 @@ def epoch_row(config: Config, optimizer: str, trial: int, epoch: int,
   return row
 
 
+def params_digest(params) -> str:
+  """SHA-256 of this process's copy of the (replicated) params, leaf by leaf.
+
+  Every process of a multi-host run computes it on its own devices' data:
+  equal digests prove that the replicas hold bit-identical parameters.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.asarray(leaf.addressable_shards[0].data).tobytes())
+  return digest.hexdigest()
+
+
 def sbs_statistics(opt_state) -> dict[str, float]:
   """Mean over leaves of SBS's per-leaf update fraction and mean count."""
   sbs_state = optax_sbs.find_state(opt_state)
@@ -372,6 +386,8 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
         config, optimizer, trial, epoch, steps_per_epoch, train_loss,
         train_acc, val_loss, val_acc,
         steps_per_epoch * config.batch_size / seconds, state.opt_state)
+    if epoch == config.epochs:
+      row['params_sha256'] = params_digest(state.params)
     rows.append(row)
     if checkpointer is not None:
       checkpointer.save(epoch, state, rows, rng.bit_generator.state)
