@@ -19,8 +19,8 @@ its SGD cell, the paired difference with a 95% t confidence interval.
   python benchmarks/paper_tables.py                   # CPU scale, ~2 h on 2 cores
   python benchmarks/paper_tables.py --scale paper --dataset cifar10   # accelerator
 
-Finished cells are cached as JSON in --workdir; a rerun picks up where it
-stopped. Writes ``benchmarks/results/paper_tables_<scale>.md`` and
+Every finished trial is cached as JSON in --workdir; a rerun picks up where
+it stopped. Writes ``benchmarks/results/paper_tables_<scale>.md`` and
 ``paper_tables_<scale>_curves.png``.
 """
 
@@ -148,20 +148,31 @@ def cell_key(config: Config) -> str:
 
 
 def run_cell(config: Config, data, workdir: str) -> tuple[list[dict], float]:
-  """Rows of every trial of one cell (cached in ``workdir``) and its seconds."""
-  path = os.path.join(workdir, f'{cell_key(config)}.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
-    return cached['rows'], cached['seconds']
-  start = time.perf_counter()
-  rows = train_lib.run(config, data)
-  seconds = time.perf_counter() - start
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'config': dataclasses.asdict(config), 'rows': rows,
-               'seconds': seconds}, f)
-  os.replace(path + '.tmp', path)
+  """Rows of every trial of one cell and its training seconds.
+
+  Trial ``t`` runs alone as ``trials=1, seed=seed+t`` (the training program
+  derives everything of a trial from ``seed + trial``, so it is the same
+  run) and is cached in ``workdir`` as soon as it finishes: a stopped
+  table loses at most one trial.
+  """
+  rows, seconds = [], 0.0
+  for trial in range(config.trials):
+    path = os.path.join(workdir, f'{cell_key(config)}_trial{trial}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        cached = json.load(f)
+    else:
+      single = dataclasses.replace(config, trials=1, seed=config.seed + trial)
+      start = time.perf_counter()
+      trial_rows = [dict(r, trial=trial) for r in train_lib.run(single, data)]
+      cached = {'config': dataclasses.asdict(config), 'trial': trial,
+                'rows': trial_rows, 'seconds': time.perf_counter() - start}
+      os.makedirs(workdir, exist_ok=True)
+      with open(path + '.tmp', 'w') as f:
+        json.dump(cached, f)
+      os.replace(path + '.tmp', path)
+    rows += cached['rows']
+    seconds += cached['seconds']
   return rows, seconds
 
 

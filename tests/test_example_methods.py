@@ -131,6 +131,20 @@ def test_vectorized_trials_equal_sequential_for_entropy_sgd():
     np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=2e-3)
 
 
+def test_paper_tables_trial_alone_equals_trial_in_a_run():
+  """A cell's trial t runs alone as seed + t: the same run as trial t of a
+  multi-trial run (what the per-trial cache relies on)."""
+  data = tiny_dataset()
+  mesh = train.mesh_over_local_devices(1)
+  config = Config(**dict(TINY, epochs=1, trials=2), optimizers=('sbs',))
+  together = train.run(config, data, mesh=mesh)
+  alone = train.run(Config(**dict(TINY, epochs=1, trials=1, seed=1),
+                           optimizers=('sbs',)), data, mesh=mesh)
+  strip = lambda r: {k: v for k, v in r.items()
+                     if k not in ('images_per_sec', 'trial')}
+  assert strip(alone[0]) == strip(together[1])
+
+
 def test_paper_tables_cells_and_pairing():
   cells = paper_tables.cells(paper_tables.SCALES['cpu'], {'3', '4', '5'})
   t3 = [c for c in cells if c.table == '3']
@@ -171,7 +185,7 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   assert 'JPEG' not in text  # only said of the shared cifar10.npz
   assert (tmp_path / 'tables_curves.png').exists()
   cached = sorted(os.listdir(tmp_path / 'work'))
-  assert len(cached) == 2
+  assert len(cached) == 4  # 2 cells x 2 trials, one file per finished trial
   # A second run reads the cache (no training): same table.
   paper_tables.main(argv)
   assert out.read_text().split('- training time')[1] == text.split('- training time')[1]
