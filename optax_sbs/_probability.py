@@ -213,8 +213,6 @@ def update_probability(
     >>> [round(float(x), 3) for x in p[0]]
     [0.227, 0.5, 0.773]
   """
-  if not magnitudes:
-    return []
   means, scales, offsets = probability_coefficients(
       magnitudes, groups, alpha, lam)
   return [

@@ -235,13 +235,7 @@ def stochastic_batch_size(
             jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)
         ]
       groups = [group_fn(path, g) for path, g in zip(paths, grads)]
-      means, scales, offsets = _probability.probability_coefficients(
-          magnitudes, groups, alpha, lam)
-      probs = [
-          _probability.probability_from_coefficients(
-              a, means[i], scales[i], offsets[i])
-          for i, a in enumerate(magnitudes)
-      ]
+      probs = _probability.update_probability(magnitudes, groups, alpha, lam)
     else:
       probs = [probability] * len(grads)
 
