@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import input_pipeline
 import models
 import train
 from configs.default import Config, EMBEDDED_SAMPLE
@@ -160,7 +161,7 @@ def test_paper_tables_cells_and_pairing():
                  dict(c.overrides)['learning_rate'] == 0.2)
   sgd_config = lr_cell.baseline().config(base)
   assert sgd_config.optimizers == ('sgd',) and sgd_config.learning_rate == 0.2
-  assert sgd_config.train_fraction == 1 / 16 and sgd_config.batch_size == 16
+  assert sgd_config.train_fraction == 1 / 32 and sgd_config.batch_size == 16
 
 
 def test_paired_difference_confidence_interval():
@@ -181,7 +182,9 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   text = out.read_text()
   assert '| SGD, 1/100, batch 16 | ' in text and '(baseline)' in text
   sbs_row = next(l for l in text.splitlines() if l.startswith('| SBS, 1/100'))
-  assert sbs_row.endswith('/2 |')  # paired over the 2 trials
+  assert sbs_row.split(' | ')[-2].endswith('/2')  # paired over the 2 trials
+  assert float(sbs_row.split(' | ')[-1].rstrip(' |')) > 0  # final train loss
+  assert 'class-balanced subset of 100 test images' in text
   assert 'JPEG' not in text  # only said of the shared cifar10.npz
   assert (tmp_path / 'tables_curves.png').exists()
   cached = sorted(os.listdir(tmp_path / 'work'))
@@ -189,3 +192,25 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   # A second run reads the cache (no training): same table.
   paper_tables.main(argv)
   assert out.read_text().split('- training time')[1] == text.split('- training time')[1]
+
+
+def test_balanced_test_subset_takes_every_class_equally():
+  # Class-major order, as in the shared CIFAR-10 copy: a prefix would hold
+  # one class only.
+  y = np.repeat(np.arange(10), 30).astype(np.int32)
+  x = np.arange(300).reshape(300, 1, 1, 1) * np.ones((1, 2, 2, 3), np.int64)
+  data = input_pipeline.Dataset('t', x, y, x, y, 10, True)
+  sub = paper_tables.balanced_test_subset(data, 50)
+  np.testing.assert_array_equal(np.bincount(sub.y_test), [5] * 10)
+  # The first five of each class, in the split's order, images with labels.
+  np.testing.assert_array_equal(
+      sub.x_test[:, 0, 0, 0], (np.arange(10)[:, None] * 30 + np.arange(5)).ravel())
+  np.testing.assert_array_equal(sub.y_test, np.repeat(np.arange(10), 5))
+  assert len(sub.y_train) == 300
+
+
+def test_final_train_loss_is_each_trials_last_epoch():
+  rows = [{'trial': t, 'epoch': e, 'train_loss': 10 * t + e}
+          for t in range(3) for e in (2, 1, 3)]
+  np.testing.assert_array_equal(paper_tables.final_train_loss(rows),
+                                [3, 13, 23])
