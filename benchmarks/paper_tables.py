@@ -18,6 +18,7 @@ its SGD cell, the paired difference with a 95% t confidence interval.
 
   python benchmarks/paper_tables.py                   # CPU scale, ~2 h on 2 cores
   python benchmarks/paper_tables.py --scale paper --dataset cifar10   # accelerator
+  python benchmarks/paper_tables.py --scale paper --dataset svhn_cropped --model vgg11
 
 Every finished trial is cached as JSON in --workdir; a rerun picks up where
 it stopped. Writes ``benchmarks/results/paper_tables_<scale>.md`` and
@@ -226,6 +227,41 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
   return mean, mean - half, mean + half, int(np.sum(d > 0))
 
 
+def best_rates(todo: list[Cell], results: dict, base: Config,
+               epochs: int) -> list[str]:
+  """Table 3's learning-rate check: each method at its own best base rate.
+
+  SGD's cells and the paper's SBS setting (alpha 0.1, lam -4, no other
+  reading) at every learning rate of the table; the best rate of each by the
+  mean over trials of the last-10% accuracy, and SBS at its best rate against
+  SGD at its best, paired by trial.
+  """
+  paper = dataclasses.replace(base, optimizers=('sbs',), alpha=0.1, lam=-4.0)
+  by_rate = {'sgd': {}, 'sbs': {}}
+  for cell in (c for c in todo if c.table == '3'):
+    config = cell.config(base)
+    reference = (dataclasses.replace(base, optimizers=('sgd',))
+                 if cell.method == 'sgd' else paper)
+    if config == dataclasses.replace(
+        reference, train_fraction=config.train_fraction,
+        batch_size=config.batch_size, learning_rate=config.learning_rate):
+      by_rate[cell.method][config.learning_rate] = per_trial(
+          results[cell_key(config)], epochs)[0]
+  if len(by_rate['sgd']) < 2 or len(by_rate['sbs']) < 2:
+    return []
+  best = {m: max(r, key=lambda lr: r[lr].mean()) for m, r in by_rate.items()}
+  mean, lo, hi, wins = paired_difference(by_rate['sbs'][best['sbs']],
+                                         by_rate['sgd'][best['sgd']])
+  rates = lambda m: ', '.join(f'{lr:g}: {a.mean():.2f}'
+                              for lr, a in sorted(by_rate[m].items()))
+  return [
+      f'Learning-rate check (last 10%, by base rate): SGD {rates("sgd")}; '
+      f'SBS (alpha 0.1, lam -4) {rates("sbs")}. SBS at its best rate '
+      f'({best["sbs"]:g}) vs SGD at its best ({best["sgd"]:g}), paired: '
+      f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], better in '
+      f'{wins}/{len(by_rate["sbs"][best["sbs"]])} trials.']
+
+
 def curves(rows: list[dict]) -> np.ndarray:
   trials = sorted({r['trial'] for r in rows})
   return np.array([[r['val_accuracy'] for r in sorted(
@@ -261,6 +297,8 @@ def main(argv=None):
   parser.add_argument('--dataset', default=SHARED_CIFAR,
                       help='a .npz path or a TFDS name (cifar10)')
   parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
+  parser.add_argument('--model', default=None,
+                      help="the scale's model instead (e.g. vgg11, resnet50)")
   parser.add_argument('--trials', type=int, default=None)
   parser.add_argument('--epochs', type=int, default=None)
   parser.add_argument('--workdir', default=None)
@@ -271,6 +309,8 @@ def main(argv=None):
     scale = dataclasses.replace(scale, trials=args.trials)
   if args.epochs:
     scale = dataclasses.replace(scale, epochs=args.epochs)
+  if args.model:
+    scale = dataclasses.replace(scale, model=args.model)
   tables = [t for t in args.tables.split(',') if t]
   if not set(tables) <= {'3', '4', '5'}:
     parser.error(f'--tables takes 3, 4 and 5, got {args.tables}')
@@ -361,6 +401,8 @@ def main(argv=None):
       if table in ('4', '5'):
         panels.setdefault(f'Table {table}', {})[cell.label] = curves(rows)
     lines.append('')
+    if table == '3':
+      lines += best_rates(todo, results, base, scale.epochs) + ['']
   os.makedirs(os.path.dirname(out), exist_ok=True)
   plot_path = os.path.splitext(out)[0] + '_curves.png'
   if panels:

@@ -214,3 +214,30 @@ def test_final_train_loss_is_each_trials_last_epoch():
           for t in range(3) for e in (2, 1, 3)]
   np.testing.assert_array_equal(paper_tables.final_train_loss(rows),
                                 [3, 13, 23])
+
+
+def test_best_rates_compares_each_method_at_its_own_best_rate():
+  scale = paper_tables.SCALES['cpu']
+  todo = paper_tables.cells(scale, ['3'])
+  base = Config()
+  # Fabricated accuracies: SGD best at 0.1, SBS (paper setting) best at 0.2;
+  # every other SBS reading at 99 must not count (it is not the paper
+  # setting at another rate).
+  acc = {('sgd', 0.05): 40.0, ('sgd', 0.1): 45.0, ('sgd', 0.2): 42.0,
+         ('sbs', 0.05): 30.0, ('sbs', 0.1): 35.0, ('sbs', 0.2): 44.0}
+  results = {}
+  for cell in todo + [c.baseline() for c in todo]:
+    config = cell.config(base)
+    value = acc.get((cell.method, config.learning_rate), 99.0)
+    if cell.method == 'sbs' and (config.alpha, config.lam, config.group,
+                                 config.magnitude, config.scale_by_count) != (
+                                     0.1, -4.0, 'type', 'cma', False):
+      value = 99.0
+    results[paper_tables.cell_key(config)] = [
+        {'optimizer': cell.method, 'trial': t, 'epoch': 1,
+         'val_accuracy': value + t} for t in range(3)]
+  (line,) = paper_tables.best_rates(todo, results, base, epochs=1)
+  assert 'SGD 0.05: 41.00, 0.1: 46.00, 0.2: 43.00' in line
+  assert 'SBS (alpha 0.1, lam -4) 0.05: 31.00, 0.1: 36.00, 0.2: 45.00' in line
+  assert 'best rate (0.2) vs SGD at its best (0.1)' in line
+  assert '-1.00 points' in line and 'better in 0/3' in line
