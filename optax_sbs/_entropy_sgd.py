@@ -127,7 +127,9 @@ def scale_by_entropy_sgd(
       return langevin(x_primes, mus, grads, inner_keys[i])
 
     if num_inner_steps > 1:
-      carry = jax.lax.fori_loop(1, num_inner_steps, body, carry)
+      # Unrolled: XLA:CPU ran the rolled loop of a small CNN's gradients ~5x
+      # slower per step (the compiled program grows linearly in the steps).
+      carry = jax.lax.fori_loop(1, num_inner_steps, body, carry, unroll=True)
     mu = treedef.unflatten(carry[1])
     new_updates = jax.tree.map(
         lambda x, m, u: (g * (x - m)).astype(u.dtype), params, mu, updates)
