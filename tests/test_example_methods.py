@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optax_sbs
+
 import input_pipeline
 import models
 import train
@@ -102,9 +104,32 @@ def test_method_names_and_their_optimisers():
     train.validate(Config(**dict(TINY), optimizers=('adamw',)), 1)
   for bad, match in (({'dropout_rate': 1.0}, 'dropout_rate'),
                      ({'esgd_inner_steps': 0}, 'esgd_inner_steps'),
+                     ({'esgd_gamma': 0.0}, 'esgd_gamma'),
                      ({'asgd_xi': 100.0}, 'asgd')):
     with pytest.raises(train.ConfigError, match=match):
       train.validate(Config(**dict(TINY, **bad)), 1)
+
+
+def test_entropy_sgd_outer_step_is_the_authors_lr_times_x_minus_mu():
+  """The program's esgd steps by -lr (x - mu) (the authors' code), not by
+  Algorithm 1's -lr gamma (x - mu)."""
+  config = Config(**dict(TINY, esgd_gamma=0.05, momentum=0.0))
+  key = jax.random.key(3)
+  lr = train.learning_rate_schedule(config, 100)(0)
+  params = {'w': jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)}
+  value_fn = lambda p: jnp.sum(jnp.sin(p['w']) ** 2)
+  grads = jax.grad(value_fn)(params)
+  tx = train.build_optimizer(config, 'esgd', 100, key)
+  updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
+  scaled = optax_sbs.baselines.scale_by_entropy_sgd(
+      key, num_inner_steps=config.esgd_inner_steps,
+      inner_learning_rate=config.esgd_inner_learning_rate, gamma=0.05,
+      noise=config.esgd_noise)
+  gamma_x_minus_mu, _ = scaled.update(grads, scaled.init(params), params,
+                                      value_fn=value_fn)
+  np.testing.assert_allclose(updates['w'],
+                             -lr * gamma_x_minus_mu['w'] / 0.05, rtol=1e-5)
+  assert np.abs(updates['w']).max() > 1e-4
 
 
 def test_every_method_trains_on_tiny_data():

@@ -75,6 +75,8 @@ def validate(config: Config, num_devices: int) -> None:
     if not 0.0 <= getattr(config, name) < 1.0:
       raise ConfigError(
           f'{name} must lie in [0, 1), got {getattr(config, name)}')
+  if not config.esgd_gamma > 0:
+    raise ConfigError(f'esgd_gamma must be positive, got {config.esgd_gamma}')
   if config.esgd_inner_steps < 1:
     raise ConfigError(
         f'esgd_inner_steps must be at least 1, got {config.esgd_inner_steps}')
@@ -124,6 +126,11 @@ def build_optimizer(config: Config, optimizer: str, total_steps: int,
         key, num_inner_steps=config.esgd_inner_steps,
         inner_learning_rate=config.esgd_inner_learning_rate,
         gamma=config.esgd_gamma, noise=config.esgd_noise))
+    # The authors' code (github.com/ucla-vision/entropy-sgd, python/optim.py)
+    # steps on x - mu, not on Algorithm 1's gamma (x - mu): at SGD's learning
+    # rate, gamma = 0.03 would make every outer step 33x shorter than theirs
+    # (measured here: 25% test accuracy where SGD reaches 46%).
+    parts.append(optax.scale(1.0 / config.esgd_gamma))
   if optimizer == 'asgd':
     parts.append(optax_sbs.baselines.accelerated_sgd(
         lr, kappa=config.asgd_kappa, xi=config.asgd_xi))
