@@ -170,13 +170,15 @@ def cell_key(config: Config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_cell(config: Config, data, workdir: str) -> tuple[list[dict], float]:
+def run_cell(config: Config, data, workdir: str,
+             train: bool = True) -> tuple[list[dict], float]:
   """Rows of every trial of one cell and its training seconds.
 
   Trial ``t`` runs alone as ``trials=1, seed=seed+t`` (the training program
   derives everything of a trial from ``seed + trial``, so it is the same
   run) and is cached in ``workdir`` as soon as it finishes: a stopped
-  table loses at most one trial.
+  table loses at most one trial. With ``train=False``, only the cached
+  trials.
   """
   rows, seconds = [], 0.0
   for trial in range(config.trials):
@@ -184,6 +186,8 @@ def run_cell(config: Config, data, workdir: str) -> tuple[list[dict], float]:
     if os.path.exists(path):
       with open(path) as f:
         cached = json.load(f)
+    elif not train:
+      continue
     else:
       single = dataclasses.replace(config, trials=1, seed=config.seed + trial)
       start = time.perf_counter()
@@ -242,7 +246,7 @@ def best_rates(todo: list[Cell], results: dict, base: Config,
     config = cell.config(base)
     reference = (dataclasses.replace(base, optimizers=('sgd',))
                  if cell.method == 'sgd' else paper)
-    if config == dataclasses.replace(
+    if cell_key(config) in results and config == dataclasses.replace(
         reference, train_fraction=config.train_fraction,
         batch_size=config.batch_size, learning_rate=config.learning_rate):
       by_rate[cell.method][config.learning_rate] = per_trial(
@@ -303,6 +307,9 @@ def main(argv=None):
   parser.add_argument('--epochs', type=int, default=None)
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--out', default=None, help='markdown path')
+  parser.add_argument('--cached-only', action='store_true',
+                      help='train nothing: write the tables from the cached '
+                      'trials, listing unfinished cells as such')
   args = parser.parse_args(argv)
   scale = SCALES[args.scale]
   if args.trials:
@@ -329,18 +336,22 @@ def main(argv=None):
       model=scale.model, epochs=scale.epochs, trials=scale.trials,
       augment=scale.augment, workdir=workdir)
   todo = cells(scale, tables)
-  results, total_seconds = {}, 0.0
+  results, unfinished, total_seconds = {}, {}, 0.0
   started = time.perf_counter()
   for cell in todo + [c.baseline() for c in todo]:
     config = cell.config(base)
     key = cell_key(config)
-    if key in results:
+    if key in results or key in unfinished:
       continue
     print(f'[{time.perf_counter() - started:7.0f}s] table {cell.table or "-"}'
           f' {cell.label or "SGD baseline"} {dict(cell.overrides)}', flush=True)
-    rows, seconds = run_cell(config, data, workdir)
-    results[key] = rows
+    rows, seconds = run_cell(config, data, workdir,
+                             train=not args.cached_only)
     total_seconds += seconds
+    if len({r['trial'] for r in rows}) == scale.trials:
+      results[key] = rows
+    else:  # --cached-only: reported as unfinished
+      unfinished[key] = len({r['trial'] for r in rows})
 
   dev = jax.devices()[0]
   lines = [
@@ -362,7 +373,8 @@ def main(argv=None):
       f'{dev.platform} ({dev.device_kind})',
       f'- versions: python {platform.python_version()}, jax {jax.__version__},'
       f' optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
-      f'- training time of all cells: {total_seconds / 3600:.2f} h',
+      f'- training time of all cells (sum over their cached trials): '
+      f'{total_seconds / 3600:.2f} h',
       '',
       'Accuracy columns: mean ± std over trials of (a) the mean over the last '
       '10% of epochs, (b) the maximum over epochs. "vs SGD": the paired '
@@ -384,6 +396,13 @@ def main(argv=None):
               '| final train loss |',
               '|---|---|---|---|---|---|---|']
     for cell in (c for c in todo if c.table == table):
+      keys = (cell_key(cell.config(base)), cell_key(cell.baseline().config(base)))
+      if any(k in unfinished for k in keys):
+        done = ', '.join(f'{unfinished.get(k, scale.trials)}/{scale.trials}'
+                         for k in dict.fromkeys(keys))
+        lines.append(f'| {cell.label} | not run yet (trials cached, cell and '
+                     f'its SGD: {done}) | | | | | |')
+        continue
       rows = results[cell_key(cell.config(base))]
       last, best = per_trial(rows, scale.epochs)
       base_last, _ = per_trial(
@@ -399,7 +418,9 @@ def main(argv=None):
           f'{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | {versus} | '
           f'{final_train_loss(rows).mean():.3f} |')
       if table in ('4', '5'):
-        panels.setdefault(f'Table {table}', {})[cell.label] = curves(rows)
+        panel = f'Table {table}' + (
+            f', batch {cell.config(base).batch_size}' if table == '4' else '')
+        panels.setdefault(panel, {})[cell.label] = curves(rows)
     lines.append('')
     if table == '3':
       lines += best_rates(todo, results, base, scale.epochs) + ['']

@@ -217,6 +217,15 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   # A second run reads the cache (no training): same table.
   paper_tables.main(argv)
   assert out.read_text().split('- training time')[1] == text.split('- training time')[1]
+  # --cached-only trains nothing and lists an unfinished cell as such.
+  sgd_trial1 = next(f for f in cached if f.endswith('_trial1.json') and
+                    'sgd' in (tmp_path / 'work' / f).read_text()[:400])
+  os.remove(tmp_path / 'work' / sgd_trial1)
+  paper_tables.main(argv + ['--cached-only'])
+  partial = out.read_text()
+  assert len(os.listdir(tmp_path / 'work')) == 3
+  assert '| SGD, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 1/2) |' in partial
+  assert '| SBS, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 2/2, 1/2) |' in partial
 
 
 def test_balanced_test_subset_takes_every_class_equally():
