@@ -356,7 +356,10 @@ def main(argv=None):
   dev = jax.devices()[0]
   lines = [
       f'# The paper\'s Tables 3-5, scale "{args.scale}"', '',
-      f'- command: `{command.strip()}`',
+      f'- command: `{command.strip()}`'
+      + (' (tables from the cached trials, which '
+         '`python benchmarks/paper_tables.py` trained)' if args.cached_only
+         else ''),
       f'- data: `{os.path.basename(args.dataset)}`'
       + (' (this CIFAR-10 copy has JPEG-decoded pixels: see '
          '`shared/data/README.md`)' if args.dataset.endswith('cifar10.npz')
