@@ -133,7 +133,9 @@ def stochastic_batch_size(
     probability: ``None`` (default) for the adaptive rule; a float in
       ``[0, 1]`` fixes ``p`` for every element (``1.0`` is plain SGD).
     scale_by_count: multiply the update by ``k``, the paper's
-      ``eta~ = k eta`` (learning rate proportional to the batch size).
+      ``eta~ = k eta`` (learning rate proportional to the batch size). The
+      update is then the sum of the ``k`` gradients accumulated since the
+      element's last update: every gradient is applied once, some later.
     magnitude: ``'cma'`` (default, eq. 11: the magnitudes of ``g~``) or
       ``'gradient'`` (magnitudes of the current batch gradient ``g``).
     group_fn: ``(path, leaf) -> hashable`` naming the group whose leaves are

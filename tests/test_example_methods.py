@@ -174,10 +174,10 @@ def test_paper_tables_trial_alone_equals_trial_in_a_run():
 def test_paper_tables_cells_and_pairing():
   cells = paper_tables.cells(paper_tables.SCALES['cpu'], {'3', '4', '5'})
   t3 = [c for c in cells if c.table == '3']
-  assert len(t3) == 15
+  assert len(t3) == 17
   assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {
       -0.1, 0.0, 0.1, 1.0}
-  assert len([c for c in cells if c.table == '4']) == 12
+  assert len([c for c in cells if c.table == '4']) == 15
   assert [c.method for c in cells if c.table == '5'] == [
       'sgd', 'dropout', 'adrop', 'esgd', 'asgd', 'sbs']
   # Every cell is paired with the SGD cell of its data, batch and rate.
@@ -207,13 +207,20 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   text = out.read_text()
   assert '| SGD, 1/100, batch 16 | ' in text and '(baseline)' in text
   sbs_row = next(l for l in text.splitlines() if l.startswith('| SBS, 1/100'))
-  assert sbs_row.split(' | ')[-2].endswith('/2')  # paired over the 2 trials
-  assert float(sbs_row.split(' | ')[-1].rstrip(' |')) > 0  # final train loss
+  cols = sbs_row.split(' | ')
+  assert cols[-3].endswith('/2')  # paired over the 2 trials
+  assert float(cols[-2]) > 0  # final train loss
+  # SBS's update fraction and mean count, from the logged rows.
+  fraction, count = (float(v) for v in cols[-1].rstrip(' |').split(' / '))
+  assert 0 < fraction < 1 and count >= 1
+  sgd_row = next(l for l in text.splitlines() if l.startswith('| SGD, 1/100'))
+  assert sgd_row.endswith('|  |')  # no SBS statistics for SGD
   assert 'class-balanced subset of 100 test images' in text
   assert 'JPEG' not in text  # only said of the shared cifar10.npz
   assert (tmp_path / 'tables_curves.png').exists()
   cached = sorted(os.listdir(tmp_path / 'work'))
-  assert len(cached) == 4  # 2 cells x 2 trials, one file per finished trial
+  assert '| SBS combined, 1/100, batch 16 | ' in text
+  assert len(cached) == 6  # 3 cells x 2 trials, one file per finished trial
   # A second run reads the cache (no training): same table.
   paper_tables.main(argv)
   assert out.read_text().split('- training time')[1] == text.split('- training time')[1]
@@ -223,7 +230,7 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   os.remove(tmp_path / 'work' / sgd_trial1)
   paper_tables.main(argv + ['--cached-only'])
   partial = out.read_text()
-  assert len(os.listdir(tmp_path / 'work')) == 3
+  assert len(os.listdir(tmp_path / 'work')) == 5
   assert '| SGD, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 1/2) |' in partial
   assert '| SBS, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 2/2, 1/2) |' in partial
 
@@ -248,6 +255,14 @@ def test_final_train_loss_is_each_trials_last_epoch():
           for t in range(3) for e in (2, 1, 3)]
   np.testing.assert_array_equal(paper_tables.final_train_loss(rows),
                                 [3, 13, 23])
+
+
+def test_sbs_statistics_average_over_epochs_and_trials():
+  rows = [{'trial': t, 'epoch': e, 'sbs_update_fraction': 0.1 * (t + e),
+           'sbs_mean_count': 1.0 + t * e} for t in range(2) for e in (1, 2)]
+  # fractions 0.1, 0.2, 0.2, 0.3 -> 0.2; counts 1, 1, 2, 3 -> 1.75
+  assert paper_tables.sbs_statistics(rows) == '0.200 / 1.75'
+  assert paper_tables.sbs_statistics([{'trial': 0, 'epoch': 1}]) == ''
 
 
 def test_best_rates_compares_each_method_at_its_own_best_rate():

@@ -262,6 +262,37 @@ def test_probability_zero_never_updates_and_accumulates_mean():
     np.testing.assert_array_equal(np.asarray(k), 7)
 
 
+def test_scale_by_count_applies_every_gradient_once():
+  """With scale_by_count the update k * g~ is the sum of the k gradients
+  accumulated since the last update: over a run, the updates plus what is
+  still pending, (count - 1) * cma, add up to the sum of all gradients."""
+  rng = np.random.default_rng(8)
+  params = make_params()
+  tx = optax_sbs.stochastic_batch_size(
+      key=4, alpha=1.0, lam=-2.0, scale_by_count=True)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  grad_sum = jax.tree.map(lambda p: np.zeros(p.shape), params)
+  update_sum = jax.tree.map(lambda p: np.zeros(p.shape), params)
+  steps = 25
+  for _ in range(steps):
+    grads = random_grads(rng)
+    updates, state = update(grads, state, params)
+    grad_sum = jax.tree.map(lambda s, g: s + np.asarray(g, np.float64),
+                            grad_sum, grads)
+    update_sum = jax.tree.map(lambda s, u: s + np.asarray(u, np.float64),
+                              update_sum, updates)
+  counts = leaves(state.count)
+  for g, u, c, k in zip(leaves(grad_sum), leaves(update_sum),
+                        leaves(state.cma), counts):
+    scale = np.abs(g).max() + 1e-12
+    np.testing.assert_allclose(u + (k - 1) * c, g, atol=2e-5 * scale * steps)
+  # Not trivially satisfied: some elements are still pending at the end
+  # (count > 1), others were just updated (count 1).
+  assert any(np.any(k > 1) for k in counts)
+  assert any(np.any(k == 1) for k in counts)
+
+
 def test_alpha_lam_zero_gives_one_half():
   mags = [jnp.abs(x) for x in jax.tree.leaves(random_grads(np.random.default_rng(6)))]
   probs = optax_sbs.update_probability(mags, [0] * len(mags), 0.0, 0.0)
