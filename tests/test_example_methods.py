@@ -177,7 +177,7 @@ def test_paper_tables_cells_and_pairing():
   assert len(t3) == 17
   assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {
       -0.1, 0.0, 0.1, 1.0}
-  assert len([c for c in cells if c.table == '4']) == 15
+  assert len([c for c in cells if c.table == '4']) == 18
   assert [c.method for c in cells if c.table == '5'] == [
       'sgd', 'dropout', 'adrop', 'esgd', 'asgd', 'sbs']
   # Every cell is paired with the SGD cell of its data, batch and rate.
