@@ -103,6 +103,10 @@ class Cell:
         (k, v) for k, v in self.overrides if k in keep))
 
 
+# The columns of every table.
+COLUMNS = ('cell', 'last 10%', 'max', 'vs SGD (points)', '95% CI', 'beats SGD',
+           'final train loss', 'SBS: updated per step / mean k')
+
 # The reading that came closest at CPU scale: no global term (lam = 0) and the
 # step eta~ = k eta of eq. (13) for a parameter that accumulated k batches.
 COMBINED = (('alpha', 0.1), ('lam', 0.0), ('scale_by_count', True))
@@ -299,23 +303,25 @@ def curves(rows: list[dict]) -> np.ndarray:
                    for t in trials]).mean(0)
 
 
-def plot(panels: dict[str, dict[str, np.ndarray]], path: str) -> None:
+def plot(panels: dict[str, dict[str, tuple[np.ndarray, Optional[tuple]]]],
+         path: str) -> None:
+  """One panel per entry: ``{label: (curve, group)}``. Lines of one group
+  (e.g. one data fraction and batch size) share a colour and take the line
+  styles in turn; lines without a group get the default colours."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4),
                            squeeze=False)
-  dashes = {'SGD': '-', 'SBS': '--', 'SBS combined': ':'}
+  styles = ('-', '--', ':', '-.')
   for ax, (title, lines) in zip(axes[0], panels.items()):
-    # Table 4 ('<method>, <fraction>, <batch>'): one colour per fraction and
-    # batch, one line style per method.
-    settings = {}
-    for label, curve in lines.items():
-      method, _, setting = label.partition(', ')
+    seen = {}  # group -> lines of it drawn so far
+    for label, (curve, group) in lines.items():
       style = {}
-      if setting and method in dashes:
-        colour = settings.setdefault(setting, f'C{len(settings) % 10}')
-        style = dict(color=colour, linestyle=dashes[method])
+      if group is not None:
+        seen[group] = seen.get(group, -1) + 1
+        style = dict(color=f'C{list(seen).index(group) % 10}',
+                     linestyle=styles[seen[group] % len(styles)])
       ax.plot(np.arange(1, len(curve) + 1), curve, label=label, **style)
     ax.set_title(title)
     ax.set_xlabel('epoch')
@@ -434,21 +440,20 @@ def main(argv=None):
   panels = {}
   for table in sorted(tables):
     lines += [f'## {titles[table]}', '',
-              '| cell | last 10% | max | vs SGD (points) | 95% CI | beats SGD '
-              '| final train loss | SBS: updated per step / mean k |',
-              '|---|---|---|---|---|---|---|---|']
+              '| ' + ' | '.join(COLUMNS) + ' |',
+              '|' + '---|' * len(COLUMNS)]
     for cell in (c for c in todo if c.table == table):
-      keys = (cell_key(cell.config(base)), cell_key(cell.baseline().config(base)))
-      if any(k in unfinished for k in keys):
+      config = cell.config(base)
+      key, base_key = cell_key(config), cell_key(cell.baseline().config(base))
+      if key in unfinished or base_key in unfinished:
         done = ', '.join(f'{unfinished.get(k, scale.trials)}/{scale.trials}'
-                         for k in dict.fromkeys(keys))
+                         for k in dict.fromkeys((key, base_key)))
         lines.append(f'| {cell.label} | not run yet (trials cached, cell and '
-                     f'its SGD: {done}) | | | | | | |')
+                     f'its SGD: {done}) |' + ' |' * (len(COLUMNS) - 2))
         continue
-      rows = results[cell_key(cell.config(base))]
+      rows = results[key]
       last, best = per_trial(rows, scale.epochs)
-      base_last, _ = per_trial(
-          results[cell_key(cell.baseline().config(base))], scale.epochs)
+      base_last, _ = per_trial(results[base_key], scale.epochs)
       if cell.method == 'sgd' and cell.baseline() == Cell(
           '', '', 'sgd', cell.overrides):
         versus = '(baseline) | | '
@@ -460,9 +465,12 @@ def main(argv=None):
           f'{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | {versus} | '
           f'{final_train_loss(rows).mean():.3f} | {sbs_statistics(rows)} |')
       if table in ('4', '5'):
-        panel = f'Table {table}' + (
-            f', batch {cell.config(base).batch_size}' if table == '4' else '')
-        panels.setdefault(panel, {})[cell.label] = curves(rows)
+        # Table 4: a panel per batch size, a colour per training fraction.
+        panel, group = f'Table {table}', None
+        if table == '4':
+          panel += f', batch {config.batch_size}'
+          group = (config.train_fraction, config.batch_size)
+        panels.setdefault(panel, {})[cell.label] = (curves(rows), group)
     lines.append('')
     if table == '3':
       lines += best_rates(todo, results, base, scale.epochs) + ['']
