@@ -66,6 +66,8 @@ class Scale:
   table4_batch_sizes: tuple[int, ...]
   augment: bool = False  # the paper names no augmentation
   test_examples: Optional[int] = None  # a class-balanced N (None: all)
+  # Table m: the paper's batch sizes with momentum 0.3 and 0.9.
+  momentum_batch_sizes: tuple[int, int] = (32, 128)
 
 
 SCALES = {
@@ -81,7 +83,7 @@ SCALES = {
                    (16, 32, 64, 128)),
     # Seconds: for the tests of this script.
     'smoke': Scale('small_cnn', 2, 2, 1 / 100, 16, (1 / 100,), (16,),
-                   test_examples=100),
+                   test_examples=100, momentum_batch_sizes=(8, 16)),
 }
 
 
@@ -158,6 +160,29 @@ def _table_cells(scale: Scale, table: str) -> list[Cell]:
                         'sbs', o + (('alpha', 0.1), ('lam', -4.0))))
         out.append(Cell('4', f'SBS combined, 1/{round(1 / fraction)}, '
                         f'batch {batch}', 'sbs', o + COMBINED))
+  if table == 'm':
+    # Algorithm 2 under momentum (the SBS wrapper, 'frozen') against SBS
+    # chained before SGD ('chain', what Tables 3-5 ran before): the paper's
+    # setting at batch 32 / momentum 0.3, and Table 4's batch-128 cells
+    # (momentum 0.9) with the frozen semantics.
+    paper = (('alpha', 0.1), ('lam', -4.0))
+    small, large = scale.momentum_batch_sizes
+    o = (('train_fraction', scale.fraction), ('batch_size', small))
+    name = f'1/{round(1 / scale.fraction)}, batch {small}'
+    out.append(Cell('m', f'SGD, {name}', 'sgd', o))
+    for semantics in ('chain', 'frozen'):
+      out.append(Cell('m', f'SBS {semantics}, {name}', 'sbs',
+                      o + paper + (('sbs_momentum', semantics),)))
+    for fraction in scale.table4_fractions:
+      o = (('train_fraction', fraction), ('batch_size', large))
+      name = f'1/{round(1 / fraction)}, batch {large}'
+      out += [
+          Cell('m', f'SGD, {name}', 'sgd', o),
+          Cell('m', f'SBS frozen, {name}', 'sbs',
+               o + paper + (('sbs_momentum', 'frozen'),)),
+          Cell('m', f'SBS combined frozen, {name}', 'sbs',
+               o + COMBINED + (('sbs_momentum', 'frozen'),)),
+      ]
   if table == '5':
     names = {'sgd': 'SGD', 'dropout': 'Dropout (0.5)',
              'adrop': 'adaptive Dropout (depth-linear, 0.5)',
@@ -185,8 +210,41 @@ def balanced_test_subset(data: input_pipeline.Dataset,
 
 
 def cell_key(config: Config) -> str:
-  text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+  """The cache key of a cell's configuration: where the data and the cache
+  lie does not enter it (the dataset by file name), so a cache committed
+  from one checkout is found from another."""
+  fields = dataclasses.asdict(config)
+  for where in ('workdir', 'data_dir'):
+    fields.pop(where)
+  fields['dataset'] = os.path.basename(config.dataset)
+  text = json.dumps(fields, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _claim(lock: str) -> bool:
+  """Claims a trial for this process (False if a live process holds it), so
+  several processes can share one table's trials."""
+  os.makedirs(os.path.dirname(lock), exist_ok=True)
+  for _ in range(2):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        with open(lock) as f:
+          os.kill(int(f.read() or 0), 0)  # raises if that process is gone
+        return False
+      except (ProcessLookupError, ValueError, FileNotFoundError):
+        try:
+          os.remove(lock)  # left by a process that died: take it over
+        except FileNotFoundError:
+          pass
+        continue
+      except PermissionError:
+        return False
+    with os.fdopen(fd, 'w') as f:
+      f.write(str(os.getpid()))
+    return True
+  return False
 
 
 def run_cell(config: Config, data, workdir: str,
@@ -196,8 +254,10 @@ def run_cell(config: Config, data, workdir: str,
   Trial ``t`` runs alone as ``trials=1, seed=seed+t`` (the training program
   derives everything of a trial from ``seed + trial``, so it is the same
   run) and is cached in ``workdir`` as soon as it finishes: a stopped
-  table loses at most one trial. With ``train=False``, only the cached
-  trials.
+  table loses at most one trial. A trial that another live process is
+  training (its lock file) is skipped, so two processes can share a table;
+  render it at the end with ``--cached-only``. With ``train=False``, only
+  the cached trials.
   """
   rows, seconds = [], 0.0
   for trial in range(config.trials):
@@ -205,8 +265,8 @@ def run_cell(config: Config, data, workdir: str,
     if os.path.exists(path):
       with open(path) as f:
         cached = json.load(f)
-    elif not train:
-      continue
+    elif not train or not _claim(path + '.lock'):
+      continue  # not to train here, or another process is training it
     else:
       single = dataclasses.replace(config, trials=1, seed=config.seed + trial)
       start = time.perf_counter()
@@ -217,6 +277,7 @@ def run_cell(config: Config, data, workdir: str,
       with open(path + '.tmp', 'w') as f:
         json.dump(cached, f)
       os.replace(path + '.tmp', path)
+      os.remove(path + '.lock')
     rows += cached['rows']
     seconds += cached['seconds']
   return rows, seconds
@@ -338,7 +399,8 @@ def main(argv=None):
   parser.add_argument('--scale', default='cpu', choices=sorted(SCALES))
   parser.add_argument('--tables', default='5,4,3',
                       help='which tables, run in this order (5 and 4 hold the '
-                      "paper's main claims, so they run first)")
+                      "paper's main claims, so they run first); m: SBS under "
+                      'momentum, frozen vs chain')
   parser.add_argument('--dataset', default=SHARED_CIFAR,
                       help='a .npz path or a TFDS name (cifar10)')
   parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
@@ -360,12 +422,14 @@ def main(argv=None):
   if args.model:
     scale = dataclasses.replace(scale, model=args.model)
   tables = [t for t in args.tables.split(',') if t]
-  if not set(tables) <= {'3', '4', '5'}:
-    parser.error(f'--tables takes 3, 4 and 5, got {args.tables}')
+  if not set(tables) <= {'3', '4', '5', 'm'}:
+    parser.error(f'--tables takes 3, 4, 5 and m, got {args.tables}')
   out = args.out or os.path.join(
       ROOT, 'benchmarks', 'results', f'paper_tables_{args.scale}.md')
+  # The cache is committed beside the results, so a later session (a fresh
+  # checkout) resumes the table instead of retraining it.
   workdir = args.workdir or os.path.join(
-      ROOT, 'results', f'paper_tables_{args.scale}')
+      ROOT, 'benchmarks', 'results', 'trials', f'paper_tables_{args.scale}')
   command = 'python benchmarks/paper_tables.py ' + ' '.join(
       sys.argv[1:] if argv is None else argv)
 
@@ -409,7 +473,8 @@ def main(argv=None):
          else ''),
       f'- scale: {scale.model}, {scale.epochs} epochs, {scale.trials} paired '
       f'trials per cell, sigmoid learning rate 0.1 -> 0.001, momentum by the '
-      f'paper\'s batch-size pairing, '
+      f'paper\'s batch-size pairing (SBS under momentum: Algorithm 2, '
+      f'"frozen", unless a row says "chain"), '
       + ('random crop + flip' if scale.augment else 'no augmentation (the '
          'paper names none)')
       + ', test accuracy after every epoch on '
@@ -436,7 +501,10 @@ def main(argv=None):
                  'training set)',
             '4': 'Table 4: SGD vs SBS by training fraction and batch size',
             '5': f'Table 5: the paper\'s methods (batch {scale.batch_size}, '
-                 f'1/{round(1 / scale.fraction)} of the training set)'}
+                 f'1/{round(1 / scale.fraction)} of the training set)',
+            'm': 'SBS under momentum: Algorithm 2 (frozen: a waiting element '
+                 'keeps its value and momentum) vs SBS chained before SGD '
+                 '(chain: momentum moves waiting elements)'}
   panels = {}
   for table in sorted(tables):
     lines += [f'## {titles[table]}', '',
@@ -464,10 +532,10 @@ def main(argv=None):
           f'| {cell.label} | {last.mean():.2f} ± {last.std(ddof=1) if len(last) > 1 else 0:.2f} | '
           f'{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | {versus} | '
           f'{final_train_loss(rows).mean():.3f} | {sbs_statistics(rows)} |')
-      if table in ('4', '5'):
+      if table in ('4', '5', 'm'):
         # Table 4: a panel per batch size, a colour per training fraction.
         panel, group = f'Table {table}', None
-        if table == '4':
+        if table in ('4', 'm'):
           panel += f', batch {config.batch_size}'
           group = (config.train_fraction, config.batch_size)
         panels.setdefault(panel, {})[cell.label] = (curves(rows), group)

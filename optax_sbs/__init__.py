@@ -12,6 +12,8 @@ from optax_sbs._transform import find_state
 from optax_sbs._transform import reset_accumulators
 from optax_sbs._transform import stochastic_batch_size
 from optax_sbs._transform import StochasticBatchSizeState
+from optax_sbs._wrapper import with_stochastic_batch_size
+from optax_sbs._wrapper import WithStochasticBatchSizeState
 
 __version__ = '0.1.0'
 
@@ -27,5 +29,7 @@ __all__ = (
     'stochastic_batch_size',
     'StochasticBatchSizeState',
     'update_probability',
+    'with_stochastic_batch_size',
+    'WithStochasticBatchSizeState',
     'wrap_key_data_tree',
 )

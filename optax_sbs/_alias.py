@@ -1,4 +1,4 @@
-"""``sbs``: stochastic batch size chained with SGD, like ``optax.sgd``."""
+"""``sbs``: SGD (with momentum) under stochastic batch size, like ``optax.sgd``."""
 
 from typing import Literal, Optional
 
@@ -8,7 +8,7 @@ import optax
 from optax._src import base
 
 from optax_sbs import _probability
-from optax_sbs import _transform
+from optax_sbs import _wrapper
 
 
 def sbs(
@@ -30,9 +30,16 @@ def sbs(
 
   Equivalent to::
 
-    optax.chain(
-        optax_sbs.stochastic_batch_size(key, alpha=alpha, lam=lam, ...),
-        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+    optax_sbs.with_stochastic_batch_size(
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+        key, alpha=alpha, lam=lam, ...)
+
+  so Algorithm 2 holds under momentum too: an element that is not released
+  keeps its value *and* its momentum trace (see
+  :func:`with_stochastic_batch_size`). Without momentum this is exactly
+  ``optax.chain(stochastic_batch_size(...), optax.sgd(learning_rate))``.
+  That chain *with* momentum is a different method, in which the trace keeps
+  moving the waiting elements: build it explicitly if you want it.
 
   See :func:`stochastic_batch_size` for the meaning of the SBS options.
 
@@ -52,7 +59,8 @@ def sbs(
     count_dtype: integer dtype of the counts.
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs`.
+    A :class:`optax.GradientTransformationExtraArgs` whose state is a
+    :class:`WithStochasticBatchSizeState`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, optax_sbs
@@ -64,20 +72,19 @@ def sbs(
     Array([0.9, 2.1], dtype=float32)
 
   References:
-    Stochastic batch size for adaptive regularization in deep network
-    optimization, Algorithm 2, §4.3 and §5.1.
+    Nakamura, Soatto and Hong, `Stochastic batch size for adaptive
+    regularization in deep network optimization
+    <https://arxiv.org/abs/2004.06341>`_, 2020 (Algorithm 2, §4.3, §5.1).
   """
-  return optax.chain(
-      _transform.stochastic_batch_size(
-          key,
-          alpha=alpha,
-          lam=lam,
-          probability=probability,
-          scale_by_count=scale_by_count,
-          magnitude=magnitude,
-          group_fn=group_fn,
-          cma_dtype=cma_dtype,
-          count_dtype=count_dtype,
-      ),
+  return _wrapper.with_stochastic_batch_size(
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+      key,
+      alpha=alpha,
+      lam=lam,
+      probability=probability,
+      scale_by_count=scale_by_count,
+      magnitude=magnitude,
+      group_fn=group_fn,
+      cma_dtype=cma_dtype,
+      count_dtype=count_dtype,
   )

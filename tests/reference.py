@@ -49,3 +49,32 @@ def sbs_step(grads, cmas, counts, chis, scale_by_count=False):
     new_cmas.append((1 - chi) * g_tilde)
     new_counts.append((1 - chi) * (k + 1) + chi)
   return updates, new_cmas, new_counts
+
+
+def frozen_momentum_step(sbs_out, trace, chis, lr, momentum):
+  """optax.sgd(lr, momentum) under Algorithm 2: only released elements
+  (chi = 1) update their trace and move. Returns updates, traces."""
+  updates, new_traces = [], []
+  for u, t, chi in zip(sbs_out, trace, chis):
+    moved = u + momentum * t
+    new_traces.append(np.where(chi, moved, t))
+    updates.append(np.where(chi, -lr * moved, 0.0))
+  return updates, new_traces
+
+
+def frozen_adam_step(sbs_out, mu, nu, step, chis, params, lr, b1, b2, eps,
+                     weight_decay=0.0):
+  """optax.adam / adamw under Algorithm 2: released elements update their
+  moments and move; the bias correction uses the global step ``step``
+  (1-based, advanced every step). Returns updates, mus, nus."""
+  updates, new_mu, new_nu = [], [], []
+  for u, m, v, chi, w in zip(sbs_out, mu, nu, chis, params):
+    m_new = b1 * m + (1 - b1) * u
+    v_new = b2 * v + (1 - b2) * u * u
+    m_hat = m_new / (1 - b1**step)
+    v_hat = v_new / (1 - b2**step)
+    step_dir = m_hat / (np.sqrt(v_hat) + eps) + weight_decay * w
+    updates.append(np.where(chi, -lr * step_dir, 0.0))
+    new_mu.append(np.where(chi, m_new, m))
+    new_nu.append(np.where(chi, v_new, v))
+  return updates, new_mu, new_nu

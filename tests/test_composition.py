@@ -45,15 +45,23 @@ def run(tx, steps=10, jit=True, **extra):
   return params, state
 
 
-@pytest.mark.parametrize('momentum', [None, 0.9])
-def test_sbs_alias_equals_explicit_chain(momentum):
+def test_sbs_alias_without_momentum_equals_explicit_chain():
   lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
-  a = run(optax_sbs.sbs(lr, key=4, momentum=momentum))
-  b = run(optax.chain(
-      optax_sbs.stochastic_batch_size(key=4),
-      optax.sgd(lr, momentum=momentum),
-  ))
+  a = run(optax_sbs.sbs(lr, key=4))
+  b = run(optax.chain(optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr)))
   assert_trees_equal(a, b)
+
+
+def test_sbs_alias_with_momentum_is_the_wrapper_not_the_chain():
+  lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
+  a = run(optax_sbs.sbs(lr, key=4, momentum=0.9, nesterov=True))
+  b = run(optax_sbs.with_stochastic_batch_size(
+      optax.sgd(lr, momentum=0.9, nesterov=True), key=4))
+  assert_trees_equal(a, b)
+  chain_params, _ = run(optax.chain(
+      optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr, momentum=0.9)))
+  assert not all(np.array_equal(x, y) for x, y in zip(
+      jax.tree.leaves(a[0]), jax.tree.leaves(chain_params)))
 
 
 def test_momentum_accumulates_only_emitted_updates():

@@ -1,5 +1,6 @@
 """The paper's comparison methods in the training program, and the tables script."""
 
+import dataclasses
 import os
 import sys
 
@@ -110,6 +111,30 @@ def test_method_names_and_their_optimisers():
       train.validate(Config(**dict(TINY, **bad)), 1)
 
 
+def test_sbs_momentum_semantics_frozen_holds_waiting_elements_chain_moves_them():
+  config = Config(**dict(TINY, momentum=0.9, probability=0.5))
+  params = {'w': jnp.ones((8, 8))}
+  grads = {'w': jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
+  moved = {}
+  for semantics in train.SBS_MOMENTUM:
+    tx = train.build_optimizer(
+        dataclasses.replace(config, sbs_momentum=semantics), 'sbs', 100,
+        jax.random.key(0))
+    state = tx.init(params)
+    for _ in range(4):
+      updates, state = tx.update(grads, state, params)
+    released = np.asarray(optax_sbs.find_state(state).count['w']) == 1
+    moved[semantics] = np.asarray(updates['w']) != 0
+    if semantics == 'frozen':
+      np.testing.assert_array_equal(moved['frozen'], released)
+      assert any(isinstance(x, optax_sbs.WithStochasticBatchSizeState)
+                 for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
+                     x, optax_sbs.WithStochasticBatchSizeState)))
+  assert moved['chain'].mean() > moved['frozen'].mean() + 0.2
+  with pytest.raises(train.ConfigError, match='sbs_momentum'):
+    train.validate(Config(**dict(TINY, sbs_momentum='dense')), 1)
+
+
 def test_entropy_sgd_outer_step_is_the_authors_lr_times_x_minus_mu():
   """The program's esgd steps by -lr (x - mu) (the authors' code), not by
   Algorithm 1's -lr gamma (x - mu)."""
@@ -187,6 +212,40 @@ def test_paper_tables_cells_and_pairing():
   sgd_config = lr_cell.baseline().config(base)
   assert sgd_config.optimizers == ('sgd',) and sgd_config.learning_rate == 0.2
   assert sgd_config.train_fraction == 1 / 32 and sgd_config.batch_size == 16
+
+
+def test_paper_tables_momentum_cells_pair_frozen_and_chain_with_sgd():
+  cells = paper_tables.cells(paper_tables.SCALES['cpu'], ['m'])
+  by_label = {c.label: c for c in cells}
+  assert len(cells) == 12
+  chain, frozen = (by_label[f'SBS {s}, 1/32, batch 32'] for s in ('chain',
+                                                                   'frozen'))
+  base = Config()
+  assert chain.config(base).sbs_momentum == 'chain'
+  assert frozen.config(base).sbs_momentum == 'frozen'
+  assert chain.baseline() == frozen.baseline() == by_label[
+      'SGD, 1/32, batch 32'].baseline()
+  combined = by_label['SBS combined frozen, 1/64, batch 128'].config(base)
+  assert (combined.batch_size, combined.lam, combined.scale_by_count) == (
+      128, 0.0, True)
+  assert train.default_momentum(128) == 0.9
+
+
+def test_cell_key_ignores_where_the_data_and_the_cache_lie():
+  a = Config(dataset='/one/place/cifar10.npz', workdir='/x', data_dir='/d')
+  b = Config(dataset='/elsewhere/cifar10.npz', workdir='/y')
+  assert paper_tables.cell_key(a) == paper_tables.cell_key(b)
+  assert paper_tables.cell_key(a) != paper_tables.cell_key(
+      dataclasses.replace(a, sbs_momentum='chain'))
+
+
+def test_a_trial_is_claimed_by_one_live_process(tmp_path):
+  lock = str(tmp_path / 'cell_trial0.json.lock')
+  assert paper_tables._claim(lock)  # pylint: disable=protected-access
+  assert not paper_tables._claim(lock)  # held by this live process
+  with open(lock, 'w') as f:  # left by a process that died
+    f.write('999999999')
+  assert paper_tables._claim(lock)  # pylint: disable=protected-access
 
 
 def test_paired_difference_confidence_interval():

@@ -49,10 +49,15 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize('semantics', ['chain', 'wrapper'])
 def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
-    tmp_path):
-  tx = optax.chain(optax_sbs.stochastic_batch_size(3),
-                   optax.sgd(0.1, momentum=0.9))
+    tmp_path, semantics):
+  if semantics == 'chain':
+    tx = optax.chain(optax_sbs.stochastic_batch_size(3),
+                     optax.sgd(0.1, momentum=0.9))
+  else:
+    tx = optax_sbs.with_stochastic_batch_size(
+        optax.adamw(1e-2, weight_decay=0.1), key=3)
   params = _params()
   whole = _train(tx, params, tx.init(params), 10)
 
@@ -63,7 +68,7 @@ def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
     raw = ckpt.restore(tmp_path / 'ckpt',
                        optax_sbs.key_data_tree(jax.eval_shape(lambda: half)))
   restored = optax_sbs.wrap_key_data_tree(raw, like=half)
-  sbs_state = optax_sbs.find_state(restored[1])
+  sbs_state = optax_sbs.find_state(restored)
   assert jnp.issubdtype(sbs_state.key.dtype, jax.dtypes.prng_key)
   _assert_trees_equal(restored, half)
   resumed = _train(tx, *restored, 5, start=5)

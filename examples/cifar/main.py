@@ -52,6 +52,11 @@ def parse_args(argv) -> tuple[bool, bool, bool, Config]:
   p.add_argument('--magnitude', default=d.magnitude, choices=('cma', 'gradient'))
   p.add_argument('--group', default=d.group, choices=('type', 'single'))
   p.add_argument('--count-dtype', default=d.count_dtype)
+  p.add_argument('--sbs-momentum', default=d.sbs_momentum,
+                 choices=('frozen', 'chain'),
+                 help="SBS under momentum: 'frozen' (Algorithm 2: a waiting "
+                 "element keeps its value and momentum) or 'chain' (SBS then "
+                 'SGD: momentum keeps moving waiting elements)')
   b = p.add_argument_group('baselines')
   b.add_argument('--dropout-rate', type=float, default=d.dropout_rate)
   b.add_argument('--depth-dropout', type=float, default=d.depth_dropout)
@@ -99,6 +104,7 @@ def parse_args(argv) -> tuple[bool, bool, bool, Config]:
       weight_decay=a.weight_decay, alpha=a.alpha, lam=a.lam,
       probability=a.probability, scale_by_count=a.scale_by_count,
       magnitude=a.magnitude, group=a.group, count_dtype=a.count_dtype,
+      sbs_momentum=a.sbs_momentum,
       dropout_rate=a.dropout_rate, depth_dropout=a.depth_dropout,
       esgd_inner_steps=a.esgd_inner_steps,
       esgd_inner_learning_rate=a.esgd_inner_learning_rate,

@@ -15,7 +15,9 @@ def summary_markdown(summary: dict, config) -> str:
       f' {config.batch_size}, {summary[next(iter(summary))]["trials"]} trials:'
       ' mean ± std over trials of the mean over the last'
       f' {summary[next(iter(summary))]["last_epochs"]} epoch(s) (last 10%) and of'
-      ' the maximum over epochs.',
+      ' the maximum over epochs.'
+      + (f' SBS under momentum: {config.sbs_momentum}.' if 'sbs' in summary
+         else ''),
       '',
       '| optimizer | last 10% | max | per trial (last 10%) |',
       '|---|---|---|---|',

@@ -24,6 +24,8 @@ from configs.default import Config, PAPER_MOMENTUM
 # The methods of the paper's comparison (§5.4). dropout and adrop are SGD on
 # a model with (adaptive) dropout; the others change the optimiser.
 OPTIMIZERS = ('sgd', 'sbs', 'dropout', 'adrop', 'esgd', 'asgd')
+# SBS under momentum: Algorithm 2 (the wrapper) or SBS chained before SGD.
+SBS_MOMENTUM = ('frozen', 'chain')
 
 
 class ConfigError(ValueError):
@@ -69,6 +71,10 @@ def validate(config: Config, num_devices: int) -> None:
         f'batch size {config.batch_size} is not divisible by the '
         f'{num_devices} devices'
     )
+  if config.sbs_momentum not in SBS_MOMENTUM:
+    raise ConfigError(
+        f'sbs_momentum must be one of {", ".join(SBS_MOMENTUM)}, got '
+        f'{config.sbs_momentum!r}')
   if config.group not in ('type', 'single'):
     raise ConfigError(f"group must be 'type' or 'single', got {config.group!r}")
   for name in ('dropout_rate', 'depth_dropout'):
@@ -104,7 +110,11 @@ def learning_rate_schedule(config: Config, total_steps: int):
 
 def build_optimizer(config: Config, optimizer: str, total_steps: int,
                     key: jax.Array) -> optax.GradientTransformation:
-  """SGD or SBS + SGD, sigmoid learning rate, optional L2 weight decay."""
+  """The method's optimizer: sigmoid learning rate, optional L2 weight decay.
+
+  SBS wraps SGD (``config.sbs_momentum == 'frozen'``, Algorithm 2) or is
+  chained before it (``'chain'``); the two differ only under momentum.
+  """
   lr = learning_rate_schedule(config, total_steps)
   momentum = (default_momentum(config.batch_size) if config.momentum is None
               else config.momentum)
@@ -112,15 +122,22 @@ def build_optimizer(config: Config, optimizer: str, total_steps: int,
   if config.weight_decay:
     # Coupled L2: the decay term is part of the gradient SBS accumulates.
     parts.append(optax.add_decayed_weights(config.weight_decay))
+  sgd = optax.sgd(lr, momentum=momentum or None)
   if optimizer == 'sbs':
-    parts.append(optax_sbs.stochastic_batch_size(
-        key, alpha=config.alpha, lam=config.lam,
-        probability=config.probability,
+    sbs_options = dict(
+        alpha=config.alpha, lam=config.lam, probability=config.probability,
         scale_by_count=config.scale_by_count, magnitude=config.magnitude,
         group_fn=(optax_sbs.single_group if config.group == 'single'
                   else optax_sbs.parameter_type),
-        count_dtype=config.count_dtype,
-    ))
+        count_dtype=config.count_dtype)
+    if config.sbs_momentum == 'frozen':
+      # Algorithm 2: a waiting element keeps its value and momentum trace.
+      parts.append(optax_sbs.with_stochastic_batch_size(
+          sgd, key, **sbs_options))
+    else:
+      # SBS then SGD: the trace keeps moving the waiting elements.
+      parts += [optax_sbs.stochastic_batch_size(key, **sbs_options), sgd]
+    return optax.chain(*parts)
   if optimizer == 'esgd':
     parts.append(optax_sbs.baselines.scale_by_entropy_sgd(
         key, num_inner_steps=config.esgd_inner_steps,
@@ -135,7 +152,7 @@ def build_optimizer(config: Config, optimizer: str, total_steps: int,
     parts.append(optax_sbs.baselines.accelerated_sgd(
         lr, kappa=config.asgd_kappa, xi=config.asgd_xi))
   else:
-    parts.append(optax.sgd(lr, momentum=momentum or None))
+    parts.append(sgd)
   return optax.chain(*parts)
 
 

@@ -41,6 +41,10 @@ class Config:
   magnitude: str = 'cma'
   group: str = 'type'  # 'type' (conv/dense/bias/norm) or 'single'
   count_dtype: str = 'int32'
+  # Under momentum: 'frozen' (Algorithm 2: an element that is not released
+  # keeps its value and its momentum trace; optax_sbs.sbs) or 'chain' (SBS
+  # then SGD: the trace keeps moving waiting elements; a different method).
+  sbs_momentum: str = 'frozen'
   # Baselines of the paper's comparison (§5.4).
   dropout_rate: float = 0.5  # 'dropout': before the classifier
   depth_dropout: float = 0.5  # 'adrop': linear in depth, this at the top

@@ -1,0 +1,166 @@
+"""The contract Optax's contributed optimizers pass (optax/contrib/_common_test.py),
+for ``sbs`` and ``with_stochastic_batch_size``: extra args, no recompilation,
+convergence in ``lax.scan`` on four targets, inject_hyperparams, dtypes,
+MultiSteps, state stability under ``lax.cond``, learning-rate schedules.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import test_utils
+import pytest
+
+import optax_sbs
+
+# name -> (factory of keyword hyperparameters, those hyperparameters)
+FACTORIES = {
+    'sbs': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0, momentum=0.9)),
+    'sbs_around_adam': (
+        functools.partial(optax_sbs.with_stochastic_batch_size,
+                          optax.adam(1e-2)), dict(key=0)),
+    'sbs_around_adamw_lam0': (
+        functools.partial(optax_sbs.with_stochastic_batch_size,
+                          optax.adamw(1e-2, weight_decay=1e-4)),
+        dict(key=1, lam=0.0)),
+}
+
+
+def make(name, **overrides):
+  factory, hparams = FACTORIES[name]
+  return factory(**dict(hparams, **overrides))
+
+
+def parabola(dtype):
+  target = jnp.array([1.0, -1.0, 1.0], dtype)
+  return (jnp.array([-1.0, 10.0, 1.0], dtype), target,
+          lambda w: jnp.sum((w - target) ** 2))
+
+
+def rosenbrock(dtype):
+  return (jnp.zeros(2, dtype), jnp.ones(2, dtype),
+          lambda w: (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2)
+
+
+def matrix_parabola(dtype):
+  target = jnp.array([[3.0, -2.0], [1.0, 4.0]], dtype)
+  return (jnp.zeros((2, 2), dtype), target,
+          lambda w: jnp.sum((w - target) ** 2))
+
+
+def mixed_tree(dtype):
+  target = {'v': jnp.array([1.0, -1.0, 2.0], dtype),
+            'm': jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype)}
+  return (jax.tree.map(jnp.zeros_like, target), target,
+          lambda w: sum(jnp.sum((w[k] - target[k]) ** 2) for k in target))
+
+
+@pytest.mark.parametrize('name', sorted(FACTORIES))
+def test_extra_args_accepted_and_no_recompilation(name):
+  tx = make(name)
+  initial, _, objective = rosenbrock(jnp.float32)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(objective)(params)
+    updates, state = tx.update(grads, state, params, not_expected_by_anyone=1)
+    return optax.apply_updates(params, updates), state
+
+  params, state = step(initial, tx.init(initial))
+  with test_utils.log_compilations() as logs:
+    step(params, state)
+  assert not logs
+
+
+@pytest.mark.parametrize('target', [parabola, rosenbrock, matrix_parabola,
+                                    mixed_tree])
+@pytest.mark.parametrize('name', sorted(FACTORIES))
+def test_converges_in_scan(name, target):
+  tx = make(name)
+  initial, solution, objective = target(jnp.float32)
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = tx.update(jax.grad(objective)(params), state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  state = optax.tree.map_params(tx, lambda v: v, tx.init(initial))
+  (params, _), _ = jax.lax.scan(step, (initial, state), length=30_000)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(solution)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want),
+                               rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize('name', sorted(FACTORIES))
+def test_inject_hyperparams_equals_plain(name):
+  factory, hparams = FACTORIES[name]
+  plain = factory(**hparams)
+  injected = optax.inject_hyperparams(factory)(**hparams)
+  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  grads = [jnp.ones((2, 3)), -jnp.linspace(0.1, 2.0, 20).reshape(2, 5, 2)]
+  updates, state = jax.jit(plain.update)(
+      grads, jax.jit(plain.init)(params), params)
+  updates_i, state_i = jax.jit(injected.update)(
+      grads, jax.jit(injected.init)(params), params)
+  for x, y in zip(jax.tree.leaves((updates, state)),
+                  jax.tree.leaves((updates_i, state_i.inner_state))):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+@pytest.mark.parametrize('name', sorted(FACTORIES))
+def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
+  tx = make(name)
+  params = jnp.array([1.0, 2.0], dtype)
+  grads = jax.grad(lambda x: jnp.sum(x ** 2))(params)
+  updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+  assert updates.dtype == params.dtype
+  multi = optax.MultiSteps(tx, every_k_schedule=4)
+  updates, _ = jax.jit(multi.update)(grads, jax.jit(multi.init)(params),
+                                     params)
+  np.testing.assert_array_equal(np.asarray(updates), 0)
+  assert updates.dtype == params.dtype
+
+
+@pytest.mark.parametrize(
+    'dtype', [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
+@pytest.mark.parametrize('name', sorted(FACTORIES))
+def test_state_shape_and_dtype_stable_under_cond(name, dtype):
+  with jax.enable_x64(dtype == jnp.float64):
+    tx = make(name)
+    initial, _, objective = parabola(dtype)
+
+    @jax.jit
+    def step(params, state):
+      grads = jax.grad(objective)(params)
+      cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      updates, state = jax.lax.cond(
+          cond, lambda: tx.update(grads, state, params),
+          lambda: (params, state))
+      return optax.apply_updates(params, updates), state
+
+    params, state = initial, tx.init(initial)
+    for _ in range(2):
+      params, new_state = step(params, state)
+      assert params.dtype == dtype
+      cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      state = jax.lax.cond(cond, lambda s=state: s, lambda s=new_state: s)
+
+
+def test_sbs_accepts_a_learning_rate_schedule():
+  initial, _, objective = parabola(jnp.float32)
+  runs = []
+  for lr in (1e-3, optax.constant_schedule(1e-3)):
+    tx = optax_sbs.sbs(lr, key=0, momentum=0.9)
+    params, state = initial, tx.init(initial)
+    update = jax.jit(tx.update)
+    for _ in range(10):
+      updates, state = update(jax.grad(objective)(params), state, params)
+      params = optax.apply_updates(params, updates)
+    runs.append(params)
+  np.testing.assert_allclose(np.asarray(runs[0]), np.asarray(runs[1]),
+                             rtol=1e-6)
