@@ -35,7 +35,6 @@ import os
 import platform
 import sys
 import time
-from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
@@ -47,9 +46,9 @@ from scipy import stats
 
 import optax_sbs
 
+from configs.default import Config
 import input_pipeline
 import train as train_lib
-from configs.default import Config
 
 SHARED_CIFAR = os.path.join(os.path.dirname(ROOT), 'shared', 'data',
                             'cifar10.npz')
@@ -65,7 +64,7 @@ class Scale:
   table4_fractions: tuple[float, ...]
   table4_batch_sizes: tuple[int, ...]
   augment: bool = False  # the paper names no augmentation
-  test_examples: Optional[int] = None  # a class-balanced N (None: all)
+  test_examples: int | None = None  # a class-balanced N (None: all)
   # Table m: the paper's batch sizes with momentum 0.3 and 0.9.
   momentum_batch_sizes: tuple[int, int] = (32, 128)
 
@@ -176,13 +175,11 @@ def _table_cells(scale: Scale, table: str) -> list[Cell]:
     for fraction in scale.table4_fractions:
       o = (('train_fraction', fraction), ('batch_size', large))
       name = f'1/{round(1 / fraction)}, batch {large}'
-      out += [
-          Cell('m', f'SGD, {name}', 'sgd', o),
-          Cell('m', f'SBS frozen, {name}', 'sbs',
-               o + paper + (('sbs_momentum', 'frozen'),)),
-          Cell('m', f'SBS combined frozen, {name}', 'sbs',
-               o + COMBINED + (('sbs_momentum', 'frozen'),)),
-      ]
+      out.append(Cell('m', f'SGD, {name}', 'sgd', o))
+      for reading, options in (('SBS', paper), ('SBS combined', COMBINED)):
+        for semantics in ('frozen', 'chain'):
+          out.append(Cell('m', f'{reading} {semantics}, {name}', 'sbs',
+                          o + options + (('sbs_momentum', semantics),)))
   if table == '5':
     names = {'sgd': 'SGD', 'dropout': 'Dropout (0.5)',
              'adrop': 'adaptive Dropout (depth-linear, 0.5)',
@@ -357,6 +354,28 @@ def best_rates(todo: list[Cell], results: dict, base: Config,
       f'{wins}/{len(by_rate["sbs"][best["sbs"]])} trials.']
 
 
+def frozen_vs_chain(todo: list[Cell], results: dict, base: Config,
+                    epochs: int) -> list[str]:
+  """Table m: per pair of cells that differ only in ``sbs_momentum``, the
+  paired difference frozen - chain."""
+  lines = []
+  for cell in (c for c in todo if c.table == 'm'):
+    options = dict(cell.overrides)
+    if options.get('sbs_momentum') != 'frozen':
+      continue
+    chain = Cell('m', '', 'sbs', tuple(
+        (k, 'chain' if k == 'sbs_momentum' else v) for k, v in cell.overrides))
+    keys = cell_key(cell.config(base)), cell_key(chain.config(base))
+    if not all(k in results for k in keys):
+      continue
+    frozen_last, chain_last = (per_trial(results[k], epochs)[0] for k in keys)
+    mean, lo, hi, wins = paired_difference(frozen_last, chain_last)
+    lines.append(f'- {cell.label.replace(" frozen", "")}: frozen - chain '
+                 f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], frozen '
+                 f'better in {wins}/{len(frozen_last)} trials.')
+  return ['Frozen vs chain, paired by trial:'] + lines if lines else []
+
+
 def curves(rows: list[dict]) -> np.ndarray:
   trials = sorted({r['trial'] for r in rows})
   return np.array([[r['val_accuracy'] for r in sorted(
@@ -364,7 +383,7 @@ def curves(rows: list[dict]) -> np.ndarray:
                    for t in trials]).mean(0)
 
 
-def plot(panels: dict[str, dict[str, tuple[np.ndarray, Optional[tuple]]]],
+def plot(panels: dict[str, dict[str, tuple[np.ndarray, tuple | None]]],
          path: str) -> None:
   """One panel per entry: ``{label: (curve, group)}``. Lines of one group
   (e.g. one data fraction and batch size) share a colour and take the line
@@ -542,6 +561,8 @@ def main(argv=None):
     lines.append('')
     if table == '3':
       lines += best_rates(todo, results, base, scale.epochs) + ['']
+    if table == 'm':
+      lines += frozen_vs_chain(todo, results, base, scale.epochs) + ['']
   os.makedirs(os.path.dirname(out), exist_ok=True)
   plot_path = os.path.splitext(out)[0] + '_curves.png'
   if panels:

@@ -22,11 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import optax_sbs
-
+from configs.default import Config
 import models
 import train
-from configs.default import Config
 
 
 def step_fn(state, images, labels):

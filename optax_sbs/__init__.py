@@ -2,25 +2,27 @@
 
 from optax_sbs import baselines
 from optax_sbs._alias import sbs
+from optax_sbs._diagnostics import layer_statistics
 from optax_sbs._keys import key_data_tree
 from optax_sbs._keys import wrap_key_data_tree
 from optax_sbs._probability import parameter_type
 from optax_sbs._probability import single_group
 from optax_sbs._probability import update_probability
 from optax_sbs._schedules import sigmoid_schedule
+from optax_sbs._transform import StochasticBatchSizeState
 from optax_sbs._transform import find_state
 from optax_sbs._transform import reset_accumulators
 from optax_sbs._transform import stochastic_batch_size
-from optax_sbs._transform import StochasticBatchSizeState
-from optax_sbs._wrapper import with_stochastic_batch_size
 from optax_sbs._wrapper import WithStochasticBatchSizeState
+from optax_sbs._wrapper import with_stochastic_batch_size
 
-__version__ = '0.1.0'
+__version__ = '0.2.0.dev0'
 
 __all__ = (
     'baselines',
     'find_state',
     'key_data_tree',
+    'layer_statistics',
     'parameter_type',
     'reset_accumulators',
     'sbs',

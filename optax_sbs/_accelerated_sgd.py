@@ -4,8 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from optax._src import base
-from optax._src import numerics
+import optax
 
 from optax_sbs import _validation
 
@@ -18,16 +17,16 @@ class AcceleratedSGDState(NamedTuple):
     long_iterate: the running "long step" iterate ``w̄`` (like the params).
   """
 
-  count: jax.Array
-  long_iterate: base.Params
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+  long_iterate: optax.Params
 
 
 def accelerated_sgd(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     kappa: float = 1000.0,
     xi: float = 10.0,
     small_constant: float = 0.7,
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   r"""Accelerated SGD (ASGD) of Kidambi et al. (2018), Algorithm 1.
 
   Keeps a long-step iterate ``w̄`` besides the params ``w``. With short step
@@ -86,7 +85,7 @@ def accelerated_sgd(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
+      raise ValueError(_validation.NO_PARAMS_MESSAGE.format(name='accelerated_sgd'))
     delta = learning_rate(state.count) if callable(learning_rate) else learning_rate
     c = small_constant
     a = 1.0 - c**2 * xi / kappa
@@ -105,6 +104,6 @@ def accelerated_sgd(
 
     new_updates = jax.tree.map(step, params, updates, long_iterate)
     return new_updates, AcceleratedSGDState(
-        count=numerics.safe_increment(state.count), long_iterate=long_iterate)
+        count=optax.safe_increment(state.count), long_iterate=long_iterate)
 
-  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,31 +1,29 @@
 """``sbs``: SGD (with momentum) under stochastic batch size, like ``optax.sgd``."""
 
-from typing import Literal, Optional
+from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import optax
-from optax._src import base
 
 from optax_sbs import _probability
 from optax_sbs import _wrapper
 
 
 def sbs(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     key: jax.Array | int,
     alpha: jax.typing.ArrayLike = 0.1,
     lam: jax.typing.ArrayLike = -4.0,
-    momentum: Optional[float] = None,
+    momentum: float | None = None,
     nesterov: bool = False,
-    probability: Optional[jax.typing.ArrayLike] = None,
+    probability: jax.typing.ArrayLike | None = None,
     scale_by_count: bool = False,
     magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: Optional[_probability.GroupFn] = None,
-    cma_dtype: Optional[jax.typing.DTypeLike] = None,
+    group_fn: _probability.GroupFn | None = None,
+    cma_dtype: jax.typing.DTypeLike | None = None,
     count_dtype: jax.typing.DTypeLike = 'int32',
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   """SGD with stochastic batch size: the paper's optimiser in one call.
 
   Equivalent to::

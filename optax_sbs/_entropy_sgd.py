@@ -1,15 +1,15 @@
 """Entropy-SGD (Chaudhari et al. 2017, Algorithm 1): a baseline of the paper."""
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base
-from optax._src import numerics
 
-from optax_sbs import _transform
+from optax_sbs import _keys
 from optax_sbs import _validation
 
 
@@ -21,7 +21,7 @@ class ScaleByEntropySGDState(NamedTuple):
     key: the PRNG key of the next step's Langevin noise.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   key: jax.Array
 
 
@@ -30,10 +30,11 @@ def scale_by_entropy_sgd(
     *,
     num_inner_steps: int = 5,
     inner_learning_rate: float = 0.1,
-    gamma: base.ScalarOrSchedule = 0.03,
+    gamma: optax.ScalarOrSchedule = 0.03,
     noise: float = 1e-4,
     mean_rate: float = 0.75,
-) -> base.GradientTransformationExtraArgs:
+    outer_step: Literal['paper', 'authors'] = 'paper',
+) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
   Runs ``L = num_inner_steps`` steps of stochastic gradient Langevin dynamics
@@ -63,6 +64,12 @@ def scale_by_entropy_sgd(
       outer step ("scoping": increase it over training).
     noise: the thermal noise ``epsilon`` of SGLD (0 for plain gradient steps).
     mean_rate: ``alpha`` of the running average ``mu`` (0.75 in the paper).
+    outer_step: ``'paper'`` outputs Algorithm 1's ``gamma (x - mu)``;
+      ``'authors'`` outputs ``x - mu``, the step of the authors' code
+      (``ucla-vision/entropy-sgd``, ``python/optim.py``). At a learning rate
+      tuned for SGD and ``gamma = 0.03``, the paper's form takes steps 33x
+      shorter (measured in our CIFAR-10 tables: 25% test accuracy where SGD
+      reached 46%; 41% with the authors' form).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. ``update`` needs
@@ -82,20 +89,24 @@ def scale_by_entropy_sgd(
   _validation.check_probability('mean_rate', mean_rate)
   if not callable(gamma):
     _validation.check_real('gamma', gamma)
+  if outer_step not in ('paper', 'authors'):
+    raise ValueError(
+        f"outer_step must be 'paper' or 'authors', got {outer_step!r}.")
+  _keys.check_key(key)
 
   def init_fn(params):
     del params
     return ScaleByEntropySGDState(
         count=jnp.zeros([], jnp.int32),
-        key=_transform._canonicalize_key(key),  # pylint: disable=protected-access
+        key=_keys.canonicalize_key(key),
     )
 
   def update_fn(updates, state, params=None, *,
-                value_fn: Optional[Callable[[Any], jax.Array]] = None,
+                value_fn: Callable[[Any], jax.Array] | None = None,
                 **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
+      raise ValueError(_validation.NO_PARAMS_MESSAGE.format(name='entropy_sgd'))
     if value_fn is None and num_inner_steps > 1:
       raise ValueError(
           'scale_by_entropy_sgd: update needs the extra argument value_fn '
@@ -119,7 +130,8 @@ def scale_by_entropy_sgd(
       return new_x_primes, new_mus
 
     inner_keys = jax.random.split(step_key, num_inner_steps)
-    carry = langevin(xs, xs, treedef.flatten_up_to(updates), inner_keys[0])
+    first_grads = treedef.flatten_up_to(updates)  # type: ignore[attr-defined]
+    carry = langevin(xs, xs, first_grads, inner_keys[0])
 
     def body(i, carry):
       x_primes, mus = carry
@@ -130,27 +142,29 @@ def scale_by_entropy_sgd(
       # Unrolled: XLA:CPU ran the rolled loop of a small CNN's gradients ~5x
       # slower per step (the compiled program grows linearly in the steps).
       carry = jax.lax.fori_loop(1, num_inner_steps, body, carry, unroll=True)
-    mu = treedef.unflatten(carry[1])
+    mu = treedef.unflatten(carry[1])  # type: ignore[attr-defined]
+    scale = g if outer_step == 'paper' else 1.0
     new_updates = jax.tree.map(
-        lambda x, m, u: (g * (x - m)).astype(u.dtype), params, mu, updates)
+        lambda x, m, u: (scale * (x - m)).astype(u.dtype), params, mu, updates)
     return new_updates, ScaleByEntropySGDState(
-        count=numerics.safe_increment(state.count), key=next_key)
+        count=optax.safe_increment(state.count), key=next_key)
 
-  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def entropy_sgd(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     key: jax.Array | int,
-    momentum: Optional[float] = None,
+    momentum: float | None = None,
     nesterov: bool = False,
     num_inner_steps: int = 5,
     inner_learning_rate: float = 0.1,
-    gamma: base.ScalarOrSchedule = 0.03,
+    gamma: optax.ScalarOrSchedule = 0.03,
     noise: float = 1e-4,
     mean_rate: float = 0.75,
-) -> base.GradientTransformationExtraArgs:
+    outer_step: Literal['paper', 'authors'] = 'paper',
+) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: SGD on the local-entropy gradient of :func:`scale_by_entropy_sgd`.
 
   ``optax.chain(scale_by_entropy_sgd(...), optax.sgd(learning_rate,
@@ -167,6 +181,8 @@ def entropy_sgd(
     gamma: scope, a scalar or a schedule.
     noise: SGLD thermal noise.
     mean_rate: averaging rate of ``mu``.
+    outer_step: ``'paper'`` (``eta gamma (x - mu)``) or ``'authors'``
+      (``eta (x - mu)``, the authors' code), see :func:`scale_by_entropy_sgd`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`; pass ``value_fn`` to
@@ -191,6 +207,6 @@ def entropy_sgd(
       scale_by_entropy_sgd(
           key, num_inner_steps=num_inner_steps,
           inner_learning_rate=inner_learning_rate, gamma=gamma, noise=noise,
-          mean_rate=mean_rate),
+          mean_rate=mean_rate, outer_step=outer_step),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )

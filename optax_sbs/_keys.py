@@ -1,9 +1,59 @@
-"""Typed PRNG keys in optimizer states, to and from raw key data for checkpoints."""
+"""PRNG keys of the optimizers: canonicalisation, checks, checkpoint helpers."""
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def check_key(key: Any) -> None:
+  """Raises if ``key`` is not one key: a typed key, a raw key or an int seed.
+
+  Called when a transformation is built, so a wrong key fails there with a
+  message, not inside the first ``update`` with JAX's own error.
+
+  Args:
+    key: what the user passed as ``key``.
+
+  Raises:
+    TypeError: for something that is not a key or an integer seed.
+    ValueError: for a batch of keys (e.g. ``jax.random.split(key, 2)``).
+  """
+  if isinstance(key, (jax.Array, np.ndarray)):
+    dtype, shape = key.dtype, tuple(key.shape)
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+      if shape:
+        raise ValueError(
+            f'key must be a single PRNG key, got a batch of keys of shape '
+            f'{shape} (from jax.random.split?): pass one of them, e.g. '
+            'keys[0].')
+      return
+    if dtype == jnp.uint32 and shape[-1:] == (2,):
+      if len(shape) > 1:
+        raise ValueError(
+            f'key must be a single raw PRNG key of shape (2,), got a batch of '
+            f'shape {shape} (from jax.random.split?): pass one of them.')
+      return
+    if shape or not jnp.issubdtype(dtype, jnp.integer):
+      raise TypeError(
+          'key must be a typed key (jax.random.key), a raw uint32 key of '
+          f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
+          f'dtype {dtype} and shape {shape}.')
+    return
+  if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+    raise TypeError(f'key must be a JAX key or an int seed, got {key!r}.')
+
+
+def canonicalize_key(key: jax.Array | int) -> jax.Array:
+  """A typed key from a typed key, a raw ``uint32`` key or an int seed."""
+  check_key(key)
+  if isinstance(key, (jax.Array, np.ndarray)):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+      return key
+    if key.dtype == jnp.uint32:
+      return jax.random.wrap_key_data(key)
+  return jax.random.key(key)
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -16,9 +66,12 @@ def key_data_tree(tree: Any) -> Any:
 
   Checkpointing libraries store arrays of numeric dtypes; a typed key
   (``jax.random.key``, as in :class:`StochasticBatchSizeState`) is not one
-  (Orbax refuses or mangles it). Save ``key_data_tree(opt_state)`` and undo
-  it after restoring with :func:`wrap_key_data_tree`. Works on abstract
-  trees (``jax.eval_shape``) too, for restore templates.
+  for serialisers that know only numeric arrays (``flax.serialization``,
+  ``numpy.savez``, orbax-checkpoint before 0.12). Save
+  ``key_data_tree(opt_state)`` and undo it after restoring with
+  :func:`wrap_key_data_tree`. Works on abstract trees (``jax.eval_shape``)
+  too, for restore templates. Orbax 0.12 and later saves and restores typed
+  keys itself: there, save the state as it is.
 
   Args:
     tree: any pytree, e.g. an optimizer state.
@@ -52,8 +105,9 @@ def wrap_key_data_tree(tree: Any, like: Any) -> Any:
   Args:
     tree: a tree made by :func:`key_data_tree` (e.g. restored from disk).
     like: a tree of the same structure with typed keys where ``tree`` has
-      their data (the original state, or an abstract one); each key gets
-      back its implementation (threefry, rbg, ...).
+      their data: the original state, or an abstract one from
+      ``jax.eval_shape``; each key gets back its implementation (threefry,
+      rbg, ...).
 
   Returns:
     ``tree`` with typed keys restored.
@@ -61,11 +115,26 @@ def wrap_key_data_tree(tree: Any, like: Any) -> Any:
   Raises:
     ValueError: if the two trees are not structured alike.
   """
-  if jax.tree.structure(tree) != jax.tree.structure(like):
+  if jax.tree.structure(tree) != jax.tree.structure(like):  # type: ignore[operator]
     raise ValueError(
         'wrap_key_data_tree: the tree does not have the structure of `like`.'
         f'\n  tree: {jax.tree.structure(tree)}\n  like: '
         f'{jax.tree.structure(like)}')
   return jax.tree.map(
-      lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
+      lambda x, t: jax.random.wrap_key_data(x, impl=_key_impl(t))
       if _is_typed_key(t) else x, tree, like)
+
+
+def _key_impl(key: Any) -> Any:
+  """The implementation of a typed key, concrete or abstract
+  (``jax.ShapeDtypeStruct`` from ``jax.eval_shape``)."""
+  if not isinstance(key, jax.ShapeDtypeStruct):
+    return jax.random.key_impl(key)
+  found = []
+
+  def record(k):
+    found.append(jax.random.key_impl(k))
+    return jnp.zeros(())
+
+  jax.eval_shape(record, key)
+  return found[0]

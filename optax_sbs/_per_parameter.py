@@ -66,6 +66,7 @@ def parameter_masks(inner: optax.GradientTransformation, state: Any,
           'optimizer instead.')
     return mask
 
+  error: Exception
   try:
     return optax.tree_utils.tree_map_params(
         inner, mask_of, state, masks,

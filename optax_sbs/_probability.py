@@ -16,7 +16,9 @@ leaves, single-leaf groups and equal layers at ``p = sigmoid(0) = 1/2`` for
 the affected term instead of dividing by zero or amplifying rounding errors.
 """
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
+from collections.abc import Hashable
+from collections.abc import Sequence
 import re
 from typing import Any
 
@@ -29,8 +31,15 @@ _STD_RTOL = 1e-5
 
 GroupFn = Callable[[tuple[Any, ...], jax.Array], Hashable]
 
-_NORM_PATTERN = re.compile(r'norm|(^|_)bn\d*($|_)', re.IGNORECASE)
-_EMBED_PATTERN = re.compile(r'embed', re.IGNORECASE)
+# Normalisation layers: Flax's BatchNorm_0 / LayerNorm_0 / RMSNorm, Haiku's
+# layer_norm, Llama's input_layernorm, torchvision-style bn1 / conv_bn, and
+# GPT-style ln_1 / ln_2 / ln_f (also gn for group norm).
+_NORM_PATTERN = re.compile(r'norm|(^|[_./])(bn|ln|gn)(_?(\d+|f))?($|[_./])',
+                           re.IGNORECASE)
+# Embedding tables: Flax's Embed_0 / embedding, tok_embeddings, GPT-2's wte
+# (tokens) and wpe (positions).
+_EMBED_PATTERN = re.compile(r'embed|(^|[_./])(wte|wpe)($|[_./])',
+                            re.IGNORECASE)
 
 
 def _key_name(entry: Any) -> str:
@@ -48,9 +57,12 @@ def parameter_type(path: tuple[Any, ...], leaf: jax.Array) -> str:
   have different ranges of gradient magnitudes. The type is inferred as:
 
   * ``'norm'``: any leaf under a path entry that names a normalisation layer
-    (contains ``norm``, case-insensitive, e.g. Flax's ``BatchNorm_0`` or
-    ``LayerNorm``; or is ``bn``/``bn1``/``..._bn``), whatever its shape;
-  * ``'embedding'``: a leaf whose path mentions ``embed``;
+    (contains ``norm``, case-insensitive, e.g. Flax's ``BatchNorm_0``,
+    ``LayerNorm_0``, ``RMSNorm``, Haiku's ``layer_norm``; or is
+    ``bn``/``bn1``/``..._bn``, GPT-style ``ln_1``/``ln_f``/``ln1``, or
+    ``gn``), whatever its shape;
+  * ``'embedding'``: a leaf whose path mentions ``embed`` or is GPT-2's
+    ``wte``/``wpe``;
   * ``'conv'``: a leaf with 3 or more dimensions (convolution kernels);
   * ``'dense'``: a 2-D leaf (fully connected kernels);
   * ``'bias'``: every other leaf (1-D and scalar leaves).

@@ -3,7 +3,7 @@
 import math
 
 import jax.numpy as jnp
-from optax._src import base
+import optax
 
 from optax_sbs import _validation
 
@@ -14,7 +14,7 @@ def sigmoid_schedule(
     total_steps: int,
     steepness: float = 10.0,
     midpoint: float = 0.5,
-) -> base.Schedule:
+) -> optax.Schedule:
   """Sigmoid annealing from ``init_value`` to ``end_value``.
 
   The value follows a logistic curve in the step count, centred at

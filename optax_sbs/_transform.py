@@ -1,13 +1,15 @@
 """Algorithm 2 of the paper: stochastic batch size via cumulative moving average."""
 
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from optax._src import base
-from optax._src import numerics
+import optax
 
+from optax_sbs import _keys
 from optax_sbs import _probability
 from optax_sbs import _sampling
 from optax_sbs import _validation
@@ -27,8 +29,8 @@ class StochasticBatchSizeState(NamedTuple):
     key: the PRNG key the next step's masks are drawn from.
   """
 
-  cma: base.Updates
-  count: base.Updates
+  cma: optax.Updates
+  count: optax.Updates
   key: jax.Array
 
   def update_fraction(self) -> Any:
@@ -61,25 +63,6 @@ class StochasticBatchSizeState(NamedTuple):
     )
 
 
-def _canonicalize_key(key: jax.Array | int) -> jax.Array:
-  """A typed key from a typed key, a raw uint32 key or an int seed."""
-  if isinstance(key, (jax.Array, np.ndarray)):
-    dtype = key.dtype
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-      return key
-    if dtype == jnp.uint32 and key.shape == (2,):
-      return jax.random.wrap_key_data(key)
-    if np.ndim(key) != 0 or not jnp.issubdtype(dtype, jnp.integer):
-      raise TypeError(
-          'key must be a typed key (jax.random.key), a raw uint32 key of '
-          f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
-          f'dtype {dtype} and shape {key.shape}.'
-      )
-  elif isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-    raise TypeError(f'key must be a JAX key or an int seed, got {key!r}.')
-  return jax.random.key(key)
-
-
 def _cma_dtype(param_dtype, cma_dtype):
   if cma_dtype is not None:
     return jnp.dtype(cma_dtype)
@@ -91,13 +74,13 @@ def stochastic_batch_size(
     *,
     alpha: jax.typing.ArrayLike = 0.1,
     lam: jax.typing.ArrayLike = -4.0,
-    probability: Optional[jax.typing.ArrayLike] = None,
+    probability: jax.typing.ArrayLike | None = None,
     scale_by_count: bool = False,
     magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: Optional[_probability.GroupFn] = None,
-    cma_dtype: Optional[jax.typing.DTypeLike] = None,
+    group_fn: _probability.GroupFn | None = None,
+    cma_dtype: jax.typing.DTypeLike | None = None,
     count_dtype: jax.typing.DTypeLike = 'int32',
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size: every parameter element gets its own batch size.
 
   Implements Algorithm 2 of the paper. Per step, for every element ``j`` with
@@ -176,6 +159,7 @@ def stochastic_batch_size(
     Stochastic batch size for adaptive regularization in deep network
     optimization, Algorithm 2 and §4.3 (eqs. 16-21).
   """
+  _keys.check_key(key)
   _validation.check_real('alpha', alpha)
   _validation.check_real('lam', lam)
   if probability is not None:
@@ -205,7 +189,7 @@ def stochastic_batch_size(
     )
     count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
     return StochasticBatchSizeState(
-        cma=cma, count=count, key=_canonicalize_key(key)
+        cma=cma, count=count, key=_keys.canonicalize_key(key)
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -246,7 +230,7 @@ def stochastic_batch_size(
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):
-      new_count = jnp.where(chi, jnp.ones_like(k), numerics.safe_increment(k))
+      new_count = jnp.where(chi, jnp.ones_like(k), optax.safe_increment(k))
       # The mask is read back from the new count (count == 1 exactly where
       # chi, as counts are >= 1 and saturate at >= 2). XLA then generates the
       # random bits once, in the count's kernel, instead of once per output.
@@ -263,7 +247,7 @@ def stochastic_batch_size(
     )
     return treedef.unflatten(new_updates), new_state
 
-  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_sbs_state(node: Any) -> bool:

@@ -8,6 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+NO_PARAMS_MESSAGE = (
+    '{name}: update needs the current parameters: call '
+    'tx.update(updates, state, params).')
+
 
 def _concrete_value(name: str, value: Any) -> float | None:
   """Returns ``value`` as a float, or None when it is traced (unknowable)."""
@@ -71,7 +75,7 @@ def check_float_leaves(tree: Any, what: str) -> None:
 def check_same_structure(tree: Any, reference: Any, what: str) -> None:
   """Raises ValueError if ``tree`` is not structured like ``reference``."""
   got, want = jax.tree.structure(tree), jax.tree.structure(reference)
-  if got != want:
+  if got != want:  # type: ignore[operator]  # PyTreeDef compares
     raise ValueError(
         f'stochastic_batch_size: the {what} tree does not have the structure '
         f'of the optimizer state (built from the params given to init).\n'

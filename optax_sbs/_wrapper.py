@@ -1,6 +1,8 @@
 """Algorithm 2 around any optimizer: SBS masks that also hold the inner state."""
 
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +42,11 @@ def with_stochastic_batch_size(
     *,
     alpha: jax.typing.ArrayLike = 0.1,
     lam: jax.typing.ArrayLike = -4.0,
-    probability: Optional[jax.typing.ArrayLike] = None,
+    probability: jax.typing.ArrayLike | None = None,
     scale_by_count: bool = False,
     magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: Optional[_probability.GroupFn] = None,
-    cma_dtype: Optional[jax.typing.DTypeLike] = None,
+    group_fn: _probability.GroupFn | None = None,
+    cma_dtype: jax.typing.DTypeLike | None = None,
     count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size around any optimizer (Algorithm 2's semantics).

@@ -4,11 +4,11 @@ Dropout and adaptive dropout (stochastic depth) are model changes, not
 optimisers: see ``examples/cifar/models.py``.
 """
 
-from optax_sbs._accelerated_sgd import accelerated_sgd
 from optax_sbs._accelerated_sgd import AcceleratedSGDState
+from optax_sbs._accelerated_sgd import accelerated_sgd
+from optax_sbs._entropy_sgd import ScaleByEntropySGDState
 from optax_sbs._entropy_sgd import entropy_sgd
 from optax_sbs._entropy_sgd import scale_by_entropy_sgd
-from optax_sbs._entropy_sgd import ScaleByEntropySGDState
 
 __all__ = (
     'accelerated_sgd',

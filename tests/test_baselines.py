@@ -76,8 +76,10 @@ def test_accelerated_sgd_needs_params():
     tx.update(jnp.ones(2), state)
 
 
-def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate):
-  """Algorithm 1 of Chaudhari et al. (2017) without noise, float64."""
+def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate,
+                          outer_step='paper'):
+  """Algorithm 1 of Chaudhari et al. (2017) without noise, float64; with
+  ``outer_step='authors'`` the outer step of their code, eta (x - mu)."""
   out = []
   for _ in range(steps):
     xp, mu = x.copy(), x.copy()
@@ -85,18 +87,20 @@ def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate):
       dxp = grad_np(xp) - gamma * (x - xp)
       xp = xp - eta_inner * dxp
       mu = (1 - rate) * mu + rate * xp
-    x = x - eta * gamma * (x - mu)
+    x = x - eta * (gamma if outer_step == 'paper' else 1.0) * (x - mu)
     out.append(x.copy())
   return out
 
 
+@pytest.mark.parametrize('outer_step', ['paper', 'authors'])
 @pytest.mark.parametrize('num_inner', [1, 5])
-def test_entropy_sgd_matches_algorithm_1_without_noise(num_inner):
+def test_entropy_sgd_matches_algorithm_1_without_noise(num_inner, outer_step):
   x0 = np.linspace(-1, 1, 6)
-  want = entropy_sgd_reference(x0, 15, 2.0, num_inner, 0.1, 0.5, 0.75)
+  want = entropy_sgd_reference(x0, 15, 2.0, num_inner, 0.1, 0.5, 0.75,
+                               outer_step)
   tx = baselines.entropy_sgd(
       2.0, key=0, num_inner_steps=num_inner, inner_learning_rate=0.1,
-      gamma=0.5, noise=0.0)
+      gamma=0.5, noise=0.0, outer_step=outer_step)
   params = jnp.asarray(x0, jnp.float32)
   state = tx.init(params)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss))
@@ -118,8 +122,8 @@ def test_entropy_sgd_langevin_noise_has_the_right_scale():
   # d_l = x'_l - x = sum_j (1 - eta' gamma)^(l - j) s n_j, mu - x =
   # sum_l rate (1 - rate)^(L - l) d_l, output = gamma (x - mu).
   s, decay = np.sqrt(eta_in) * eps, 1 - eta_in * gamma
-  weights = [rate * (1 - rate)**(num_inner - l) for l in range(1, num_inner + 1)]
-  c = [sum(weights[l - 1] * decay**(l - j) for l in range(j, num_inner + 1))
+  weights = [rate * (1 - rate)**(num_inner - i) for i in range(1, num_inner + 1)]
+  c = [sum(weights[i - 1] * decay**(i - j) for i in range(j, num_inner + 1))
        for j in range(1, num_inner + 1)]
   want_std = gamma * s * np.sqrt(np.sum(np.square(c)))
   got = np.asarray(updates)
@@ -143,6 +147,10 @@ def test_entropy_sgd_key_and_errors():
     baselines.scale_by_entropy_sgd(0, num_inner_steps=2.5)
   with pytest.raises(ValueError, match='mean_rate'):
     baselines.scale_by_entropy_sgd(0, mean_rate=1.5)
+  with pytest.raises(ValueError, match='outer_step'):
+    baselines.scale_by_entropy_sgd(0, outer_step='gamma')
+  with pytest.raises(ValueError, match='batch of keys'):
+    baselines.scale_by_entropy_sgd(jax.random.split(jax.random.key(0), 2))
 
 
 def test_entropy_sgd_chains_and_ignores_other_extra_args():

@@ -9,14 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_example_train import TINY
+from test_example_train import tiny_dataset
 
 import optax_sbs
 
+from configs.default import EMBEDDED_SAMPLE
+from configs.default import Config
 import input_pipeline
 import models
 import train
-from configs.default import Config, EMBEDDED_SAMPLE
-from test_example_train import TINY, tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
@@ -217,7 +219,7 @@ def test_paper_tables_cells_and_pairing():
 def test_paper_tables_momentum_cells_pair_frozen_and_chain_with_sgd():
   cells = paper_tables.cells(paper_tables.SCALES['cpu'], ['m'])
   by_label = {c.label: c for c in cells}
-  assert len(cells) == 12
+  assert len(cells) == 18
   chain, frozen = (by_label[f'SBS {s}, 1/32, batch 32'] for s in ('chain',
                                                                    'frozen'))
   base = Config()
@@ -265,14 +267,14 @@ def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
   paper_tables.main(argv)
   text = out.read_text()
   assert '| SGD, 1/100, batch 16 | ' in text and '(baseline)' in text
-  sbs_row = next(l for l in text.splitlines() if l.startswith('| SBS, 1/100'))
+  sbs_row = next(r for r in text.splitlines() if r.startswith('| SBS, 1/100'))
   cols = sbs_row.split(' | ')
   assert cols[-3].endswith('/2')  # paired over the 2 trials
   assert float(cols[-2]) > 0  # final train loss
   # SBS's update fraction and mean count, from the logged rows.
   fraction, count = (float(v) for v in cols[-1].rstrip(' |').split(' / '))
   assert 0 < fraction < 1 and count >= 1
-  sgd_row = next(l for l in text.splitlines() if l.startswith('| SGD, 1/100'))
+  sgd_row = next(r for r in text.splitlines() if r.startswith('| SGD, 1/100'))
   assert sgd_row.endswith('|  |')  # no SBS statistics for SGD
   assert 'class-balanced subset of 100 test images' in text
   assert 'JPEG' not in text  # only said of the shared cifar10.npz
@@ -349,3 +351,26 @@ def test_best_rates_compares_each_method_at_its_own_best_rate():
   assert 'SBS (alpha 0.1, lam -4) 0.05: 31.00, 0.1: 36.00, 0.2: 45.00' in line
   assert 'best rate (0.2) vs SGD at its best (0.1)' in line
   assert '-1.00 points' in line and 'better in 0/3' in line
+
+
+def test_frozen_vs_chain_pairs_cells_that_differ_only_in_semantics():
+  scale = paper_tables.SCALES['cpu']
+  todo = paper_tables.cells(scale, ['m'])
+  base = Config()
+  results = {}
+  for cell in todo + [c.baseline() for c in todo]:
+    config = cell.config(base)
+    # Fabricated: frozen = chain + 1 + t/2 for the combined reading at
+    # 1/64 only; every other pair ties.
+    bump = (config.sbs_momentum == 'frozen' and config.scale_by_count
+            and config.train_fraction == 1 / 64)
+    results[paper_tables.cell_key(config)] = [
+        {'optimizer': cell.method, 'trial': t, 'epoch': 1,
+         'val_accuracy': 40.0 + t + (1 + t / 2 if bump else 0)}
+        for t in range(3)]
+  lines = paper_tables.frozen_vs_chain(todo, results, base, epochs=1)
+  assert lines[0] == 'Frozen vs chain, paired by trial:'
+  assert len(lines) == 1 + 7  # batch 32 paper setting + 3 fractions x 2
+  (bumped,) = [line for line in lines if 'combined, 1/64' in line]
+  assert 'frozen - chain +1.50 points' in bumped and 'in 3/3 trials' in bumped
+  assert all('+0.00 points' in line for line in lines[1:] if line != bumped)

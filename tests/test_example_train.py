@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.default import Config
 import input_pipeline as ip
 import main as cli
 import models
 import results
 import train
-from configs.default import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -319,7 +319,7 @@ def test_two_processes_equal_one_process(tmp_path):
   # agree to 1e-5.
   for run in multi_rows:
     name = f'{run["optimizer"]} trial {run["trial"]} final params sha256 '
-    printed = [next(l for l in out.splitlines() if name in l).split()[-1]
+    printed = [next(r for r in out.splitlines() if name in r).split()[-1]
                for out, _ in outs]
     assert printed[0] == printed[1] == run['params_sha256']
   for a, b in zip(multi_rows, single_rows):

@@ -1,11 +1,14 @@
 """Property-based tests: random pytrees through init/update for many jitted steps."""
 
+from hypothesis import HealthCheck
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import example, given, settings, HealthCheck
-from hypothesis import strategies as st
 
 import optax_sbs
 

@@ -49,9 +49,13 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize('recipe', ['orbax', 'key_data_helpers'])
 @pytest.mark.parametrize('semantics', ['chain', 'wrapper'])
 def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
-    tmp_path, semantics):
+    tmp_path, semantics, recipe):
+  """The README's recipe: Orbax saves the state as it is (typed keys
+  included) and restores it into an abstract template (jax.eval_shape); or
+  the state as raw key data, wrapped back with an abstract ``like``."""
   if semantics == 'chain':
     tx = optax.chain(optax_sbs.stochastic_batch_size(3),
                      optax.sgd(0.1, momentum=0.9))
@@ -62,12 +66,18 @@ def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
   whole = _train(tx, params, tx.init(params), 10)
 
   half = _train(tx, params, tx.init(params), 5)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(tmp_path / 'ckpt', optax_sbs.key_data_tree(half))
-  with ocp.StandardCheckpointer() as ckpt:
-    raw = ckpt.restore(tmp_path / 'ckpt',
-                       optax_sbs.key_data_tree(jax.eval_shape(lambda: half)))
-  restored = optax_sbs.wrap_key_data_tree(raw, like=half)
+  abstract = jax.eval_shape(lambda: half)
+  if recipe == 'orbax':
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(tmp_path / 'ckpt', half)
+    with ocp.StandardCheckpointer() as ckpt:
+      restored = ckpt.restore(tmp_path / 'ckpt', abstract)
+  else:
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(tmp_path / 'ckpt', optax_sbs.key_data_tree(half))
+    with ocp.StandardCheckpointer() as ckpt:
+      raw = ckpt.restore(tmp_path / 'ckpt', optax_sbs.key_data_tree(abstract))
+    restored = optax_sbs.wrap_key_data_tree(raw, like=abstract)
   sbs_state = optax_sbs.find_state(restored)
   assert jnp.issubdtype(sbs_state.key.dtype, jax.dtypes.prng_key)
   _assert_trees_equal(restored, half)
@@ -83,6 +93,11 @@ def test_key_data_tree_keeps_other_leaves_and_key_impls():
   back = optax_sbs.wrap_key_data_tree(raw, like=tree)
   assert jax.random.key_impl(back['rbg']) == jax.random.key_impl(tree['rbg'])
   _assert_trees_equal(back, tree)
+  abstract_like = optax_sbs.wrap_key_data_tree(raw, like=jax.eval_shape(
+      lambda: tree))
+  assert jax.random.key_impl(abstract_like['rbg']) == jax.random.key_impl(
+      tree['rbg'])
+  _assert_trees_equal(abstract_like, tree)
   with pytest.raises(ValueError, match='structure'):
     optax_sbs.wrap_key_data_tree({'k': raw['k']}, like=tree)
 
@@ -102,7 +117,9 @@ def test_same_key_same_run_eager_and_jit_and_repeated():
 def test_masks_bit_identical_across_device_counts_and_shardings(num_devices):
   if jax.device_count() < num_devices:
     pytest.skip(f'needs {num_devices} devices')
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ('x',))
   tx = optax_sbs.stochastic_batch_size(7)
   params = {'w': jnp.zeros((16, 24)), 'b': jnp.zeros(24)}
@@ -210,9 +227,11 @@ def test_unguarded_non_finite_gradient_freezes_its_group_as_documented():
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
   """A save killed mid-write leaves Orbax's temporary folder; a resume reads
   the last finalised epoch and finishes like an uninterrupted run."""
-  import train  # pylint: disable=g-import-not-at-top
+  from test_example_train import TINY  # pylint: disable=g-import-not-at-top
+  from test_example_train import tiny_dataset  # pylint: disable=g-import-not-at-top
+
   from configs.default import Config  # pylint: disable=g-import-not-at-top
-  from test_example_train import TINY, tiny_dataset  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
   data = tiny_dataset()
   mesh = train.mesh_over_local_devices(1)
   config = Config(**dict(TINY, epochs=3), optimizers=('sbs',),

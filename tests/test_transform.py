@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import optax_sbs
+
 import reference
 
 # A Flax-like tree with every parameter type and layers of different scales.
@@ -540,3 +541,30 @@ def test_parameter_type_default_grouping():
       "['params']['layer1_0']['norm_1']['bias']": 'norm',
       "['params']['scalar']": 'bias',
   }
+
+
+@pytest.mark.parametrize('path,ndim,want', [
+    # GPT-style (nanoGPT, Hugging Face GPT-2 as pytrees).
+    (('h', '0', 'ln_1', 'scale'), 1, 'norm'),
+    (('h', '0', 'ln_2', 'bias'), 1, 'norm'),
+    (('ln_f', 'scale'), 1, 'norm'),
+    (('blocks', 'ln1', 'weight'), 1, 'norm'),
+    (('wte', 'embedding'), 2, 'embedding'),
+    (('transformer', 'wpe', 'weight'), 2, 'embedding'),
+    (('h', '0', 'attn', 'c_attn', 'kernel'), 2, 'dense'),
+    (('lm_head', 'kernel'), 2, 'dense'),
+    # Haiku / Equinox / Llama-style names.
+    (('transformer/layer_norm', 'scale'), 1, 'norm'),
+    (('mlp/~/linear_0', 'b'), 1, 'bias'),
+    (('layers', 'input_layernorm', 'weight'), 1, 'norm'),
+    (('encoder', 'norm1', 'weight'), 1, 'norm'),
+    (('stem', 'gn', 'scale'), 1, 'norm'),
+    (('tok_embeddings', 'weight'), 2, 'embedding'),
+    # Names that merely contain the letters are not norms or embeddings.
+    (('kiln', 'bias'), 1, 'bias'),
+    (('lnx', 'kernel'), 2, 'dense'),
+    (('swte', 'kernel'), 2, 'dense'),
+])
+def test_parameter_type_usual_names(path, ndim, want):
+  keys = tuple(jax.tree_util.DictKey(k) for k in path)
+  assert optax_sbs.parameter_type(keys, jnp.zeros((2,) * ndim)) == want

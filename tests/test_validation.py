@@ -39,7 +39,21 @@ def test_bad_hyperparameters(kwargs, error, match):
 )
 def test_bad_key(key):
   with pytest.raises(TypeError, match='key must be'):
-    optax_sbs.stochastic_batch_size(key).init({'w': jnp.ones(2)})
+    optax_sbs.stochastic_batch_size(key)  # refused when built
+
+
+@pytest.mark.parametrize('keys', [
+    jax.random.split(jax.random.key(0), 2),
+    jax.random.split(jax.random.PRNGKey(0), 2),
+])
+def test_a_batch_of_keys_is_refused_when_built(keys):
+  for build in (lambda: optax_sbs.stochastic_batch_size(keys),
+                lambda: optax_sbs.sbs(0.1, key=keys),
+                lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-3),
+                                                             keys)):
+    with pytest.raises(ValueError, match='batch of'):
+      build()
+  optax_sbs.stochastic_batch_size(keys[0])  # one of them is fine
 
 
 @pytest.mark.parametrize('dtype', [jnp.int32, jnp.bool_, jnp.complex64])

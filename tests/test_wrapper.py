@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import optax_sbs
+
 import reference
 
 # Distinct shapes, so a state leaf's parameter (and its mask) is known by
@@ -246,7 +247,7 @@ COMPOSED = {
         learning_rate=optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1),
     'masked_fn': lambda: optax.masked(optax.adam(1e-2), MATRICES),
     'chain_masked_tree': lambda: optax.chain(
-        optax.masked(optax.trace(0.5), jax.tree.map(lambda l: l == 'a',
+        optax.masked(optax.trace(0.5), jax.tree.map(lambda lab: lab == 'a',
                                                     LABELS)),
         optax.adam(1e-2)),
     'multi_transform': lambda: optax.multi_transform(

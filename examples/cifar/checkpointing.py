@@ -7,21 +7,18 @@ state. Orbax writes a checkpoint to a temporary folder and renames it when
 complete, so an interrupted save never leaves a half-written checkpoint
 that a resume would read.
 
-Typed PRNG keys (the SBS key, the dropout key) are stored as their raw
-``key_data`` and wrapped back on restore (``optax_sbs.key_data_tree`` /
-``wrap_key_data_tree``): Orbax does not save typed keys.
+Typed PRNG keys (the SBS key, the dropout key) are saved and restored by
+Orbax itself (orbax-checkpoint >= 0.12), with their implementation.
 """
 
 import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
-import optax_sbs
 
 
 class ResumeError(ValueError):
@@ -44,23 +41,22 @@ class RunCheckpointer:
 
   def save(self, epoch: int, state, rows: list[dict], rng_state: dict) -> None:
     self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(optax_sbs.key_data_tree(_state_tree(state))),
+        state=ocp.args.StandardSave(_state_tree(state)),
         meta=ocp.args.JsonSave({'rows': rows, 'rng': rng_state}),
     ))
     self._manager.wait_until_finished()
 
-  def restore(self, template_state) -> Optional[tuple[Any, list[dict], dict]]:
+  def restore(self, template_state) -> tuple[Any, list[dict], dict] | None:
     """``(state, rows, rng_state)`` of the latest epoch, or None if none."""
     epoch = self._manager.latest_step()
     if epoch is None:
       return None
     template = _state_tree(template_state)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            optax_sbs.key_data_tree(template))
+    # Shapes, dtypes (typed keys included) and shardings of the live state.
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    tree = optax_sbs.wrap_key_data_tree(restored['state'], like=template)
-    state = template_state.replace(**tree)
+    state = template_state.replace(**restored['state'])
     return state, restored['meta']['rows'], restored['meta']['rng']
 
   def close(self):

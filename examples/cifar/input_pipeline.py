@@ -5,9 +5,9 @@ int32 labels, so one batching path serves both. Images are small (CIFAR-10,
 SVHN, STL-10), so the whole split lives in host memory.
 """
 
+from collections.abc import Iterator
 import dataclasses
 import os
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def load_npz(path: str, flip: bool = True) -> Dataset:
   return from_arrays(os.path.basename(path), **arrays, flip=flip)
 
 
-def load_tfds(name: str, data_dir: Optional[str] = None,
+def load_tfds(name: str, data_dir: str | None = None,
               download: bool = True) -> Dataset:
   """Loads a TFDS image-classification dataset into memory.
 
@@ -148,7 +148,7 @@ def load_tfds(name: str, data_dir: Optional[str] = None,
                      num_classes=num_classes)
 
 
-def load(dataset: str, data_dir: Optional[str] = None,
+def load(dataset: str, data_dir: str | None = None,
          download: bool = True) -> Dataset:
   """A ``.npz`` path or a TFDS name."""
   if dataset.endswith('.npz') or os.path.sep in dataset:

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
   checkpoint = checkpoint and not vmap_trials
   # Heavy imports after argument parsing, so --help is instant.
   import jax  # pylint: disable=g-import-not-at-top
+
   import checkpointing  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import results  # pylint: disable=g-import-not-at-top

@@ -15,9 +15,10 @@ axis of the array it sees: under ``jax.jit`` with a batch sharded over
 devices that is the global batch; under ``jax.pmap`` pass ``axis_name``.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-def _norm(train: bool, axis_name: Optional[str]) -> ModuleDef:
+def _norm(train: bool, axis_name: str | None) -> ModuleDef:
   return functools.partial(
       nn.BatchNorm, use_running_average=not train, momentum=0.9,
       epsilon=1e-5, axis_name=axis_name,
@@ -34,7 +35,7 @@ def _norm(train: bool, axis_name: Optional[str]) -> ModuleDef:
 
 def depth_rates(num_layers: int, final_rate: float) -> list[float]:
   """Huang et al.'s linear decay rule: ``final_rate * l / L`` for l = 1..L."""
-  return [final_rate * (l + 1) / num_layers for l in range(num_layers)]
+  return [final_rate * (i + 1) / num_layers for i in range(num_layers)]
 
 
 def _drop(rate: float, train: bool, broadcast_dims=()):
@@ -56,7 +57,7 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   dropout_rate: float = 0.0
   depth_dropout: float = 0.0
-  axis_name: Optional[str] = None
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -80,7 +81,7 @@ class VGG11(nn.Module):
   num_classes: int = 10
   dropout_rate: float = 0.0
   depth_dropout: float = 0.0
-  axis_name: Optional[str] = None
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -160,7 +161,7 @@ class ResNet(nn.Module):
   num_classes: int = 10
   dropout_rate: float = 0.0
   depth_dropout: float = 0.0
-  axis_name: Optional[str] = None
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):

@@ -24,10 +24,10 @@ import optax
 
 import optax_sbs
 
+from configs.default import EMBEDDED_SAMPLE
 import input_pipeline
 import models
 import train as train_lib
-from configs.default import EMBEDDED_SAMPLE
 
 
 def replicate(tree, n):

@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-from typing import Optional
 
 EMBEDDED_SAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -19,7 +18,7 @@ class Config:
 
   # Data.
   dataset: str = EMBEDDED_SAMPLE  # TFDS name or path to a .npz
-  data_dir: Optional[str] = None  # TFDS data_dir
+  data_dir: str | None = None  # TFDS data_dir
   download: bool = True  # let TFDS download and prepare
   train_fraction: float = 1.0  # the paper's 1/2, 1/4, 1/8
   augment: bool = True  # random crop (pad 4) + flip where valid
@@ -31,12 +30,12 @@ class Config:
   batch_size: int = 32
   learning_rate: float = 0.1  # sigmoid schedule from here ...
   end_learning_rate: float = 0.001  # ... to here
-  momentum: Optional[float] = None  # None: the paper's pairing by batch size
+  momentum: float | None = None  # None: the paper's pairing by batch size
   weight_decay: float = 0.0
   # SBS.
   alpha: float = 0.1
   lam: float = -4.0
-  probability: Optional[float] = None
+  probability: float | None = None
   scale_by_count: bool = False
   magnitude: str = 'cma'
   group: str = 'type'  # 'type' (conv/dense/bias/norm) or 'single'
