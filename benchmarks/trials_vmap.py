@@ -32,15 +32,12 @@ def step_fn(state, images, labels):
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, labels).mean(), updates
+      {'params': params, 'batch_stats': state.batch_stats}, x, train=True, mutable=['batch_stats']
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
 
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  return state.apply_gradients(grads=grads,
-                               batch_stats=updates['batch_stats']), loss
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads, batch_stats=updates['batch_stats']), loss
 
 
 def median_time(fn, reps):
@@ -58,8 +55,9 @@ def main():
   parser.add_argument('--batch-size', type=int, default=32)
   parser.add_argument('--model', default='small_cnn')
   parser.add_argument('--reps', type=int, default=30)
-  parser.add_argument('--out', default=os.path.join(
-      ROOT, 'benchmarks', 'results', 'trials_vmap.md'))
+  parser.add_argument(
+    '--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'trials_vmap.md')
+  )
   args = parser.parse_args()
   k, bs = args.trials, args.batch_size
   rng = np.random.default_rng(0)
@@ -68,25 +66,23 @@ def main():
   model = models.create_model(args.model, 10)
   config = Config(batch_size=bs)
   lines = [
-      f'# Trials: sequential vs jax.vmap ({args.model}, batch {bs}, {k} trials)',
-      '',
-      f'- command: `python benchmarks/trials_vmap.py --trials {k} --batch-size {bs} '
-      f'--model {args.model} --reps {args.reps}`',
-      f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-      f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}), '
-      f'{len(jax.devices())} device(s)',
-      f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-      f'optax {optax.__version__}',
-      f'- median of {args.reps} steps after warm-up, in one process',
-      '',
-      f'| optimizer | {k} sequential steps (ms) | one vmapped step (ms) | '
-      'vmapped / sequential |',
-      '|---|---|---|---|',
+    f'# Trials: sequential vs jax.vmap ({args.model}, batch {bs}, {k} trials)',
+    '',
+    f'- command: `python benchmarks/trials_vmap.py --trials {k} --batch-size {bs} '
+    f'--model {args.model} --reps {args.reps}`',
+    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
+    f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}), '
+    f'{len(jax.devices())} device(s)',
+    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
+    f'optax {optax.__version__}',
+    f'- median of {args.reps} steps after warm-up, in one process',
+    '',
+    f'| optimizer | {k} sequential steps (ms) | one vmapped step (ms) | vmapped / sequential |',
+    '|---|---|---|---|',
   ]
   for name in ('sgd', 'sbs'):
     tx = train.build_optimizer(config, name, 1000, jax.random.key(0))
-    single = [train.create_state(model, tx, (32, 32, 3), jax.random.key(t))
-              for t in range(k)]
+    single = [train.create_state(model, tx, (32, 32, 3), jax.random.key(t)) for t in range(k)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *single)
     seq_step = jax.jit(step_fn)
     vec_step = jax.jit(jax.vmap(step_fn))
@@ -110,8 +106,7 @@ def main():
       run_seq(), run_vec()
     t_seq = median_time(run_seq, args.reps)
     t_vec = median_time(run_vec, args.reps)
-    lines.append(f'| {name} | {1e3 * t_seq:.1f} | {1e3 * t_vec:.1f} | '
-                 f'{t_vec / t_seq:.2f} |')
+    lines.append(f'| {name} | {1e3 * t_seq:.1f} | {1e3 * t_vec:.1f} | {t_vec / t_seq:.2f} |')
     print(lines[-1], flush=True)
   text = '\n'.join(lines) + '\n'
   print(text)

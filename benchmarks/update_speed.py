@@ -40,29 +40,31 @@ import train as train_lib
 
 def optimizers():
   return {
-      'sgd': lambda: optax.sgd(0.1),
-      'sgd m=0.9': lambda: optax.sgd(0.1, momentum=0.9),
-      'adam': lambda: optax.adam(1e-3),
-      'MultiSteps(sgd, 4)': lambda: optax.MultiSteps(optax.sgd(0.1), 4),
-      'sbs': lambda: optax_sbs.sbs(0.1, key=0),
-      'sbs uint8 count, bf16 cma': lambda: optax_sbs.sbs(
-          0.1, key=0, count_dtype='uint8', cma_dtype='bfloat16'),
+    'sgd': lambda: optax.sgd(0.1),
+    'sgd m=0.9': lambda: optax.sgd(0.1, momentum=0.9),
+    'adam': lambda: optax.adam(1e-3),
+    'MultiSteps(sgd, 4)': lambda: optax.MultiSteps(optax.sgd(0.1), 4),
+    'sbs': lambda: optax_sbs.sbs(0.1, key=0),
+    'sbs uint8 count, bf16 cma': lambda: optax_sbs.sbs(
+      0.1, key=0, count_dtype='uint8', cma_dtype='bfloat16'
+    ),
   }
 
 
 def model_params(name):
   model = models.create_model(name, 10)
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  )
   return variables['params']
 
 
 def materialize(shapes, seed=0):
   leaves, treedef = jax.tree.flatten(shapes)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return treedef.unflatten([
-      jax.random.normal(k, x.shape, jnp.float32) * 0.01
-      for k, x in zip(keys, leaves)])
+  return treedef.unflatten(
+    [jax.random.normal(k, x.shape, jnp.float32) * 0.01 for k, x in zip(keys, leaves)]
+  )
 
 
 def interleaved_medians(runs, reps, warmup=3):
@@ -93,13 +95,13 @@ def optimizer_step(tx, params, grads):
   params = jax.tree.map(jnp.copy, params)
   state = tx.init(params)
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-      params, state, grads).compile()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
   compile_s = time.perf_counter() - start
   n = sum(x.size for x in jax.tree.leaves(params))
   state_bytes = sum(
-      (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-       else x).nbytes for x in jax.tree.leaves(state))
+    (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x).nbytes
+    for x in jax.tree.leaves(state)
+  )
   box = [params, state]
 
   def run():
@@ -118,8 +120,11 @@ def train_step(model_name, tx, batch):
   labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
   mean, std = jnp.zeros(3), jnp.ones(3)
   start = time.perf_counter()
-  compiled = jax.jit(train_lib.train_step, donate_argnums=0).lower(
-      state, images, labels, mean, std).compile()
+  compiled = (
+    jax.jit(train_lib.train_step, donate_argnums=0)
+    .lower(state, images, labels, mean, std)
+    .compile()
+  )
   compile_s = time.perf_counter() - start
   box = [state]
 
@@ -139,15 +144,17 @@ def main():
   dev = jax.devices()[0]
   command = 'python benchmarks/update_speed.py' + (' --quick' if args.quick else '')
   lines = [
-      f'# SBS update cost vs plain Optax ({dev.platform})', '',
-      f'- command: `{command}`',
-      f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-      f'{dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)',
-      f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-      f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
-      f'- median of {reps} repetitions after warm-up, candidates interleaved within '
-      'each repetition; params and state donated; ratios are against `optax.sgd` '
-      'in the same run.', '',
+    f'# SBS update cost vs plain Optax ({dev.platform})',
+    '',
+    f'- command: `{command}`',
+    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
+    f'{dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)',
+    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
+    f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    f'- median of {reps} repetitions after warm-up, candidates interleaved within '
+    'each repetition; params and state donated; ratios are against `optax.sgd` '
+    'in the same run.',
+    '',
   ]
 
   def emit(line=''):
@@ -157,22 +164,27 @@ def main():
   print('\n'.join(lines), flush=True)
   emit('## 1. Optimizer-only step (update + apply_updates)')
   emit()
-  emit('| tree | params | leaves | optimizer | step (ms) | / sgd | compile (s) '
-       '| / adam compile | state bytes / param |')
+  emit(
+    '| tree | params | leaves | optimizer | step (ms) | / sgd | compile (s) '
+    '| / adam compile | state bytes / param |'
+  )
   emit('|---|---|---|---|---|---|---|---|---|')
   for name in ('small_cnn', 'vgg11', 'resnet18', 'resnet50'):
     params = materialize(model_params(name))
     grads = materialize(params, seed=1)
     n = sum(x.size for x in jax.tree.leaves(params))
-    steps = {opt_name: optimizer_step(make(), params, grads)
-             for opt_name, make in optimizers().items()}
+    steps = {
+      opt_name: optimizer_step(make(), params, grads) for opt_name, make in optimizers().items()
+    }
     times = interleaved_medians({k: v[0] for k, v in steps.items()}, reps)
     base, adam_compile = times['sgd'], steps['adam'][1]
     for opt_name, (_, c, b) in steps.items():
       t = times[opt_name]
-      emit(f'| {name} | {n / 1e6:.2f}M | {len(jax.tree.leaves(params))} | '
-           f'{opt_name} | {1e3 * t:.2f} | {t / base:.1f}x | {c:.2f} | '
-           f'{c / adam_compile:.1f}x | {b:.1f} |')
+      emit(
+        f'| {name} | {n / 1e6:.2f}M | {len(jax.tree.leaves(params))} | '
+        f'{opt_name} | {1e3 * t:.2f} | {t / base:.1f}x | {c:.2f} | '
+        f'{c / adam_compile:.1f}x | {b:.1f} |'
+      )
 
   emit()
   emit('## 2. Update time vs parameter count (one 2-D leaf per 1M, sgd vs sbs)')
@@ -182,19 +194,20 @@ def main():
   for millions in (1, 5, 10, 25):
     params = {f'w{i}': jnp.full((1000, 1000), 0.01) for i in range(millions)}
     grads = materialize(params, seed=2)
-    times = interleaved_medians({
+    times = interleaved_medians(
+      {
         'sgd': optimizer_step(optax.sgd(0.1), params, grads)[0],
         'sbs': optimizer_step(optax_sbs.sbs(0.1, key=0), params, grads)[0],
-    }, reps)
+      },
+      reps,
+    )
     t_sgd, t_sbs = times['sgd'], times['sbs']
-    emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | '
-         f'{t_sbs / t_sgd:.1f}x |')
+    emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | {t_sbs / t_sgd:.1f}x |')
 
   emit()
   emit('## 3. Full training step (forward, backward, update)')
   emit()
-  emit('| model | batch | sgd (ms) | sbs (ms) | sbs overhead | sgd compile (s) '
-       '| sbs compile (s) |')
+  emit('| model | batch | sgd (ms) | sbs (ms) | sbs overhead | sgd compile (s) | sbs compile (s) |')
   emit('|---|---|---|---|---|---|---|')
   cases = [('small_cnn', 16), ('small_cnn', 128), ('resnet18', 16)]
   if not args.quick:
@@ -203,14 +216,14 @@ def main():
     step_reps = max(5, reps // (2 if model_name == 'resnet18' else 1))
     run_sgd, c_sgd = train_step(model_name, optax.sgd(0.1), batch)
     run_sbs, c_sbs = train_step(model_name, optax_sbs.sbs(0.1, key=0), batch)
-    times = interleaved_medians({'sgd': run_sgd, 'sbs': run_sbs}, step_reps,
-                                warmup=2)
+    times = interleaved_medians({'sgd': run_sgd, 'sbs': run_sbs}, step_reps, warmup=2)
     t_sgd, t_sbs = times['sgd'], times['sbs']
-    emit(f'| {model_name} | {batch} | {1e3 * t_sgd:.1f} | {1e3 * t_sbs:.1f} | '
-         f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |')
+    emit(
+      f'| {model_name} | {batch} | {1e3 * t_sgd:.1f} | {1e3 * t_sbs:.1f} | '
+      f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |'
+    )
 
-  out = args.out or os.path.join(
-      ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
+  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, 'w') as f:
     f.write('\n'.join(lines) + '\n')

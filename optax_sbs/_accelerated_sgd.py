@@ -22,10 +22,10 @@ class AcceleratedSGDState(NamedTuple):
 
 
 def accelerated_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    kappa: float = 1000.0,
-    xi: float = 10.0,
-    small_constant: float = 0.7,
+  learning_rate: optax.ScalarOrSchedule,
+  kappa: float = 1000.0,
+  xi: float = 10.0,
+  small_constant: float = 0.7,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Accelerated SGD (ASGD) of Kidambi et al. (2018), Algorithm 1.
 
@@ -65,21 +65,19 @@ def accelerated_sgd(
     Kidambi et al, `On the insufficiency of existing momentum schemes for
     stochastic optimization <https://arxiv.org/abs/1803.05591>`_, 2018.
   """
-  for name, value in (('kappa', kappa), ('xi', xi),
-                      ('small_constant', small_constant)):
+  for name, value in (('kappa', kappa), ('xi', xi), ('small_constant', small_constant)):
     _validation.check_real(name, value)
   if not isinstance(kappa, jax.core.Tracer) and kappa < 1:
     raise ValueError(f'kappa must be >= 1, got {kappa}.')
   if not isinstance(xi, jax.core.Tracer) and not 0 < xi <= kappa**0.5:
     raise ValueError(f'xi must lie in (0, sqrt(kappa)], got {xi}.')
-  if (not isinstance(small_constant, jax.core.Tracer)
-      and not 0 < small_constant <= 1):
+  if not isinstance(small_constant, jax.core.Tracer) and not 0 < small_constant <= 1:
     raise ValueError(f'small_constant must lie in (0, 1], got {small_constant}.')
 
   def init_fn(params):
     return AcceleratedSGDState(
-        count=jnp.zeros([], jnp.int32),
-        long_iterate=jax.tree.map(jnp.array, params),
+      count=jnp.zeros([], jnp.int32),
+      long_iterate=jax.tree.map(jnp.array, params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -104,6 +102,7 @@ def accelerated_sgd(
 
     new_updates = jax.tree.map(step, params, updates, long_iterate)
     return new_updates, AcceleratedSGDState(
-        count=optax.safe_increment(state.count), long_iterate=long_iterate)
+      count=optax.safe_increment(state.count), long_iterate=long_iterate
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

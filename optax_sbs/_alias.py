@@ -10,19 +10,19 @@ from optax_sbs import _wrapper
 
 
 def sbs(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    key: jax.Array | int,
-    alpha: jax.typing.ArrayLike = 0.1,
-    lam: jax.typing.ArrayLike = -4.0,
-    momentum: float | None = None,
-    nesterov: bool = False,
-    probability: jax.typing.ArrayLike | None = None,
-    scale_by_count: bool = False,
-    magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: _probability.GroupFn | None = None,
-    cma_dtype: jax.typing.DTypeLike | None = None,
-    count_dtype: jax.typing.DTypeLike = 'int32',
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  key: jax.Array | int,
+  alpha: jax.typing.ArrayLike = 0.1,
+  lam: jax.typing.ArrayLike = -4.0,
+  momentum: float | None = None,
+  nesterov: bool = False,
+  probability: jax.typing.ArrayLike | None = None,
+  scale_by_count: bool = False,
+  magnitude: Literal['cma', 'gradient'] = 'cma',
+  group_fn: _probability.GroupFn | None = None,
+  cma_dtype: jax.typing.DTypeLike | None = None,
+  count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with stochastic batch size: the paper's optimiser in one call.
 
@@ -75,14 +75,14 @@ def sbs(
     <https://arxiv.org/abs/2004.06341>`_, 2020 (Algorithm 2, §4.3, §5.1).
   """
   return _wrapper.with_stochastic_batch_size(
-      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-      key,
-      alpha=alpha,
-      lam=lam,
-      probability=probability,
-      scale_by_count=scale_by_count,
-      magnitude=magnitude,
-      group_fn=group_fn,
-      cma_dtype=cma_dtype,
-      count_dtype=count_dtype,
+    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    key,
+    alpha=alpha,
+    lam=lam,
+    probability=probability,
+    scale_by_count=scale_by_count,
+    magnitude=magnitude,
+    group_fn=group_fn,
+    cma_dtype=cma_dtype,
+    count_dtype=count_dtype,
   )

@@ -43,8 +43,7 @@ def _path_name(path: tuple[Any, ...]) -> str:
     else:
       names.append(str(entry))
   # A Flax NNX variable holds its array in ``.value``: not part of the name.
-  if len(names) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
-      names[-1] == 'value'):
+  if len(names) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and (names[-1] == 'value'):
     names.pop()
   return '/'.join(names)
 
@@ -90,8 +89,8 @@ def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:
   found = list(_count_trees(opt_state))
   if not found:
     raise ValueError(
-        'layer_statistics: no stochastic batch size state (cma, count, key) '
-        'in this optimizer state.')
+      'layer_statistics: no stochastic batch size state (cma, count, key) in this optimizer state.'
+    )
   fractions, counts = {}, {}
   for where, count in found:
     for path, k in jax.tree_util.tree_flatten_with_path(count)[0]:
@@ -99,9 +98,9 @@ def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:
       if len(found) > 1 and where:
         name = f'{where}/{name}'
       fractions[f'{prefix}/update_fraction/{name}'] = (
-          jnp.mean(k == 1, dtype=jnp.float32) if k.size
-          else jnp.zeros((), jnp.float32))
+        jnp.mean(k == 1, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32)
+      )
       counts[f'{prefix}/mean_count/{name}'] = (
-          jnp.mean(k, dtype=jnp.float32) if k.size
-          else jnp.zeros((), jnp.float32))
+        jnp.mean(k, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32)
+      )
   return {**fractions, **counts}

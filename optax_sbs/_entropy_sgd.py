@@ -26,14 +26,14 @@ class ScaleByEntropySGDState(NamedTuple):
 
 
 def scale_by_entropy_sgd(
-    key: jax.Array | int,
-    *,
-    num_inner_steps: int = 5,
-    inner_learning_rate: float = 0.1,
-    gamma: optax.ScalarOrSchedule = 0.03,
-    noise: float = 1e-4,
-    mean_rate: float = 0.75,
-    outer_step: Literal['paper', 'authors'] = 'paper',
+  key: jax.Array | int,
+  *,
+  num_inner_steps: int = 5,
+  inner_learning_rate: float = 0.1,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  noise: float = 1e-4,
+  mean_rate: float = 0.75,
+  outer_step: Literal['paper', 'authors'] = 'paper',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
@@ -80,8 +80,7 @@ def scale_by_entropy_sgd(
     valleys <https://arxiv.org/abs/1611.01838>`_, 2017.
   """
   if isinstance(num_inner_steps, bool) or not isinstance(num_inner_steps, int):
-    raise TypeError(
-        f'num_inner_steps must be an int, got {num_inner_steps!r}.')
+    raise TypeError(f'num_inner_steps must be an int, got {num_inner_steps!r}.')
   if num_inner_steps < 1:
     raise ValueError(f'num_inner_steps must be >= 1, got {num_inner_steps}.')
   _validation.check_real('inner_learning_rate', inner_learning_rate)
@@ -90,28 +89,28 @@ def scale_by_entropy_sgd(
   if not callable(gamma):
     _validation.check_real('gamma', gamma)
   if outer_step not in ('paper', 'authors'):
-    raise ValueError(
-        f"outer_step must be 'paper' or 'authors', got {outer_step!r}.")
+    raise ValueError(f"outer_step must be 'paper' or 'authors', got {outer_step!r}.")
   _keys.check_key(key)
 
   def init_fn(params):
     del params
     return ScaleByEntropySGDState(
-        count=jnp.zeros([], jnp.int32),
-        key=_keys.canonicalize_key(key),
+      count=jnp.zeros([], jnp.int32),
+      key=_keys.canonicalize_key(key),
     )
 
-  def update_fn(updates, state, params=None, *,
-                value_fn: Callable[[Any], jax.Array] | None = None,
-                **extra_args):
+  def update_fn(
+    updates, state, params=None, *, value_fn: Callable[[Any], jax.Array] | None = None, **extra_args
+  ):
     del extra_args
     if params is None:
       raise ValueError(_validation.NO_PARAMS_MESSAGE.format(name='entropy_sgd'))
     if value_fn is None and num_inner_steps > 1:
       raise ValueError(
-          'scale_by_entropy_sgd: update needs the extra argument value_fn '
-          '(params -> scalar loss) for the inner Langevin steps, e.g. '
-          'tx.update(grads, state, params, value_fn=loss_fn).')
+        'scale_by_entropy_sgd: update needs the extra argument value_fn '
+        '(params -> scalar loss) for the inner Langevin steps, e.g. '
+        'tx.update(grads, state, params, value_fn=loss_fn).'
+      )
     g = gamma(state.count) if callable(gamma) else gamma
     next_key, step_key = jax.random.split(state.key)
     xs, treedef = jax.tree.flatten(params)
@@ -123,8 +122,9 @@ def scale_by_entropy_sgd(
       for x, xp, m, grad, k in zip(xs, x_primes, mus, grads, keys):
         dxp = grad.astype(xp.dtype) - g * (x - xp)
         eps = jax.random.normal(k, xp.shape, xp.dtype)
-        xp = (xp - inner_learning_rate * dxp
-              + jnp.sqrt(inner_learning_rate) * noise * eps).astype(x.dtype)
+        xp = (xp - inner_learning_rate * dxp + jnp.sqrt(inner_learning_rate) * noise * eps).astype(
+          x.dtype
+        )
         new_x_primes.append(xp)
         new_mus.append(((1 - mean_rate) * m + mean_rate * xp).astype(m.dtype))
       return new_x_primes, new_mus
@@ -145,25 +145,27 @@ def scale_by_entropy_sgd(
     mu = treedef.unflatten(carry[1])  # type: ignore[attr-defined]
     scale = g if outer_step == 'paper' else 1.0
     new_updates = jax.tree.map(
-        lambda x, m, u: (scale * (x - m)).astype(u.dtype), params, mu, updates)
+      lambda x, m, u: (scale * (x - m)).astype(u.dtype), params, mu, updates
+    )
     return new_updates, ScaleByEntropySGDState(
-        count=optax.safe_increment(state.count), key=next_key)
+      count=optax.safe_increment(state.count), key=next_key
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def entropy_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    key: jax.Array | int,
-    momentum: float | None = None,
-    nesterov: bool = False,
-    num_inner_steps: int = 5,
-    inner_learning_rate: float = 0.1,
-    gamma: optax.ScalarOrSchedule = 0.03,
-    noise: float = 1e-4,
-    mean_rate: float = 0.75,
-    outer_step: Literal['paper', 'authors'] = 'paper',
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  key: jax.Array | int,
+  momentum: float | None = None,
+  nesterov: bool = False,
+  num_inner_steps: int = 5,
+  inner_learning_rate: float = 0.1,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  noise: float = 1e-4,
+  mean_rate: float = 0.75,
+  outer_step: Literal['paper', 'authors'] = 'paper',
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: SGD on the local-entropy gradient of :func:`scale_by_entropy_sgd`.
 
@@ -204,9 +206,14 @@ def entropy_sgd(
     valleys <https://arxiv.org/abs/1611.01838>`_, 2017.
   """
   return optax.chain(
-      scale_by_entropy_sgd(
-          key, num_inner_steps=num_inner_steps,
-          inner_learning_rate=inner_learning_rate, gamma=gamma, noise=noise,
-          mean_rate=mean_rate, outer_step=outer_step),
-      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    scale_by_entropy_sgd(
+      key,
+      num_inner_steps=num_inner_steps,
+      inner_learning_rate=inner_learning_rate,
+      gamma=gamma,
+      noise=noise,
+      mean_rate=mean_rate,
+      outer_step=outer_step,
+    ),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )

@@ -25,21 +25,24 @@ def check_key(key: Any) -> None:
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
       if shape:
         raise ValueError(
-            f'key must be a single PRNG key, got a batch of keys of shape '
-            f'{shape} (from jax.random.split?): pass one of them, e.g. '
-            'keys[0].')
+          f'key must be a single PRNG key, got a batch of keys of shape '
+          f'{shape} (from jax.random.split?): pass one of them, e.g. '
+          'keys[0].'
+        )
       return
     if dtype == jnp.uint32 and shape[-1:] == (2,):
       if len(shape) > 1:
         raise ValueError(
-            f'key must be a single raw PRNG key of shape (2,), got a batch of '
-            f'shape {shape} (from jax.random.split?): pass one of them.')
+          f'key must be a single raw PRNG key of shape (2,), got a batch of '
+          f'shape {shape} (from jax.random.split?): pass one of them.'
+        )
       return
     if shape or not jnp.issubdtype(dtype, jnp.integer):
       raise TypeError(
-          'key must be a typed key (jax.random.key), a raw uint32 key of '
-          f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
-          f'dtype {dtype} and shape {shape}.')
+        'key must be a typed key (jax.random.key), a raw uint32 key of '
+        f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
+        f'dtype {dtype} and shape {shape}.'
+      )
     return
   if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
     raise TypeError(f'key must be a JAX key or an int seed, got {key!r}.')
@@ -89,6 +92,7 @@ def key_data_tree(tree: Any) -> Any:
     >>> optax_sbs.find_state(back).key.dtype
     key<fry>
   """
+
   def to_data(x):
     if not _is_typed_key(x):
       return x
@@ -117,12 +121,15 @@ def wrap_key_data_tree(tree: Any, like: Any) -> Any:
   """
   if jax.tree.structure(tree) != jax.tree.structure(like):  # type: ignore[operator]
     raise ValueError(
-        'wrap_key_data_tree: the tree does not have the structure of `like`.'
-        f'\n  tree: {jax.tree.structure(tree)}\n  like: '
-        f'{jax.tree.structure(like)}')
+      'wrap_key_data_tree: the tree does not have the structure of `like`.'
+      f'\n  tree: {jax.tree.structure(tree)}\n  like: '
+      f'{jax.tree.structure(like)}'
+    )
   return jax.tree.map(
-      lambda x, t: jax.random.wrap_key_data(x, impl=_key_impl(t))
-      if _is_typed_key(t) else x, tree, like)
+    lambda x, t: jax.random.wrap_key_data(x, impl=_key_impl(t)) if _is_typed_key(t) else x,
+    tree,
+    like,
+  )
 
 
 def _key_impl(key: Any) -> Any:

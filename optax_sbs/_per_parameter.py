@@ -33,8 +33,7 @@ def _is_masked_out(x: Any) -> bool:
   return x is None or isinstance(x, optax.MaskedNode)
 
 
-def parameter_masks(inner: optax.GradientTransformation, state: Any,
-                    masks: Any, who: str) -> Any:
+def parameter_masks(inner: optax.GradientTransformation, state: Any, masks: Any, who: str) -> Any:
   """A tree like ``state``: per-parameter leaves replaced by their mask.
 
   Args:
@@ -53,25 +52,30 @@ def parameter_masks(inner: optax.GradientTransformation, state: Any,
       (it reads the params' values or shapes) or a per-parameter leaf does
       not have its parameter's shape (factored statistics, e.g. Adafactor's).
   """
+
   def mask_of(leaf, mask):
     if _is_masked_out(leaf):
       return leaf
     if jnp.shape(leaf) != jnp.shape(mask):
       raise ValueError(
-          f'{who}: a per-parameter leaf of the inner optimizer state has '
-          f'shape {jnp.shape(leaf)} where its parameter has shape '
-          f'{jnp.shape(mask)}. Only elementwise state (momentum, Adam\'s '
-          'moments, ...) can be held per element; factored statistics (e.g. '
-          'Adafactor\'s) cannot. Chain stochastic_batch_size before such an '
-          'optimizer instead.')
+        f'{who}: a per-parameter leaf of the inner optimizer state has '
+        f'shape {jnp.shape(leaf)} where its parameter has shape '
+        f"{jnp.shape(mask)}. Only elementwise state (momentum, Adam's "
+        'moments, ...) can be held per element; factored statistics (e.g. '
+        "Adafactor's) cannot. Chain stochastic_batch_size before such an "
+        'optimizer instead.'
+      )
     return mask
 
   error: Exception
   try:
     return optax.tree_utils.tree_map_params(
-        inner, mask_of, state, masks,
-        transform_non_params=lambda _: NOT_PER_PARAMETER,
-        is_leaf=_is_masked_out,
+      inner,
+      mask_of,
+      state,
+      masks,
+      transform_non_params=lambda _: NOT_PER_PARAMETER,
+      is_leaf=_is_masked_out,
     )
   except ValueError as e:
     if str(e).startswith(who):
@@ -80,16 +84,18 @@ def parameter_masks(inner: optax.GradientTransformation, state: Any,
   except (TypeError, AttributeError, KeyError, IndexError) as e:
     error = e
   raise ValueError(
-      f'{who}: cannot tell which leaves of the inner optimizer state are '
-      'per-parameter. They are found as optax.tree_utils.tree_map_params '
-      'finds them, by running inner.init on a placeholder without leaves; '
-      'that failed, so inner.init reads its params (values, shapes or '
-      f'attributes) in a way this cannot support. ({type(error).__name__}: '
-      f'{error})') from error
+    f'{who}: cannot tell which leaves of the inner optimizer state are '
+    'per-parameter. They are found as optax.tree_utils.tree_map_params '
+    'finds them, by running inner.init on a placeholder without leaves; '
+    'that failed, so inner.init reads its params (values, shapes or '
+    f'attributes) in a way this cannot support. ({type(error).__name__}: '
+    f'{error})'
+  ) from error
 
 
-def hold(inner: optax.GradientTransformation, new_state: Any, old_state: Any,
-         masks: Any, who: str) -> Any:
+def hold(
+  inner: optax.GradientTransformation, new_state: Any, old_state: Any, masks: Any, who: str
+) -> Any:
   """``new_state``, with per-parameter leaves kept at ``old_state`` where
   ``masks`` is False; every other leaf is taken from ``new_state``."""
   marks = parameter_masks(inner, new_state, masks, who)
@@ -99,5 +105,4 @@ def hold(inner: optax.GradientTransformation, new_state: Any, old_state: Any,
       return new
     return jnp.where(mark, new, old)
 
-  return jax.tree.map(select, marks, new_state, old_state,
-                      is_leaf=_is_masked_out)
+  return jax.tree.map(select, marks, new_state, old_state, is_leaf=_is_masked_out)

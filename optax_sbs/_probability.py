@@ -34,12 +34,10 @@ GroupFn = Callable[[tuple[Any, ...], jax.Array], Hashable]
 # Normalisation layers: Flax's BatchNorm_0 / LayerNorm_0 / RMSNorm, Haiku's
 # layer_norm, Llama's input_layernorm, torchvision-style bn1 / conv_bn, and
 # GPT-style ln_1 / ln_2 / ln_f (also gn for group norm).
-_NORM_PATTERN = re.compile(r'norm|(^|[_./])(bn|ln|gn)(_?(\d+|f))?($|[_./])',
-                           re.IGNORECASE)
+_NORM_PATTERN = re.compile(r'norm|(^|[_./])(bn|ln|gn)(_?(\d+|f))?($|[_./])', re.IGNORECASE)
 # Embedding tables: Flax's Embed_0 / embedding, tok_embeddings, GPT-2's wte
 # (tokens) and wpe (positions).
-_EMBED_PATTERN = re.compile(r'embed|(^|[_./])(wte|wpe)($|[_./])',
-                            re.IGNORECASE)
+_EMBED_PATTERN = re.compile(r'embed|(^|[_./])(wte|wpe)($|[_./])', re.IGNORECASE)
 
 
 def _key_name(entry: Any) -> str:
@@ -134,10 +132,10 @@ def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
 
 
 def probability_coefficients(
-    magnitudes: Sequence[jax.Array],
-    groups: Sequence[Hashable],
-    alpha: jax.typing.ArrayLike,
-    lam: jax.typing.ArrayLike,
+  magnitudes: Sequence[jax.Array],
+  groups: Sequence[Hashable],
+  alpha: jax.typing.ArrayLike,
+  lam: jax.typing.ArrayLike,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-leaf scalars ``(mean, scale, offset)`` of eq. 21.
 
@@ -160,10 +158,7 @@ def probability_coefficients(
     empty = jnp.zeros((0,), jnp.float32)
     return empty, empty, empty
   dtype = jnp.result_type(*magnitudes)
-  stats = [
-      layer_statistics(a) if a.size else (jnp.zeros((), a.dtype),) * 2
-      for a in magnitudes
-  ]
+  stats = [layer_statistics(a) if a.size else (jnp.zeros((), a.dtype),) * 2 for a in magnitudes]
   means = jnp.stack([m for m, _ in stats]).astype(dtype)
   stds = jnp.stack([s for _, s in stats]).astype(dtype)
 
@@ -173,28 +168,30 @@ def probability_coefficients(
   totals = np.zeros(num_groups)
   np.add.at(totals, group_of, sizes)
   weights = np.divide(
-      sizes, totals[group_of], out=np.zeros_like(sizes),
-      where=totals[group_of] > 0,
+    sizes,
+    totals[group_of],
+    out=np.zeros_like(sizes),
+    where=totals[group_of] > 0,
   ).astype(dtype)
+
   def group_sum(x):
     return jax.ops.segment_sum(weights * x, group_of, num_groups)[group_of]
+
   group_mean = group_sum(means)
   group_std = jnp.sqrt(group_sum(jnp.square(means - group_mean)))
   mu_tilde = _standardize(means, group_mean, group_std)
 
   degenerate = stds <= _STD_RTOL * jnp.abs(means)
-  scale = jnp.where(
-      degenerate, 0, alpha / jnp.where(degenerate, 1, stds)
-  ).astype(dtype)
+  scale = jnp.where(degenerate, 0, alpha / jnp.where(degenerate, 1, stds)).astype(dtype)
   offset = (lam * mu_tilde).astype(dtype)
   return means, scale, offset
 
 
 def probability_from_coefficients(
-    magnitude: jax.Array,
-    mean: jax.Array,
-    scale: jax.Array,
-    offset: jax.Array,
+  magnitude: jax.Array,
+  mean: jax.Array,
+  scale: jax.Array,
+  offset: jax.Array,
 ) -> jax.Array:
   """``sigmoid((magnitude - mean) * scale + offset)`` in the magnitude's dtype."""
   z = (magnitude - mean) * scale + offset
@@ -202,10 +199,10 @@ def probability_from_coefficients(
 
 
 def update_probability(
-    magnitudes: Sequence[jax.Array],
-    groups: Sequence[Hashable],
-    alpha: jax.typing.ArrayLike,
-    lam: jax.typing.ArrayLike,
+  magnitudes: Sequence[jax.Array],
+  groups: Sequence[Hashable],
+  alpha: jax.typing.ArrayLike,
+  lam: jax.typing.ArrayLike,
 ) -> list[jax.Array]:
   """Combined adaptive update probability (eq. 21) for a list of leaves.
 
@@ -225,9 +222,8 @@ def update_probability(
     >>> [round(float(x), 3) for x in p[0]]
     [0.227, 0.5, 0.773]
   """
-  means, scales, offsets = probability_coefficients(
-      magnitudes, groups, alpha, lam)
+  means, scales, offsets = probability_coefficients(magnitudes, groups, alpha, lam)
   return [
-      probability_from_coefficients(a, means[i], scales[i], offsets[i])
-      for i, a in enumerate(magnitudes)
+    probability_from_coefficients(a, means[i], scales[i], offsets[i])
+    for i, a in enumerate(magnitudes)
   ]

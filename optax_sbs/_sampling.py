@@ -29,9 +29,9 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def bernoulli_masks(
-    step_key: jax.Array,
-    probabilities: Sequence[jax.typing.ArrayLike],
-    shapes: Sequence[tuple[int, ...]],
+  step_key: jax.Array,
+  probabilities: Sequence[jax.typing.ArrayLike],
+  shapes: Sequence[tuple[int, ...]],
 ) -> list[jax.Array]:
   """Boolean masks with ``P(chi = True) = p`` per element, one per leaf.
 
@@ -49,14 +49,14 @@ def bernoulli_masks(
   if total == 0:
     return [jnp.zeros(shape, bool) for shape in shapes]
   if _threefry.is_threefry(step_key):
+
     def uniform(offset, shape):
-      return _threefry.uniform_from_bits(
-          _threefry.random_bits(step_key, offset, shape))
+      return _threefry.uniform_from_bits(_threefry.random_bits(step_key, offset, shape))
   else:
     stream = jax.random.uniform(step_key, (total,), jnp.float32)
 
     def uniform(offset, shape):
-      return stream[offset:offset + math.prod(shape)].reshape(shape)
+      return stream[offset : offset + math.prod(shape)].reshape(shape)
 
   masks, offset = [], 0
   for p, shape, size in zip(probabilities, shapes, sizes):

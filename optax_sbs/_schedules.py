@@ -9,11 +9,11 @@ from optax_sbs import _validation
 
 
 def sigmoid_schedule(
-    init_value: float,
-    end_value: float,
-    total_steps: int,
-    steepness: float = 10.0,
-    midpoint: float = 0.5,
+  init_value: float,
+  end_value: float,
+  total_steps: int,
+  steepness: float = 10.0,
+  midpoint: float = 0.5,
 ) -> optax.Schedule:
   """Sigmoid annealing from ``init_value`` to ``end_value``.
 

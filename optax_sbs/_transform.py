@@ -45,9 +45,8 @@ class StochasticBatchSizeState(NamedTuple):
       A pytree like the params of float32 scalars.
     """
     return jax.tree.map(
-        lambda k: jnp.mean(k == 1, dtype=jnp.float32)
-        if k.size else jnp.zeros((), jnp.float32),
-        self.count,
+      lambda k: jnp.mean(k == 1, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32),
+      self.count,
     )
 
   def mean_count(self) -> Any:
@@ -57,9 +56,8 @@ class StochasticBatchSizeState(NamedTuple):
       A pytree like the params of float32 scalars (0.0 for size-0 leaves).
     """
     return jax.tree.map(
-        lambda k: jnp.mean(k, dtype=jnp.float32)
-        if k.size else jnp.zeros((), jnp.float32),
-        self.count,
+      lambda k: jnp.mean(k, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32),
+      self.count,
     )
 
 
@@ -70,16 +68,16 @@ def _cma_dtype(param_dtype, cma_dtype):
 
 
 def stochastic_batch_size(
-    key: jax.Array | int,
-    *,
-    alpha: jax.typing.ArrayLike = 0.1,
-    lam: jax.typing.ArrayLike = -4.0,
-    probability: jax.typing.ArrayLike | None = None,
-    scale_by_count: bool = False,
-    magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: _probability.GroupFn | None = None,
-    cma_dtype: jax.typing.DTypeLike | None = None,
-    count_dtype: jax.typing.DTypeLike = 'int32',
+  key: jax.Array | int,
+  *,
+  alpha: jax.typing.ArrayLike = 0.1,
+  lam: jax.typing.ArrayLike = -4.0,
+  probability: jax.typing.ArrayLike | None = None,
+  scale_by_count: bool = False,
+  magnitude: Literal['cma', 'gradient'] = 'cma',
+  group_fn: _probability.GroupFn | None = None,
+  cma_dtype: jax.typing.DTypeLike | None = None,
+  count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size: every parameter element gets its own batch size.
 
@@ -165,9 +163,7 @@ def stochastic_batch_size(
   if probability is not None:
     _validation.check_probability('probability', probability)
   if magnitude not in ('cma', 'gradient'):
-    raise ValueError(
-        f"magnitude must be 'cma' or 'gradient', got {magnitude!r}."
-    )
+    raise ValueError(f"magnitude must be 'cma' or 'gradient', got {magnitude!r}.")
   if not isinstance(scale_by_count, (bool, np.bool_)):
     raise TypeError(f'scale_by_count must be a bool, got {scale_by_count!r}.')
   if group_fn is None:
@@ -184,13 +180,11 @@ def stochastic_batch_size(
     _validation.check_float_leaves(params, 'params')
     # *_like keeps each param's sharding: the state is laid out like params.
     cma = jax.tree.map(
-        lambda p: jnp.zeros_like(p, dtype=_cma_dtype(p.dtype, cma_dtype)),
-        params,
+      lambda p: jnp.zeros_like(p, dtype=_cma_dtype(p.dtype, cma_dtype)),
+      params,
     )
     count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
-    return StochasticBatchSizeState(
-        cma=cma, count=count, key=_keys.canonicalize_key(key)
-    )
+    return StochasticBatchSizeState(cma=cma, count=count, key=_keys.canonicalize_key(key))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -209,17 +203,13 @@ def stochastic_batch_size(
     for g, cma, k in zip(grads, cmas, counts):
       compute_dtype = jnp.promote_types(cma.dtype, jnp.float32)
       cma = cma.astype(compute_dtype)
-      g_tildes.append(
-          cma + (g.astype(compute_dtype) - cma) / k.astype(compute_dtype)
-      )
+      g_tildes.append(cma + (g.astype(compute_dtype) - cma) / k.astype(compute_dtype))
 
     if probability is None:
       if magnitude == 'cma':
         magnitudes = [jnp.abs(gt) for gt in g_tildes]
       else:
-        magnitudes = [
-            jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)
-        ]
+        magnitudes = [jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)]
       groups = [group_fn(path, g) for path, g in zip(paths, grads)]
       probs = _probability.update_probability(magnitudes, groups, alpha, lam)
     else:
@@ -241,9 +231,9 @@ def stochastic_batch_size(
       new_counts.append(new_count)
 
     new_state = StochasticBatchSizeState(
-        cma=treedef.unflatten(new_cmas),
-        count=treedef.unflatten(new_counts),
-        key=next_key,
+      cma=treedef.unflatten(new_cmas),
+      count=treedef.unflatten(new_counts),
+      key=next_key,
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -279,12 +269,13 @@ def reset_accumulators(opt_state: Any) -> Any:
     >>> optax_sbs.find_state(optax_sbs.reset_accumulators(state)).count['w']
     Array([1, 1], dtype=int32)
   """
+
   def reset(node):
     if not _is_sbs_state(node):
       return node
     return node._replace(
-        cma=jax.tree.map(jnp.zeros_like, node.cma),
-        count=jax.tree.map(jnp.ones_like, node.count),
+      cma=jax.tree.map(jnp.zeros_like, node.cma),
+      count=jax.tree.map(jnp.ones_like, node.count),
     )
 
   return jax.tree.map(reset, opt_state, is_leaf=_is_sbs_state)
@@ -318,6 +309,4 @@ def find_state(opt_state: Any) -> StochasticBatchSizeState:
   for node in jax.tree.leaves(opt_state, is_leaf=_is_sbs_state):
     if _is_sbs_state(node):
       return node
-  raise ValueError(
-      'find_state: no StochasticBatchSizeState in this optimizer state.'
-  )
+  raise ValueError('find_state: no StochasticBatchSizeState in this optimizer state.')

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 NO_PARAMS_MESSAGE = (
-    '{name}: update needs the current parameters: call '
-    'tx.update(updates, state, params).')
+  '{name}: update needs the current parameters: call tx.update(updates, state, params).'
+)
 
 
 def _concrete_value(name: str, value: Any) -> float | None:
@@ -22,26 +22,17 @@ def _concrete_value(name: str, value: Any) -> float | None:
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
     dtype = value.dtype
     if (
-        jnp.issubdtype(dtype, jax.dtypes.prng_key)
-        or jnp.issubdtype(dtype, jnp.bool_)
-        or not (
-            jnp.issubdtype(dtype, jnp.floating)
-            or jnp.issubdtype(dtype, jnp.integer)
-        )
+      jnp.issubdtype(dtype, jax.dtypes.prng_key)
+      or jnp.issubdtype(dtype, jnp.bool_)
+      or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
     ):
-      raise TypeError(
-          f'{name} must be a real number, got an array of dtype {dtype}.'
-      )
+      raise TypeError(f'{name} must be a real number, got an array of dtype {dtype}.')
     if np.ndim(value) != 0:
-      raise TypeError(
-          f'{name} must be a scalar, got an array of shape {np.shape(value)}.'
-      )
+      raise TypeError(f'{name} must be a scalar, got an array of shape {np.shape(value)}.')
     if isinstance(value, jax.core.Tracer):
       return None
     return float(value)
-  raise TypeError(
-      f'{name} must be a real number, got {type(value).__name__}: {value!r}.'
-  )
+  raise TypeError(f'{name} must be a real number, got {type(value).__name__}: {value!r}.')
 
 
 def check_real(name: str, value: Any) -> None:
@@ -65,10 +56,10 @@ def check_float_leaves(tree: Any, what: str) -> None:
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
       found = dtype if dtype is not None else type(leaf).__name__
       raise TypeError(
-          f'stochastic_batch_size: {what} leaf at '
-          f'{jax.tree_util.keystr(path)} has dtype {found}; every leaf must '
-          'be a real floating-point array (float16, bfloat16, float32 or '
-          'float64). Freeze or mask integer leaves (optax.masked) instead.'
+        f'stochastic_batch_size: {what} leaf at '
+        f'{jax.tree_util.keystr(path)} has dtype {found}; every leaf must '
+        'be a real floating-point array (float16, bfloat16, float32 or '
+        'float64). Freeze or mask integer leaves (optax.masked) instead.'
       )
 
 
@@ -77,18 +68,18 @@ def check_same_structure(tree: Any, reference: Any, what: str) -> None:
   got, want = jax.tree.structure(tree), jax.tree.structure(reference)
   if got != want:  # type: ignore[operator]  # PyTreeDef compares
     raise ValueError(
-        f'stochastic_batch_size: the {what} tree does not have the structure '
-        f'of the optimizer state (built from the params given to init).\n'
-        f'  {what}: {got}\n  state: {want}'
+      f'stochastic_batch_size: the {what} tree does not have the structure '
+      f'of the optimizer state (built from the params given to init).\n'
+      f'  {what}: {got}\n  state: {want}'
     )
   for path_leaf, ref_leaf in zip(
-      jax.tree_util.tree_flatten_with_path(tree)[0],
-      jax.tree.leaves(reference),
+    jax.tree_util.tree_flatten_with_path(tree)[0],
+    jax.tree.leaves(reference),
   ):
     path, leaf = path_leaf
     if np.shape(leaf) != np.shape(ref_leaf):
       raise ValueError(
-          f'stochastic_batch_size: {what} leaf at {jax.tree_util.keystr(path)}'
-          f' has shape {np.shape(leaf)} but the state expects '
-          f'{np.shape(ref_leaf)}.'
+        f'stochastic_batch_size: {what} leaf at {jax.tree_util.keystr(path)}'
+        f' has shape {np.shape(leaf)} but the state expects '
+        f'{np.shape(ref_leaf)}.'
       )

@@ -37,17 +37,17 @@ class WithStochasticBatchSizeState(NamedTuple):
 
 
 def with_stochastic_batch_size(
-    inner: optax.GradientTransformation,
-    key: jax.Array | int,
-    *,
-    alpha: jax.typing.ArrayLike = 0.1,
-    lam: jax.typing.ArrayLike = -4.0,
-    probability: jax.typing.ArrayLike | None = None,
-    scale_by_count: bool = False,
-    magnitude: Literal['cma', 'gradient'] = 'cma',
-    group_fn: _probability.GroupFn | None = None,
-    cma_dtype: jax.typing.DTypeLike | None = None,
-    count_dtype: jax.typing.DTypeLike = 'int32',
+  inner: optax.GradientTransformation,
+  key: jax.Array | int,
+  *,
+  alpha: jax.typing.ArrayLike = 0.1,
+  lam: jax.typing.ArrayLike = -4.0,
+  probability: jax.typing.ArrayLike | None = None,
+  scale_by_count: bool = False,
+  magnitude: Literal['cma', 'gradient'] = 'cma',
+  group_fn: _probability.GroupFn | None = None,
+  cma_dtype: jax.typing.DTypeLike | None = None,
+  count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size around any optimizer (Algorithm 2's semantics).
 
@@ -132,13 +132,20 @@ def with_stochastic_batch_size(
     <https://arxiv.org/abs/2004.06341>`_, 2020 (Algorithm 2).
   """
   sbs = _transform.stochastic_batch_size(
-      key, alpha=alpha, lam=lam, probability=probability,
-      scale_by_count=scale_by_count, magnitude=magnitude, group_fn=group_fn,
-      cma_dtype=cma_dtype, count_dtype=count_dtype)
+    key,
+    alpha=alpha,
+    lam=lam,
+    probability=probability,
+    scale_by_count=scale_by_count,
+    magnitude=magnitude,
+    group_fn=group_fn,
+    cma_dtype=cma_dtype,
+    count_dtype=count_dtype,
+  )
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(
-        f'{_WHO}: inner must be an optax.GradientTransformation, got '
-        f'{type(inner).__name__}.')
+      f'{_WHO}: inner must be an optax.GradientTransformation, got {type(inner).__name__}.'
+    )
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -147,22 +154,19 @@ def with_stochastic_batch_size(
     # Fail here, not inside the first jitted update, if the per-parameter
     # leaves cannot be found.
     _per_parameter.parameter_masks(
-        inner, inner_state,
-        jax.tree.map(lambda k: jnp.ones(k.shape, bool), sbs_state.count),
-        _WHO)
+      inner, inner_state, jax.tree.map(lambda k: jnp.ones(k.shape, bool), sbs_state.count), _WHO
+    )
     return WithStochasticBatchSizeState(sbs_state, inner_state)
 
   def update_fn(updates, state, params=None, **extra_args):
     sbs_updates, sbs_state = sbs.update(updates, state.sbs_state, params)
     # chi of this step, read back from the new counts (1 exactly where chi).
     released = jax.tree.map(lambda k: k == 1, sbs_state.count)
-    inner_updates, inner_state = inner.update(
-        sbs_updates, state.inner_state, params, **extra_args)
+    inner_updates, inner_state = inner.update(sbs_updates, state.inner_state, params, **extra_args)
     new_updates = jax.tree.map(
-        lambda u, chi: jnp.where(chi, u, jnp.zeros_like(u)),
-        inner_updates, released)
-    inner_state = _per_parameter.hold(
-        inner, inner_state, state.inner_state, released, _WHO)
+      lambda u, chi: jnp.where(chi, u, jnp.zeros_like(u)), inner_updates, released
+    )
+    inner_state = _per_parameter.hold(inner, inner_state, state.inner_state, released, _WHO)
     return new_updates, WithStochasticBatchSizeState(sbs_state, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -11,9 +11,9 @@ from optax_sbs._entropy_sgd import entropy_sgd
 from optax_sbs._entropy_sgd import scale_by_entropy_sgd
 
 __all__ = (
-    'accelerated_sgd',
-    'AcceleratedSGDState',
-    'entropy_sgd',
-    'scale_by_entropy_sgd',
-    'ScaleByEntropySGDState',
+  'accelerated_sgd',
+  'AcceleratedSGDState',
+  'entropy_sgd',
+  'scale_by_entropy_sgd',
+  'ScaleByEntropySGDState',
 )

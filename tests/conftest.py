@@ -15,6 +15,4 @@ import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # The Flax example is a folder of modules a user can fork (Flax's layout):
 # its tests import them the way main.py does.
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples', 'cifar')
-)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples', 'cifar'))

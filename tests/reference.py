@@ -62,8 +62,7 @@ def frozen_momentum_step(sbs_out, trace, chis, lr, momentum):
   return updates, new_traces
 
 
-def frozen_adam_step(sbs_out, mu, nu, step, chis, params, lr, b1, b2, eps,
-                     weight_decay=0.0):
+def frozen_adam_step(sbs_out, mu, nu, step, chis, params, lr, b1, b2, eps, weight_decay=0.0):
   """optax.adam / adamw under Algorithm 2: released elements update their
   moments and move; the bias correction uses the global step ``step``
   (1-based, advanced every step). Returns updates, mus, nus."""

@@ -58,12 +58,15 @@ def test_accelerated_sgd_schedule_and_tree():
   assert int(state.count) == 1
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     ({'kappa': 0.5}, 'kappa'),
     ({'xi': 100.0}, 'xi'),
     ({'small_constant': 0.0}, 'small_constant'),
     ({'kappa': float('nan')}, 'kappa'),
-])
+  ],
+)
 def test_accelerated_sgd_bad_hyperparameters(kwargs, match):
   with pytest.raises(ValueError, match=match):
     baselines.accelerated_sgd(0.1, **kwargs)
@@ -76,8 +79,7 @@ def test_accelerated_sgd_needs_params():
     tx.update(jnp.ones(2), state)
 
 
-def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate,
-                          outer_step='paper'):
+def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate, outer_step='paper'):
   """Algorithm 1 of Chaudhari et al. (2017) without noise, float64; with
   ``outer_step='authors'`` the outer step of their code, eta (x - mu)."""
   out = []
@@ -96,11 +98,16 @@ def entropy_sgd_reference(x, steps, eta, num_inner, eta_inner, gamma, rate,
 @pytest.mark.parametrize('num_inner', [1, 5])
 def test_entropy_sgd_matches_algorithm_1_without_noise(num_inner, outer_step):
   x0 = np.linspace(-1, 1, 6)
-  want = entropy_sgd_reference(x0, 15, 2.0, num_inner, 0.1, 0.5, 0.75,
-                               outer_step)
+  want = entropy_sgd_reference(x0, 15, 2.0, num_inner, 0.1, 0.5, 0.75, outer_step)
   tx = baselines.entropy_sgd(
-      2.0, key=0, num_inner_steps=num_inner, inner_learning_rate=0.1,
-      gamma=0.5, noise=0.0, outer_step=outer_step)
+    2.0,
+    key=0,
+    num_inner_steps=num_inner,
+    inner_learning_rate=0.1,
+    gamma=0.5,
+    noise=0.0,
+    outer_step=outer_step,
+  )
   params = jnp.asarray(x0, jnp.float32)
   state = tx.init(params)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss))
@@ -114,17 +121,18 @@ def test_entropy_sgd_langevin_noise_has_the_right_scale():
   """With f = 0 the output is Gaussian with a variance known in closed form."""
   n, num_inner, eta_in, gamma, eps, rate = 200_000, 5, 0.1, 0.5, 0.3, 0.75
   tx = baselines.scale_by_entropy_sgd(
-      3, num_inner_steps=num_inner, inner_learning_rate=eta_in, gamma=gamma,
-      noise=eps, mean_rate=rate)
+    3, num_inner_steps=num_inner, inner_learning_rate=eta_in, gamma=gamma, noise=eps, mean_rate=rate
+  )
   params = jnp.zeros(n)
-  updates, _ = tx.update(
-      jnp.zeros(n), tx.init(params), params, value_fn=lambda w: 0.0 * jnp.sum(w))
+  updates, _ = tx.update(jnp.zeros(n), tx.init(params), params, value_fn=lambda w: 0.0 * jnp.sum(w))
   # d_l = x'_l - x = sum_j (1 - eta' gamma)^(l - j) s n_j, mu - x =
   # sum_l rate (1 - rate)^(L - l) d_l, output = gamma (x - mu).
   s, decay = np.sqrt(eta_in) * eps, 1 - eta_in * gamma
-  weights = [rate * (1 - rate)**(num_inner - i) for i in range(1, num_inner + 1)]
-  c = [sum(weights[i - 1] * decay**(i - j) for i in range(j, num_inner + 1))
-       for j in range(1, num_inner + 1)]
+  weights = [rate * (1 - rate) ** (num_inner - i) for i in range(1, num_inner + 1)]
+  c = [
+    sum(weights[i - 1] * decay ** (i - j) for i in range(j, num_inner + 1))
+    for j in range(1, num_inner + 1)
+  ]
   want_std = gamma * s * np.sqrt(np.sum(np.square(c)))
   got = np.asarray(updates)
   assert abs(got.mean()) < 5 * want_std / np.sqrt(n)
@@ -154,12 +162,11 @@ def test_entropy_sgd_key_and_errors():
 
 
 def test_entropy_sgd_chains_and_ignores_other_extra_args():
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   baselines.entropy_sgd(0.1, key=0, momentum=0.9))
+  tx = optax.chain(optax.clip_by_global_norm(1.0), baselines.entropy_sgd(0.1, key=0, momentum=0.9))
   params = {'w': jnp.ones((3, 2)), 'b': jnp.zeros(2)}
   value_fn = lambda p: jnp.sum(p['w'] ** 2) + jnp.sum(p['b'])
   state = tx.init(params)
-  updates, state = jax.jit(
-      lambda g, s, p: tx.update(g, s, p, value_fn=value_fn, other=1.0)
-  )(jax.grad(value_fn)(params), state, params)
+  updates, state = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=value_fn, other=1.0))(
+    jax.grad(value_fn)(params), state, params
+  )
   assert jax.tree.structure(updates) == jax.tree.structure(params)

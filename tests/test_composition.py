@@ -15,17 +15,16 @@ import pytest
 import optax_sbs
 
 PARAMS = {
-    'conv': {'kernel': jnp.full((3, 3, 2, 4), 0.5, jnp.float32), 'bias': jnp.zeros(4)},
-    'dense': {'kernel': jnp.full((8, 3), -0.5, jnp.float32), 'bias': jnp.zeros(3)},
+  'conv': {'kernel': jnp.full((3, 3, 2, 4), 0.5, jnp.float32), 'bias': jnp.zeros(4)},
+  'dense': {'kernel': jnp.full((8, 3), -0.5, jnp.float32), 'bias': jnp.zeros(3)},
 }
 
 
 def grads_at(step):
   rng = np.random.default_rng(step)
   return jax.tree.map(
-      lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype)
-      * (1 + p.ndim),
-      PARAMS,
+    lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype) * (1 + p.ndim),
+    PARAMS,
   )
 
 
@@ -55,20 +54,19 @@ def test_sbs_alias_without_momentum_equals_explicit_chain():
 def test_sbs_alias_with_momentum_is_the_wrapper_not_the_chain():
   lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
   a = run(optax_sbs.sbs(lr, key=4, momentum=0.9, nesterov=True))
-  b = run(optax_sbs.with_stochastic_batch_size(
-      optax.sgd(lr, momentum=0.9, nesterov=True), key=4))
+  b = run(optax_sbs.with_stochastic_batch_size(optax.sgd(lr, momentum=0.9, nesterov=True), key=4))
   assert_trees_equal(a, b)
-  chain_params, _ = run(optax.chain(
-      optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr, momentum=0.9)))
-  assert not all(np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(a[0]), jax.tree.leaves(chain_params)))
+  chain_params, _ = run(
+    optax.chain(optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr, momentum=0.9))
+  )
+  assert not all(
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[0]), jax.tree.leaves(chain_params))
+  )
 
 
 def test_momentum_accumulates_only_emitted_updates():
   """With momentum, the SGD trace sees chi * g~ (zeros where not updated)."""
-  tx = optax.chain(
-      optax_sbs.stochastic_batch_size(key=0), optax.trace(decay=0.9)
-  )
+  tx = optax.chain(optax_sbs.stochastic_batch_size(key=0), optax.trace(decay=0.9))
   state = tx.init(PARAMS)
   trace = jax.tree.map(jnp.zeros_like, PARAMS)
   for i in range(5):
@@ -88,9 +86,7 @@ def test_extra_args_ignored_and_no_recompilation():
 
   @jax.jit
   def step(params, state):
-    updates, state = tx.update(
-        grads_at(0), state, params, unexpected_extra_arg=1, value=2.0
-    )
+    updates, state = tx.update(grads_at(0), state, params, unexpected_extra_arg=1, value=2.0)
     return optax.apply_updates(params, updates), state
 
   params, state = step(PARAMS, tx.init(PARAMS))
@@ -101,9 +97,7 @@ def test_extra_args_ignored_and_no_recompilation():
 
 def test_inject_hyperparams_equals_plain():
   plain = optax_sbs.stochastic_batch_size(key=2, alpha=0.3, lam=-2.0)
-  injected = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
-      key=2, alpha=0.3, lam=-2.0
-  )
+  injected = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(key=2, alpha=0.3, lam=-2.0)
   params_p, state_p = run(plain)
   params_i, state_i = run(injected)
   assert_trees_equal(params_p, params_i)
@@ -113,7 +107,7 @@ def test_inject_hyperparams_equals_plain():
 
 def test_inject_hyperparams_changes_take_effect_without_recompiling():
   tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
-      key=0, alpha=0.0, lam=0.0, probability=0.5
+    key=0, alpha=0.0, lam=0.0, probability=0.5
   )
   update = jax.jit(tx.update)
   state = tx.init(PARAMS)
@@ -128,7 +122,7 @@ def test_inject_hyperparams_changes_take_effect_without_recompiling():
 
 def test_inject_schedule_for_lam():
   tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
-      key=0, lam=optax.linear_schedule(0.0, -4.0, 10)
+    key=0, lam=optax.linear_schedule(0.0, -4.0, 10)
   )
   _, state = run(tx, steps=3)
   # inject_hyperparams keeps the value used by the last (third) update.
@@ -157,9 +151,7 @@ def test_multisteps():
     params_i = optax.apply_updates(params_i, updates)
   for x, y in zip(jax.tree.leaves(params_m), jax.tree.leaves(params_i)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5)
-  assert_trees_equal(
-      optax_sbs.find_state(state_m).count, optax_sbs.find_state(state_i).count
-  )
+  assert_trees_equal(optax_sbs.find_state(state_m).count, optax_sbs.find_state(state_i).count)
 
 
 def test_apply_if_finite_leaves_state_untouched_on_nan():
@@ -192,8 +184,8 @@ def test_vmap_over_keys_runs_independent_trials():
   for t in range(num_trials):
     single = trial(keys[t])
     assert_trees_equal(
-        jax.tree.map(lambda x: x[t], (batched.cma, batched.count)),
-        (single.cma, single.count),
+      jax.tree.map(lambda x: x[t], (batched.cma, batched.count)),
+      (single.cma, single.count),
     )
   counts = [np.asarray(k) for k in jax.tree.leaves(batched.count)]
   assert any(not np.array_equal(k[0], k[1]) for k in counts)
@@ -202,9 +194,7 @@ def test_vmap_over_keys_runs_independent_trials():
 def test_vmap_over_update_with_batched_state():
   tx = optax_sbs.stochastic_batch_size(key=0)
   keys = jnp.arange(3)
-  states = jax.vmap(
-      lambda k: optax_sbs.stochastic_batch_size(k).init(PARAMS)
-  )(keys)
+  states = jax.vmap(lambda k: optax_sbs.stochastic_batch_size(k).init(PARAMS))(keys)
   grads = jax.tree.map(lambda g: jnp.stack([g] * 3), grads_at(0))
   updates, states = jax.vmap(tx.update)(grads, states)
   for t in range(3):
@@ -224,7 +214,7 @@ def test_tree_map_params_and_dtype_stability_under_cond():
     grads = jax.tree.map(lambda p: p * 2, params)
     cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
     updates, state = jax.lax.cond(
-        cond, lambda: tx.update(grads, state, params), lambda: (params, state)
+      cond, lambda: tx.update(grads, state, params), lambda: (params, state)
     )
     return optax.apply_updates(params, updates), state
 
@@ -251,8 +241,8 @@ def test_scan_converges_on_parabola():
 
 def test_reset_accumulators_inside_wrappers():
   tx = optax.MultiSteps(
-      optax.inject_hyperparams(optax_sbs.sbs)(learning_rate=0.1, key=0),
-      every_k_schedule=1,
+    optax.inject_hyperparams(optax_sbs.sbs)(learning_rate=0.1, key=0),
+    every_k_schedule=1,
   )
   _, state = run(tx, steps=3)
   before = optax_sbs.find_state(state)
@@ -267,11 +257,11 @@ def test_reset_accumulators_inside_wrappers():
 def test_inject_hyperparams_with_static_group_fn_and_typed_key():
   key = jax.random.key(3)
   plain = optax_sbs.stochastic_batch_size(
-      key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16'
+    key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16'
   )
-  injected = optax.inject_hyperparams(
-      optax_sbs.stochastic_batch_size, static_args=('group_fn',)
-  )(key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16')
+  injected = optax.inject_hyperparams(optax_sbs.stochastic_batch_size, static_args=('group_fn',))(
+    key, group_fn=optax_sbs.single_group, cma_dtype='bfloat16'
+  )
   params_p, state_p = run(plain, steps=3)
   params_i, state_i = run(injected, steps=3)
   assert_trees_equal((params_p, state_p), (params_i, state_i.inner_state))

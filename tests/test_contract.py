@@ -17,14 +17,15 @@ import optax_sbs
 
 # name -> (factory of keyword hyperparameters, those hyperparameters)
 FACTORIES = {
-    'sbs': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0, momentum=0.9)),
-    'sbs_around_adam': (
-        functools.partial(optax_sbs.with_stochastic_batch_size,
-                          optax.adam(1e-2)), dict(key=0)),
-    'sbs_around_adamw_lam0': (
-        functools.partial(optax_sbs.with_stochastic_batch_size,
-                          optax.adamw(1e-2, weight_decay=1e-4)),
-        dict(key=1, lam=0.0)),
+  'sbs': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0, momentum=0.9)),
+  'sbs_around_adam': (
+    functools.partial(optax_sbs.with_stochastic_batch_size, optax.adam(1e-2)),
+    dict(key=0),
+  ),
+  'sbs_around_adamw_lam0': (
+    functools.partial(optax_sbs.with_stochastic_batch_size, optax.adamw(1e-2, weight_decay=1e-4)),
+    dict(key=1, lam=0.0),
+  ),
 }
 
 
@@ -35,26 +36,32 @@ def make(name, **overrides):
 
 def parabola(dtype):
   target = jnp.array([1.0, -1.0, 1.0], dtype)
-  return (jnp.array([-1.0, 10.0, 1.0], dtype), target,
-          lambda w: jnp.sum((w - target) ** 2))
+  return (jnp.array([-1.0, 10.0, 1.0], dtype), target, lambda w: jnp.sum((w - target) ** 2))
 
 
 def rosenbrock(dtype):
-  return (jnp.zeros(2, dtype), jnp.ones(2, dtype),
-          lambda w: (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2)
+  return (
+    jnp.zeros(2, dtype),
+    jnp.ones(2, dtype),
+    lambda w: (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2,
+  )
 
 
 def matrix_parabola(dtype):
   target = jnp.array([[3.0, -2.0], [1.0, 4.0]], dtype)
-  return (jnp.zeros((2, 2), dtype), target,
-          lambda w: jnp.sum((w - target) ** 2))
+  return (jnp.zeros((2, 2), dtype), target, lambda w: jnp.sum((w - target) ** 2))
 
 
 def mixed_tree(dtype):
-  target = {'v': jnp.array([1.0, -1.0, 2.0], dtype),
-            'm': jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype)}
-  return (jax.tree.map(jnp.zeros_like, target), target,
-          lambda w: sum(jnp.sum((w[k] - target[k]) ** 2) for k in target))
+  target = {
+    'v': jnp.array([1.0, -1.0, 2.0], dtype),
+    'm': jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype),
+  }
+  return (
+    jax.tree.map(jnp.zeros_like, target),
+    target,
+    lambda w: sum(jnp.sum((w[k] - target[k]) ** 2) for k in target),
+  )
 
 
 @pytest.mark.parametrize('name', sorted(FACTORIES))
@@ -74,8 +81,7 @@ def test_extra_args_accepted_and_no_recompilation(name):
   assert not logs
 
 
-@pytest.mark.parametrize('target', [parabola, rosenbrock, matrix_parabola,
-                                    mixed_tree])
+@pytest.mark.parametrize('target', [parabola, rosenbrock, matrix_parabola, mixed_tree])
 @pytest.mark.parametrize('name', sorted(FACTORIES))
 def test_converges_in_scan(name, target):
   tx = make(name)
@@ -89,8 +95,7 @@ def test_converges_in_scan(name, target):
   state = optax.tree.map_params(tx, lambda v: v, tx.init(initial))
   (params, _), _ = jax.lax.scan(step, (initial, state), length=30_000)
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(solution)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want),
-                               rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=3e-2, atol=3e-2)
 
 
 @pytest.mark.parametrize('name', sorted(FACTORIES))
@@ -100,12 +105,11 @@ def test_inject_hyperparams_equals_plain(name):
   injected = optax.inject_hyperparams(factory)(**hparams)
   params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
   grads = [jnp.ones((2, 3)), -jnp.linspace(0.1, 2.0, 20).reshape(2, 5, 2)]
-  updates, state = jax.jit(plain.update)(
-      grads, jax.jit(plain.init)(params), params)
-  updates_i, state_i = jax.jit(injected.update)(
-      grads, jax.jit(injected.init)(params), params)
-  for x, y in zip(jax.tree.leaves((updates, state)),
-                  jax.tree.leaves((updates_i, state_i.inner_state))):
+  updates, state = jax.jit(plain.update)(grads, jax.jit(plain.init)(params), params)
+  updates_i, state_i = jax.jit(injected.update)(grads, jax.jit(injected.init)(params), params)
+  for x, y in zip(
+    jax.tree.leaves((updates, state)), jax.tree.leaves((updates_i, state_i.inner_state))
+  ):
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       x, y = jax.random.key_data(x), jax.random.key_data(y)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -116,18 +120,16 @@ def test_inject_hyperparams_equals_plain(name):
 def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
   tx = make(name)
   params = jnp.array([1.0, 2.0], dtype)
-  grads = jax.grad(lambda x: jnp.sum(x ** 2))(params)
+  grads = jax.grad(lambda x: jnp.sum(x**2))(params)
   updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
   assert updates.dtype == params.dtype
   multi = optax.MultiSteps(tx, every_k_schedule=4)
-  updates, _ = jax.jit(multi.update)(grads, jax.jit(multi.init)(params),
-                                     params)
+  updates, _ = jax.jit(multi.update)(grads, jax.jit(multi.init)(params), params)
   np.testing.assert_array_equal(np.asarray(updates), 0)
   assert updates.dtype == params.dtype
 
 
-@pytest.mark.parametrize(
-    'dtype', [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
 @pytest.mark.parametrize('name', sorted(FACTORIES))
 def test_state_shape_and_dtype_stable_under_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
@@ -139,8 +141,8 @@ def test_state_shape_and_dtype_stable_under_cond(name, dtype):
       grads = jax.grad(objective)(params)
       cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
       updates, state = jax.lax.cond(
-          cond, lambda: tx.update(grads, state, params),
-          lambda: (params, state))
+        cond, lambda: tx.update(grads, state, params), lambda: (params, state)
+      )
       return optax.apply_updates(params, updates), state
 
     params, state = initial, tx.init(initial)
@@ -162,5 +164,4 @@ def test_sbs_accepts_a_learning_rate_schedule():
       updates, state = update(jax.grad(objective)(params), state, params)
       params = optax.apply_updates(params, updates)
     runs.append(params)
-  np.testing.assert_allclose(np.asarray(runs[0]), np.asarray(runs[1]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(runs[0]), np.asarray(runs[1]), rtol=1e-6)

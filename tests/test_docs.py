@@ -21,8 +21,9 @@ def test_readme_has_two_setup_commands_that_match_ci():
   readme = (ROOT / 'README.md').read_text()
   setup = readme.split('## Set-up', 1)[1].split('\n## ', 1)[0]
   commands = [
-      line for line in re.findall(r'```bash\n(.*?)```', setup, re.DOTALL)[0]
-      .splitlines() if line and not line.startswith('#')
+    line
+    for line in re.findall(r'```bash\n(.*?)```', setup, re.DOTALL)[0].splitlines()
+    if line and not line.startswith('#')
   ]
   assert len(commands) == 2
   ci = (ROOT / '.ci' / 'run').read_text()

@@ -11,10 +11,10 @@ import input_pipeline as ip
 def write_npz(path, n_train=40, n_test=12, hw=8, classes=4, **override):
   rng = np.random.default_rng(0)
   arrays = dict(
-      x_train=rng.integers(0, 256, (n_train, hw, hw, 3), dtype=np.uint8),
-      y_train=np.arange(n_train) % classes,
-      x_test=rng.integers(0, 256, (n_test, hw, hw, 3), dtype=np.uint8),
-      y_test=np.arange(n_test) % classes,
+    x_train=rng.integers(0, 256, (n_train, hw, hw, 3), dtype=np.uint8),
+    y_train=np.arange(n_train) % classes,
+    x_test=rng.integers(0, 256, (n_test, hw, hw, 3), dtype=np.uint8),
+    y_test=np.arange(n_test) % classes,
   )
   arrays.update(override)
   arrays = {k: v for k, v in arrays.items() if v is not None}
@@ -31,6 +31,7 @@ def test_npz_round_trip(tmp_path):
 
 def test_embedded_sample_is_valid():
   from configs.default import EMBEDDED_SAMPLE  # pylint: disable=g-import-not-at-top
+
   assert os.path.getsize(EMBEDDED_SAMPLE) < 15 * 2**20
   data = ip.load(EMBEDDED_SAMPLE)
   assert data.x_train.shape == (2000, 32, 32, 3)
@@ -40,19 +41,21 @@ def test_embedded_sample_is_valid():
 
 
 @pytest.mark.parametrize(
-    'override,match',
-    [
-        (dict(y_test=None), 'missing arrays y_test'),
-        (dict(x_train=np.zeros((40, 8, 8))), r'x_train must have shape \(N, H, W, C\)'),
-        (dict(y_train=np.zeros(39, int)), r'y_train must have shape \(40,\)'),
-        (dict(y_train=np.full(40, -1)), 'negative labels'),
-        (dict(y_test=np.full(12, 10)), 'never occur in y_train'),
-        (dict(y_train=np.zeros(40, np.float32)), 'integer labels'),
-        (dict(x_train=np.full((40, 8, 8, 3), np.nan, np.float32)), 'NaN or Inf'),
-        (dict(x_test=np.zeros((12, 4, 4, 3), np.uint8)), 'differ in shape'),
-        (dict(x_train=np.zeros((0, 8, 8, 3), np.uint8), y_train=np.zeros(0, int)),
-         'training split is empty'),
-    ],
+  'override,match',
+  [
+    (dict(y_test=None), 'missing arrays y_test'),
+    (dict(x_train=np.zeros((40, 8, 8))), r'x_train must have shape \(N, H, W, C\)'),
+    (dict(y_train=np.zeros(39, int)), r'y_train must have shape \(40,\)'),
+    (dict(y_train=np.full(40, -1)), 'negative labels'),
+    (dict(y_test=np.full(12, 10)), 'never occur in y_train'),
+    (dict(y_train=np.zeros(40, np.float32)), 'integer labels'),
+    (dict(x_train=np.full((40, 8, 8, 3), np.nan, np.float32)), 'NaN or Inf'),
+    (dict(x_test=np.zeros((12, 4, 4, 3), np.uint8)), 'differ in shape'),
+    (
+      dict(x_train=np.zeros((0, 8, 8, 3), np.uint8), y_train=np.zeros(0, int)),
+      'training split is empty',
+    ),
+  ],
 )
 def test_bad_npz(tmp_path, override, match):
   with pytest.raises(ip.DataError, match=match):
@@ -76,9 +79,12 @@ def test_unknown_tfds_name():
 
 
 @pytest.mark.parametrize(
-    'name,shape,flip',
-    [('cifar10', (32, 32, 3), True), ('svhn_cropped', (32, 32, 3), False),
-     ('stl10', (96, 96, 3), True)],
+  'name,shape,flip',
+  [
+    ('cifar10', (32, 32, 3), True),
+    ('svhn_cropped', (32, 32, 3), False),
+    ('stl10', (96, 96, 3), True),
+  ],
 )
 def test_tfds_loaders_with_mock_data(name, shape, flip, tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
@@ -100,9 +106,9 @@ def test_class_balanced_subset():
   assert len(np.unique(a)) == len(a)
   assert not np.array_equal(a, b)  # drawn per trial seed
   np.testing.assert_array_equal(
-      a, ip.class_balanced_subset(labels, 0.125, np.random.default_rng(1)))
-  np.testing.assert_array_equal(
-      ip.class_balanced_subset(labels, 1.0, None), np.arange(1000))
+    a, ip.class_balanced_subset(labels, 0.125, np.random.default_rng(1))
+  )
+  np.testing.assert_array_equal(ip.class_balanced_subset(labels, 1.0, None), np.arange(1000))
   for bad in (0.0, -0.5, 1.5):
     with pytest.raises(ip.DataError, match=r'train fraction must lie in \(0, 1\]'):
       ip.class_balanced_subset(labels, bad, np.random.default_rng(0))
@@ -117,8 +123,7 @@ def test_augment_crops_and_flips():
   assert out.shape == x.shape and out.dtype == np.uint8
   padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i in range(len(x)):  # every output is a window of the padded input
-    windows = [padded[i, dy:dy + 8, dx:dx + 8]
-               for dy in range(5) for dx in range(5)]
+    windows = [padded[i, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
     assert any(np.array_equal(out[i], w) for w in windows)
   assert np.any(out == 0)  # some crops show padding
   flipped = ip.augment(x, np.random.default_rng(1), padding=0, flip=True)

@@ -22,9 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
-    'name,num_params',
-    [('small_cnn', 24_346), ('vgg11', 9_228_362), ('resnet18', 11_173_962),
-     ('resnet50', 23_520_842)],
+  'name,num_params',
+  [('small_cnn', 24_346), ('vgg11', 9_228_362), ('resnet18', 11_173_962), ('resnet50', 23_520_842)],
 )
 def test_model_shapes_and_sizes(name, num_params):
   model = models.create_model(name, num_classes=10)
@@ -41,10 +40,14 @@ def test_model_shapes_and_sizes(name, num_params):
 
 def test_model_parameter_types_for_sbs_grouping():
   import optax_sbs  # pylint: disable=g-import-not-at-top
-  variables = jax.eval_shape(lambda: models.ResNet18().init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  kinds = {optax_sbs.parameter_type(p, x) for p, x in
-           jax.tree_util.tree_flatten_with_path(variables['params'])[0]}
+
+  variables = jax.eval_shape(
+    lambda: models.ResNet18().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  )
+  kinds = {
+    optax_sbs.parameter_type(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+  }
   assert kinds == {'conv', 'norm', 'dense', 'bias'}
 
 
@@ -60,10 +63,12 @@ def test_default_momentum_is_the_paper_pairing():
 
 def test_summarize_last_ten_percent_and_max():
   rows = []
-  for trial, accs in enumerate([[10, 50, 40, 30, 20, 25, 30, 35, 40, 60, 62],
-                                [20, 30, 40, 50, 60, 70, 80, 90, 10, 20, 30]]):
-    rows += [dict(optimizer='sgd', trial=trial, epoch=e + 1, val_accuracy=a)
-             for e, a in enumerate(accs)]
+  for trial, accs in enumerate(
+    [[10, 50, 40, 30, 20, 25, 30, 35, 40, 60, 62], [20, 30, 40, 50, 60, 70, 80, 90, 10, 20, 30]]
+  ):
+    rows += [
+      dict(optimizer='sgd', trial=trial, epoch=e + 1, val_accuracy=a) for e, a in enumerate(accs)
+    ]
   s = train.summarize(rows, epochs=11)['sgd']
   assert s['last_epochs'] == 2  # ceil(10% of 11)
   assert s['per_trial_last'] == [61.0, 25.0]
@@ -75,15 +80,24 @@ def test_summarize_last_ten_percent_and_max():
 def tiny_dataset(n_train=96, n_test=40, hw=8):
   rng = np.random.default_rng(0)
   y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
+
   # Learnable: the class sets the mean colour.
   def images(y):
     base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
     return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
+
   return ip.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
 
 
-TINY = dict(model='small_cnn', epochs=3, batch_size=16, trials=1,
-            eval_batch_size=8, augment=False, learning_rate=0.05)
+TINY = dict(
+  model='small_cnn',
+  epochs=3,
+  batch_size=16,
+  trials=1,
+  eval_batch_size=8,
+  augment=False,
+  learning_rate=0.05,
+)
 
 
 def test_single_vs_eight_devices_same_result():
@@ -106,8 +120,7 @@ def test_training_learns_and_sbs_probability_one_equals_sgd():
   sgd = train.run(Config(**TINY, optimizers=('sgd',)), data, mesh=mesh)
   assert sgd[-1]['val_accuracy'] > 60  # chance is 25%
   assert sgd[-1]['train_loss'] < sgd[0]['train_loss']
-  p1 = train.run(Config(**TINY, optimizers=('sbs',), probability=1.0), data,
-                 mesh=mesh)
+  p1 = train.run(Config(**TINY, optimizers=('sbs',), probability=1.0), data, mesh=mesh)
   for a, b in zip(sgd, p1):
     np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
     assert b['sbs_update_fraction'] == 1.0 and b['sbs_mean_count'] == 1.0
@@ -115,8 +128,7 @@ def test_training_learns_and_sbs_probability_one_equals_sgd():
 
 def test_trials_differ_and_optimizers_are_paired():
   data = tiny_dataset()
-  config = Config(**dict(TINY, epochs=1, trials=2), optimizers=('sgd', 'sbs'),
-                  probability=1.0)
+  config = Config(**dict(TINY, epochs=1, trials=2), optimizers=('sgd', 'sbs'), probability=1.0)
   rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
   by = {(r['optimizer'], r['trial']): r for r in rows}
   # p = 1 SBS is SGD: same trial seed -> same run; other seed -> other run.
@@ -126,8 +138,9 @@ def test_trials_differ_and_optimizers_are_paired():
 
 def test_results_files(tmp_path):
   data = tiny_dataset()
-  config = Config(**dict(TINY, epochs=2, trials=2), optimizers=('sgd', 'sbs'),
-                  workdir=str(tmp_path))
+  config = Config(
+    **dict(TINY, epochs=2, trials=2), optimizers=('sgd', 'sbs'), workdir=str(tmp_path)
+  )
   rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
   summary = train.summarize(rows, config.epochs)
   paths = results.write(str(tmp_path), config, rows, summary)
@@ -141,16 +154,16 @@ def test_results_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'args,match',
-    [
-        (['--dataset', 'imagenet2012'], "unknown dataset 'imagenet2012'"),
-        (['--model', 'vgg19'], "unknown model 'vgg19'"),
-        (['--dataset', '/nonexistent/d.npz'], 'no such .npz file'),
-        (['--train-fraction', '0'], r'train fraction must lie in \(0, 1\]'),
-        (['--train-fraction', '1.5'], r'train fraction must lie in \(0, 1\]'),
-        (['--optimizers', 'adam'], 'unknown optimizer adam'),
-        (['--batch-size', '12'], 'not divisible by the 8 devices'),
-    ],
+  'args,match',
+  [
+    (['--dataset', 'imagenet2012'], "unknown dataset 'imagenet2012'"),
+    (['--model', 'vgg19'], "unknown model 'vgg19'"),
+    (['--dataset', '/nonexistent/d.npz'], 'no such .npz file'),
+    (['--train-fraction', '0'], r'train fraction must lie in \(0, 1\]'),
+    (['--train-fraction', '1.5'], r'train fraction must lie in \(0, 1\]'),
+    (['--optimizers', 'adam'], 'unknown optimizer adam'),
+    (['--batch-size', '12'], 'not divisible by the 8 devices'),
+  ],
 )
 def test_cli_errors_exit_2_with_message(args, match, capsys):
   if 'divisible' in match and jax.device_count() != 8:
@@ -173,23 +186,46 @@ def test_cli_end_to_end_subprocess(tmp_path):
   """The entry point as a user runs it, on a tiny .npz, 1 device."""
   data = tiny_dataset()
   path = tmp_path / 'tiny.npz'
-  np.savez(path, x_train=data.x_train, y_train=data.y_train,
-           x_test=data.x_test, y_test=data.y_test)
+  np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
   env = dict(os.environ, XLA_FLAGS='')
   out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'examples', 'cifar', 'main.py'),
-       '--dataset', str(path), '--epochs', '2', '--trials', '2',
-       '--batch-size', '16', '--eval-batch-size', '8', '--workdir',
-       str(tmp_path / 'out')],
-      capture_output=True, text=True, timeout=600, env=env,
+    [
+      sys.executable,
+      os.path.join(ROOT, 'examples', 'cifar', 'main.py'),
+      '--dataset',
+      str(path),
+      '--epochs',
+      '2',
+      '--trials',
+      '2',
+      '--batch-size',
+      '16',
+      '--eval-batch-size',
+      '8',
+      '--workdir',
+      str(tmp_path / 'out'),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
   )
   assert out.returncode == 0, out.stderr[-2000:]
   assert '| sgd |' in out.stdout and '| sbs |' in out.stdout
   assert sorted(os.listdir(tmp_path / 'out')) == [
-      'checkpoints', 'config.json', 'curves.png', 'history.csv', 'history.json',
-      'summary.md']
+    'checkpoints',
+    'config.json',
+    'curves.png',
+    'history.csv',
+    'history.json',
+    'summary.md',
+  ]
   assert sorted(os.listdir(tmp_path / 'out' / 'checkpoints')) == [
-      'sbs_trial0', 'sbs_trial1', 'sgd_trial0', 'sgd_trial1']
+    'sbs_trial0',
+    'sbs_trial1',
+    'sgd_trial0',
+    'sgd_trial1',
+  ]
 
 
 class Interrupt(Exception):
@@ -200,8 +236,7 @@ def test_resume_equals_uninterrupted(tmp_path):
   """Stop after epoch 2 of the SBS run, resume: same rows, same final state."""
   data = tiny_dataset()
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=3), optimizers=('sgd', 'sbs'),
-                  workdir=str(tmp_path / 'a'))
+  config = Config(**dict(TINY, epochs=3), optimizers=('sgd', 'sbs'), workdir=str(tmp_path / 'a'))
   whole = train.run(config, data, mesh=mesh, checkpoint=True)
 
   interrupted = dataclasses.replace(config, workdir=str(tmp_path / 'b'))
@@ -210,21 +245,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     def progress(row):
       if optimizer == 'sbs' and row['epoch'] == 2:
         raise Interrupt
+
     return progress
 
   with pytest.raises(Interrupt):
-    train.run(interrupted, data, mesh=mesh, checkpoint=True,
-              progress_factory=stop_in_sbs)
+    train.run(interrupted, data, mesh=mesh, checkpoint=True, progress_factory=stop_in_sbs)
   resumed = train.run(interrupted, data, mesh=mesh, resume=True)
-  strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'}
-                        for r in rows]
+  strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'} for r in rows]
   assert strip(resumed) == strip(whole)
 
   import checkpointing  # pylint: disable=g-import-not-at-top
+
   template = train.create_state(
-      models.create_model('small_cnn', 4),
-      train.build_optimizer(config, 'sbs', 1, jax.random.key(0)),
-      (8, 8, 3), jax.random.key(0))
+    models.create_model('small_cnn', 4),
+    train.build_optimizer(config, 'sbs', 1, jax.random.key(0)),
+    (8, 8, 3),
+    jax.random.key(0),
+  )
   finals = []
   for workdir in (config.workdir, interrupted.workdir):
     ckpt = checkpointing.RunCheckpointer(workdir, 'sbs', 0)
@@ -239,17 +276,27 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_resume_with_other_config_is_refused(tmp_path, capsys):
   data = tiny_dataset()
   path = tmp_path / 'tiny.npz'
-  np.savez(path, x_train=data.x_train, y_train=data.y_train,
-           x_test=data.x_test, y_test=data.y_test)
-  common = ['--dataset', str(path), '--epochs', '1', '--trials', '1',
-            '--batch-size', '16', '--eval-batch-size', '8',
-            '--workdir', str(tmp_path / 'w')]
+  np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+  common = [
+    '--dataset',
+    str(path),
+    '--epochs',
+    '1',
+    '--trials',
+    '1',
+    '--batch-size',
+    '16',
+    '--eval-batch-size',
+    '8',
+    '--workdir',
+    str(tmp_path / 'w'),
+  ]
   assert cli.main(common + ['--resume']) == 2
   assert 'has no config.json' in capsys.readouterr().err
   assert cli.main(common + ['--optimizers', 'sgd']) == 0
   assert cli.main(common + ['--optimizers', 'sgd', '--lam', '-2', '--resume']) == 2
   err = capsys.readouterr().err
-  assert 'different configuration' in err and "lam: -4.0 (saved) vs -2.0 (now)" in err
+  assert 'different configuration' in err and 'lam: -4.0 (saved) vs -2.0 (now)' in err
   # Same configuration: finished runs are restored, not retrained.
   assert cli.main(common + ['--optimizers', 'sgd', '--resume']) == 0
 
@@ -259,6 +306,7 @@ def test_pmap_train_state_script_eight_vs_one_device():
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
   import pmap_train  # pylint: disable=g-import-not-at-top
+
   data = tiny_dataset()
   losses_1, state_1 = pmap_train.train(data, 1, steps=12, batch_size=16)
   losses_8, state_8 = pmap_train.train(data, 8, steps=12, batch_size=16)
@@ -276,6 +324,7 @@ def test_pmap_train_state_script_eight_vs_one_device():
 
 def optax_sbs_counts(state):
   import optax_sbs  # pylint: disable=g-import-not-at-top
+
   sbs = optax_sbs.find_state(state.opt_state)
   return [np.asarray(k[0]) for k in jax.tree.leaves(sbs.count)]
 
@@ -283,32 +332,63 @@ def optax_sbs_counts(state):
 def test_two_processes_equal_one_process(tmp_path):
   """jax.distributed over 2 processes x 2 CPU devices == 1 process x 4."""
   import socket  # pylint: disable=g-import-not-at-top
+
   data = tiny_dataset()
   path = tmp_path / 'tiny.npz'
-  np.savez(path, x_train=data.x_train, y_train=data.y_train,
-           x_test=data.x_test, y_test=data.y_test)
+  np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   main_py = os.path.join(ROOT, 'examples', 'cifar', 'main.py')
-  args = [sys.executable, main_py, '--dataset', str(path), '--epochs', '1',
-          '--trials', '1', '--batch-size', '16', '--eval-batch-size', '8',
-          '--no-checkpoint']
+  args = [
+    sys.executable,
+    main_py,
+    '--dataset',
+    str(path),
+    '--epochs',
+    '1',
+    '--trials',
+    '1',
+    '--batch-size',
+    '16',
+    '--eval-batch-size',
+    '8',
+    '--no-checkpoint',
+  ]
 
   def env(devices):
-    return dict(os.environ,
-                XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
-  procs = [subprocess.Popen(
-      args + ['--workdir', str(tmp_path / 'multi'), '--coordinator-address',
-              f'127.0.0.1:{port}', '--num-processes', '2', '--process-id', str(i)],
-      env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      args
+      + [
+        '--workdir',
+        str(tmp_path / 'multi'),
+        '--coordinator-address',
+        f'127.0.0.1:{port}',
+        '--num-processes',
+        '2',
+        '--process-id',
+        str(i),
+      ],
+      env=env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
-  single = subprocess.run(args + ['--workdir', str(tmp_path / 'single')],
-                          env=env(4), capture_output=True, text=True, timeout=600)
+  single = subprocess.run(
+    args + ['--workdir', str(tmp_path / 'single')],
+    env=env(4),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert single.returncode == 0, single.stderr[-2000:]
   multi_rows = json.load(open(tmp_path / 'multi' / 'history.json'))['rows']
   single_rows = json.load(open(tmp_path / 'single' / 'history.json'))['rows']
@@ -319,8 +399,7 @@ def test_two_processes_equal_one_process(tmp_path):
   # agree to 1e-5.
   for run in multi_rows:
     name = f'{run["optimizer"]} trial {run["trial"]} final params sha256 '
-    printed = [next(r for r in out.splitlines() if name in r).split()[-1]
-               for out, _ in outs]
+    printed = [next(r for r in out.splitlines() if name in r).split()[-1] for out, _ in outs]
     assert printed[0] == printed[1] == run['params_sha256']
   for a, b in zip(multi_rows, single_rows):
     for key in ('train_loss', 'val_loss', 'val_accuracy'):
@@ -331,16 +410,31 @@ SHARED_CIFAR10 = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10.
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR10),
-                    reason='needs ../shared/data/cifar10.npz')
+@pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR10), reason='needs ../shared/data/cifar10.npz')
 def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
   """End to end on real CIFAR-10 (1/5 of the training set), SGD and SBS."""
   env = dict(os.environ, XLA_FLAGS='')
   out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'examples', 'cifar', 'main.py'),
-       '--dataset', SHARED_CIFAR10, '--train-fraction', '0.2', '--epochs', '4',
-       '--trials', '1', '--workdir', str(tmp_path), '--no-checkpoint'],
-      capture_output=True, text=True, timeout=1800, env=env)
+    [
+      sys.executable,
+      os.path.join(ROOT, 'examples', 'cifar', 'main.py'),
+      '--dataset',
+      SHARED_CIFAR10,
+      '--train-fraction',
+      '0.2',
+      '--epochs',
+      '4',
+      '--trials',
+      '1',
+      '--workdir',
+      str(tmp_path),
+      '--no-checkpoint',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=1800,
+    env=env,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   rows = json.load(open(tmp_path / 'history.json'))['rows']
   # Chance is 10%. Measured here: SGD above 40%, SBS (paper defaults) 36.2%.
@@ -353,8 +447,7 @@ def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
 def test_vectorized_trials_equal_sequential_trials():
   data = tiny_dataset()
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=2, trials=2, augment=True),
-                  optimizers=('sgd', 'sbs'))
+  config = Config(**dict(TINY, epochs=2, trials=2, augment=True), optimizers=('sgd', 'sbs'))
   sequential = train.run(config, data, mesh=mesh)
   vectorized = train.run(config, data, mesh=mesh, vectorized=True)
   key = lambda r: (r['optimizer'], r['trial'], r['epoch'])
@@ -363,7 +456,8 @@ def test_vectorized_trials_equal_sequential_trials():
   for a, b in zip(sequential, vectorized):
     for name in ('train_loss', 'val_loss', 'val_accuracy', 'sbs_mean_count'):
       if name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=2e-3, atol=1e-3,
-                                   err_msg=f'{name} {key(a)}')
+        np.testing.assert_allclose(
+          a[name], b[name], rtol=2e-3, atol=1e-3, err_msg=f'{name} {key(a)}'
+        )
   with pytest.raises(train.ConfigError, match='do not checkpoint'):
     train.run(config, data, mesh=mesh, vectorized=True, checkpoint=True)

@@ -38,8 +38,7 @@ def make(tx_fn, seed=0):
 def train_step(model, optimizer, tokens):
   def loss_fn(model):
     logits = model(tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, tokens[:, 1:]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
   optimizer.update(model, grads)
@@ -48,9 +47,8 @@ def train_step(model, optimizer, tokens):
 
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 16, (8, 12)))
 TXS = {
-    'sbs': lambda: optax_sbs.sbs(0.3, key=0, momentum=0.9),
-    'wrapped_adamw': lambda: optax_sbs.with_stochastic_batch_size(
-        optax.adamw(3e-2), key=0, lam=0.0),
+  'sbs': lambda: optax_sbs.sbs(0.3, key=0, momentum=0.9),
+  'wrapped_adamw': lambda: optax_sbs.with_stochastic_batch_size(optax.adamw(3e-2), key=0, lam=0.0),
 }
 
 
@@ -65,18 +63,17 @@ def test_nnx_optimizer_trains_under_nnx_jit_like_the_linen_style_update(name):
   tx = TXS[name]()
   state = tx.init(params)
   for _ in range(30):
+
     def loss_fn(p):
       m = nnx.merge(graphdef, p, rest)
       logits = m(TOKENS[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, TOKENS[:, 1:]).mean()
+      return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
+
     grads = jax.grad(loss_fn)(params)
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
-                  jax.tree.leaves(params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                               atol=1e-5)
+  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_layer_statistics_from_every_form_of_an_nnx_state():
@@ -94,12 +91,15 @@ def test_layer_statistics_from_every_form_of_an_nnx_state():
   assert 'sbs/mean_count/c_fc/kernel' in want
   sbs_state = optax_sbs.find_state(optimizer.opt_state)
   np.testing.assert_allclose(
-      float(want['sbs/mean_count/c_fc/kernel']),
-      float(sbs_state.mean_count()['c_fc']['kernel']))
+    float(want['sbs/mean_count/c_fc/kernel']), float(sbs_state.mean_count()['c_fc']['kernel'])
+  )
   # GPT-style names group as their types.
-  types = {jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x) for p, x
-           in jax.tree_util.tree_flatten_with_path(
-               nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]}
+  types = {
+    jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[
+      0
+    ]
+  }
   assert types["['ln_1']['scale']"] == types["['ln_f']['bias']"] == 'norm'
   assert types["['wte']['embedding']"] == 'embedding'
   assert types["['c_fc']['kernel']"] == 'dense'
@@ -107,8 +107,7 @@ def test_layer_statistics_from_every_form_of_an_nnx_state():
     optax_sbs.layer_statistics(nnx.state(model))
 
 
-def test_nnx_optimizer_state_round_trips_through_orbax_into_an_abstract_template(
-    tmp_path):
+def test_nnx_optimizer_state_round_trips_through_orbax_into_an_abstract_template(tmp_path):
   model, optimizer = make(TXS['wrapped_adamw'])
   for _ in range(3):
     train_step(model, optimizer, TOKENS)
@@ -124,14 +123,14 @@ def test_nnx_optimizer_state_round_trips_through_orbax_into_an_abstract_template
   nnx.update(fresh_model, nnx.state(model))
   key = optax_sbs.find_state(fresh.opt_state).key
   assert jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-  for a, b in zip(jax.tree.leaves(nnx.state(fresh)),
-                  jax.tree.leaves(nnx.state(optimizer))):
+  for a, b in zip(jax.tree.leaves(nnx.state(fresh)), jax.tree.leaves(nnx.state(optimizer))):
     if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Both go on identically.
   train_step(model, optimizer, TOKENS)
   train_step(fresh_model, fresh, TOKENS)
-  for a, b in zip(jax.tree.leaves(nnx.state(fresh_model, nnx.Param)),
-                  jax.tree.leaves(nnx.state(model, nnx.Param))):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(fresh_model, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

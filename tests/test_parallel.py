@@ -23,15 +23,13 @@ import optax_sbs
 NUM_DEVICES = 8
 STEPS = 8
 PARAMS = {
-    'conv': {'kernel': jnp.ones((3, 3, 4, 8), jnp.float32),
-             'bias': jnp.zeros(8, jnp.float32)},
-    'dense': {'kernel': jnp.ones((16, 8), jnp.float32),
-              'bias': jnp.zeros(8, jnp.float32)},
+  'conv': {'kernel': jnp.ones((3, 3, 4, 8), jnp.float32), 'bias': jnp.zeros(8, jnp.float32)},
+  'dense': {'kernel': jnp.ones((16, 8), jnp.float32), 'bias': jnp.zeros(8, jnp.float32)},
 }
 
 pytestmark = pytest.mark.skipif(
-    jax.device_count() < NUM_DEVICES,
-    reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8',
+  jax.device_count() < NUM_DEVICES,
+  reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8',
 )
 
 
@@ -39,10 +37,10 @@ def dyadic_grads(step, replicas):
   """Per-replica gradients, shape (replicas, *leaf.shape)."""
   rng = np.random.default_rng(step)
   return jax.tree.map(
-      lambda p: jnp.asarray(
-          np.round(rng.standard_normal((replicas,) + p.shape) * 16 * (1 + p.ndim))
-          / 64, jnp.float32),
-      PARAMS,
+    lambda p: jnp.asarray(
+      np.round(rng.standard_normal((replicas,) + p.shape) * 16 * (1 + p.ndim)) / 64, jnp.float32
+    ),
+    PARAMS,
   )
 
 
@@ -61,12 +59,9 @@ def assert_same_masks_close_params(got, want):
   a, b = optax_sbs.find_state(state_a), optax_sbs.find_state(state_b)
   for x, y in zip(jax.tree.leaves(a.count), jax.tree.leaves(b.count)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  for x, y in zip(jax.tree.leaves((params_a, a.cma)),
-                  jax.tree.leaves((params_b, b.cma))):
+  for x, y in zip(jax.tree.leaves((params_a, a.cma)), jax.tree.leaves((params_b, b.cma))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
-  np.testing.assert_array_equal(
-      jax.random.key_data(a.key), jax.random.key_data(b.key)
-  )
+  np.testing.assert_array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
 
 
 def replicate(tree, n=NUM_DEVICES):
@@ -114,8 +109,8 @@ def test_pmap_pitfall_different_keys_diverge():
 def linear_loss(params, x):
   """Loss linear in params: its gradient is exactly the (dyadic) batch mean."""
   return sum(
-      jnp.mean(jnp.sum(p[None] * xi, axis=tuple(range(1, xi.ndim))))
-      for p, xi in zip(jax.tree.leaves(params), jax.tree.leaves(x))
+    jnp.mean(jnp.sum(p[None] * xi, axis=tuple(range(1, xi.ndim))))
+    for p, xi in zip(jax.tree.leaves(params), jax.tree.leaves(x))
   )
 
 
@@ -140,8 +135,9 @@ def test_jit_named_sharding_equals_single_device(shard_params):
   param_sharding = jax.tree_util.tree_map_with_path(param_spec, PARAMS)
   params = jax.device_put(PARAMS, param_sharding)
   state = tx.init(params)
-  for leaf, s in zip(jax.tree.leaves(optax_sbs.find_state(state).cma),
-                     jax.tree.leaves(param_sharding)):
+  for leaf, s in zip(
+    jax.tree.leaves(optax_sbs.find_state(state).cma), jax.tree.leaves(param_sharding)
+  ):
     assert leaf.sharding == s  # the state is laid out like the params
   batch_sharding = NamedSharding(mesh, P('data'))
   sharded_step = jax.jit(step)
@@ -161,15 +157,19 @@ def test_jit_named_sharding_equals_single_device(shard_params):
 
 def test_masks_independent_of_sharding():
   from optax_sbs import _sampling  # pylint: disable=g-import-not-at-top
+
   mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ('data',))
   shapes = ((64, 32), (8,), (3, 3, 16, 8))
   probs = [jnp.full(s, 0.3) for s in shapes]
   key = jax.random.key(5)
   plain = jax.jit(_sampling.bernoulli_masks, static_argnums=2)(key, probs, shapes)
-  out = [NamedSharding(mesh, P('data')), NamedSharding(mesh, P()),
-         NamedSharding(mesh, P(None, None, 'data'))]
-  sharded = jax.jit(
-      _sampling.bernoulli_masks, static_argnums=2, out_shardings=out
-  )(key, probs, shapes)
+  out = [
+    NamedSharding(mesh, P('data')),
+    NamedSharding(mesh, P()),
+    NamedSharding(mesh, P(None, None, 'data')),
+  ]
+  sharded = jax.jit(_sampling.bernoulli_masks, static_argnums=2, out_shardings=out)(
+    key, probs, shapes
+  )
   for a, b in zip(plain, sharded):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,21 +21,21 @@ MAIN = os.path.join(ROOT, 'examples', 'cifar', 'main.py')
 
 
 def _params():
-  return {'Conv_0': {'kernel': jnp.zeros((3, 3, 2, 4))},
-          'Dense_0': {'kernel': jnp.zeros((8, 3)), 'bias': jnp.zeros(3)}}
+  return {
+    'Conv_0': {'kernel': jnp.zeros((3, 3, 2, 4))},
+    'Dense_0': {'kernel': jnp.zeros((8, 3)), 'bias': jnp.zeros(3)},
+  }
 
 
 def _grads(t):
   key = jax.random.fold_in(jax.random.key(5), t)
   leaves, treedef = jax.tree.flatten(_params())
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([jax.random.normal(k, x.shape)
-                            for k, x in zip(keys, leaves)])
+  return treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
 
 
 def _train(tx, params, state, steps, start=0):
-  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-      *tx.update(g, s, p)))
+  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
   for t in range(start, start + steps):
     params, state = step(params, state, _grads(t))
   return params, state
@@ -52,16 +52,15 @@ def _assert_trees_equal(a, b):
 @pytest.mark.parametrize('recipe', ['orbax', 'key_data_helpers'])
 @pytest.mark.parametrize('semantics', ['chain', 'wrapper'])
 def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
-    tmp_path, semantics, recipe):
+  tmp_path, semantics, recipe
+):
   """The README's recipe: Orbax saves the state as it is (typed keys
   included) and restores it into an abstract template (jax.eval_shape); or
   the state as raw key data, wrapped back with an abstract ``like``."""
   if semantics == 'chain':
-    tx = optax.chain(optax_sbs.stochastic_batch_size(3),
-                     optax.sgd(0.1, momentum=0.9))
+    tx = optax.chain(optax_sbs.stochastic_batch_size(3), optax.sgd(0.1, momentum=0.9))
   else:
-    tx = optax_sbs.with_stochastic_batch_size(
-        optax.adamw(1e-2, weight_decay=0.1), key=3)
+    tx = optax_sbs.with_stochastic_batch_size(optax.adamw(1e-2, weight_decay=0.1), key=3)
   params = _params()
   whole = _train(tx, params, tx.init(params), 10)
 
@@ -86,17 +85,14 @@ def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
 
 
 def test_key_data_tree_keeps_other_leaves_and_key_impls():
-  tree = {'k': jax.random.key(1), 'rbg': jax.random.key(2, impl='rbg'),
-          'x': jnp.ones(2), 'n': None}
+  tree = {'k': jax.random.key(1), 'rbg': jax.random.key(2, impl='rbg'), 'x': jnp.ones(2), 'n': None}
   raw = optax_sbs.key_data_tree(tree)
   assert raw['k'].dtype == jnp.uint32 and raw['rbg'].shape == (4,)
   back = optax_sbs.wrap_key_data_tree(raw, like=tree)
   assert jax.random.key_impl(back['rbg']) == jax.random.key_impl(tree['rbg'])
   _assert_trees_equal(back, tree)
-  abstract_like = optax_sbs.wrap_key_data_tree(raw, like=jax.eval_shape(
-      lambda: tree))
-  assert jax.random.key_impl(abstract_like['rbg']) == jax.random.key_impl(
-      tree['rbg'])
+  abstract_like = optax_sbs.wrap_key_data_tree(raw, like=jax.eval_shape(lambda: tree))
+  assert jax.random.key_impl(abstract_like['rbg']) == jax.random.key_impl(tree['rbg'])
   _assert_trees_equal(abstract_like, tree)
   with pytest.raises(ValueError, match='structure'):
     optax_sbs.wrap_key_data_tree({'k': raw['k']}, like=tree)
@@ -120,18 +116,21 @@ def test_masks_bit_identical_across_device_counts_and_shardings(num_devices):
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ('x',))
   tx = optax_sbs.stochastic_batch_size(7)
   params = {'w': jnp.zeros((16, 24)), 'b': jnp.zeros(24)}
-  grads = {'w': jax.random.normal(jax.random.key(0), (16, 24)),
-           'b': jax.random.normal(jax.random.key(1), (24,))}
+  grads = {
+    'w': jax.random.normal(jax.random.key(0), (16, 24)),
+    'b': jax.random.normal(jax.random.key(1), (24,)),
+  }
   one = jax.jit(tx.update)(grads, tx.init(params), params)
   for spec in (P(), P('x')):  # replicated, and rows sharded over devices
-    put = lambda t: jax.device_put(t, {'w': NamedSharding(mesh, spec),
-                                       'b': NamedSharding(mesh, P())})
+    put = lambda t: jax.device_put(
+      t, {'w': NamedSharding(mesh, spec), 'b': NamedSharding(mesh, P())}
+    )
     sharded_params, sharded_grads = put(params), put(grads)
-    out = jax.jit(tx.update)(sharded_grads, tx.init(sharded_params),
-                             sharded_params)
+    out = jax.jit(tx.update)(sharded_grads, tx.init(sharded_params), sharded_params)
     for a, b in zip(jax.tree.leaves(one[1].count), jax.tree.leaves(out[1].count)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(out[0])):
@@ -141,14 +140,26 @@ def test_masks_bit_identical_across_device_counts_and_shardings(num_devices):
 def _tiny_npz(path):
   rng = np.random.default_rng(0)
   y = np.arange(96) % 4
-  x = np.clip(y[:, None, None, None] * 60 + 20
-              + rng.normal(0, 30, (96, 8, 8, 3)), 0, 255).astype(np.uint8)
+  x = np.clip(y[:, None, None, None] * 60 + 20 + rng.normal(0, 30, (96, 8, 8, 3)), 0, 255).astype(
+    np.uint8
+  )
   np.savez(path, x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
 
 
 def _cli(*args):
-  return [sys.executable, MAIN, '--optimizers', 'sbs', '--trials', '1',
-          '--batch-size', '16', '--eval-batch-size', '8', *args]
+  return [
+    sys.executable,
+    MAIN,
+    '--optimizers',
+    'sbs',
+    '--trials',
+    '1',
+    '--batch-size',
+    '16',
+    '--eval-batch-size',
+    '8',
+    *args,
+  ]
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
@@ -157,15 +168,23 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   _tiny_npz(data)
   common = ['--dataset', str(data), '--epochs', '12']
   env = dict(os.environ, XLA_FLAGS='')
-  whole = subprocess.run(_cli(*common, '--workdir', str(tmp_path / 'whole')),
-                         capture_output=True, text=True, timeout=600, env=env)
+  whole = subprocess.run(
+    _cli(*common, '--workdir', str(tmp_path / 'whole')),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert whole.returncode == 0, whole.stderr[-2000:]
 
   killed_dir = tmp_path / 'killed'
   ckpts = killed_dir / 'checkpoints' / 'sbs_trial0'
-  proc = subprocess.Popen(_cli(*common, '--workdir', str(killed_dir)),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=env)
+  proc = subprocess.Popen(
+    _cli(*common, '--workdir', str(killed_dir)),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env=env,
+  )
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts)):
@@ -178,14 +197,18 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   assert finished and finished[-1] < 12
 
   resumed = subprocess.run(
-      _cli(*common, '--workdir', str(killed_dir), '--resume'),
-      capture_output=True, text=True, timeout=600, env=env)
+    _cli(*common, '--workdir', str(killed_dir), '--resume'),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert resumed.returncode == 0, resumed.stderr[-2000:]
 
   def rows(workdir):
     with open(workdir / 'history.json') as f:
-      return [{k: v for k, v in r.items() if k != 'images_per_sec'}
-              for r in json.load(f)['rows']]
+      return [{k: v for k, v in r.items() if k != 'images_per_sec'} for r in json.load(f)['rows']]
+
   assert rows(killed_dir) == rows(tmp_path / 'whole')
   # The final checkpoints hold the same train state, bit for bit.
   finals = []
@@ -232,10 +255,10 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
 
   from configs.default import Config  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
+
   data = tiny_dataset()
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=3), optimizers=('sbs',),
-                  workdir=str(tmp_path / 'a'))
+  config = Config(**dict(TINY, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'a'))
   whole = train.run(config, data, mesh=mesh, checkpoint=True)
 
   class Stop(Exception):
@@ -245,25 +268,25 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     def progress(row):
       if row['epoch'] == 2:
         raise Stop
+
     return progress
 
-  cut = Config(**dict(TINY, epochs=3), optimizers=('sbs',),
-               workdir=str(tmp_path / 'b'))
+  cut = Config(**dict(TINY, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'b'))
   with pytest.raises(Stop):
-    train.run(cut, data, mesh=mesh, checkpoint=True,
-              progress_factory=stop_after_2)
+    train.run(cut, data, mesh=mesh, checkpoint=True, progress_factory=stop_after_2)
   run_dir = tmp_path / 'b' / 'checkpoints' / 'sbs_trial0'
   # What a SIGKILL during the save of epoch 3 leaves behind.
   partial = run_dir / '3.orbax-checkpoint-tmp-1234567890'
   (partial / 'state').mkdir(parents=True)
   (partial / 'state' / 'garbage').write_bytes(b'\x00' * 100)
   resumed = train.run(cut, data, mesh=mesh, resume=True)
-  strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'}
-                        for r in rows]
+  strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'} for r in rows]
   assert strip(resumed) == strip(whole)
 
 
-@pytest.mark.parametrize('override,match', [
+@pytest.mark.parametrize(
+  'override,match',
+  [
     ('truncated', 'not a readable .npz'),
     (dict(x_train=np.zeros((96, 8, 8), np.uint8)), r'must have shape \(N, H, W, C\)'),
     (dict(y_train=np.full(96, -3)), 'negative labels'),
@@ -271,18 +294,30 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     (dict(x_test=np.full((40, 8, 8, 3), np.nan, np.float32)), 'NaN or Inf'),
     ('fraction 0.001', 'leaves no training examples'),
     ('fraction 0.1', 'fewer than one batch'),
-])
-def test_bad_input_to_the_training_program_fails_before_training(
-    tmp_path, capsys, override, match):
+  ],
+)
+def test_bad_input_to_the_training_program_fails_before_training(tmp_path, capsys, override, match):
   import main as cli  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / 'd.npz'
   _tiny_npz(path)
-  args = ['--dataset', str(path), '--epochs', '1', '--trials', '1',
-          '--batch-size', '16', '--eval-batch-size', '8',
-          '--workdir', str(tmp_path / 'w')]
+  args = [
+    '--dataset',
+    str(path),
+    '--epochs',
+    '1',
+    '--trials',
+    '1',
+    '--batch-size',
+    '16',
+    '--eval-batch-size',
+    '8',
+    '--workdir',
+    str(tmp_path / 'w'),
+  ]
   if override == 'truncated':
     blob = path.read_bytes()
-    path.write_bytes(blob[:len(blob) // 3])
+    path.write_bytes(blob[: len(blob) // 3])
   elif isinstance(override, str):
     args += ['--train-fraction', override.split()[1]]
   else:
@@ -296,4 +331,5 @@ def test_bad_input_to_the_training_program_fails_before_training(
   # Nothing was trained: no checkpoint of any run exists.
   checkpoints = tmp_path / 'w' / 'checkpoints'
   assert not checkpoints.exists() or not any(
-      any(True for _ in d.iterdir()) for d in checkpoints.iterdir())
+    any(True for _ in d.iterdir()) for d in checkpoints.iterdir()
+  )

@@ -24,8 +24,9 @@ def test_unrolled_threefry_is_jax_random_bits(seed):
     offset += int(np.prod(shape))
   np.testing.assert_array_equal(np.concatenate(got), want)
   np.testing.assert_array_equal(
-      np.asarray(_threefry.uniform_from_bits(jnp.asarray(want))),
-      np.asarray(jax.random.uniform(key, (total,))))
+    np.asarray(_threefry.uniform_from_bits(jnp.asarray(want))),
+    np.asarray(jax.random.uniform(key, (total,))),
+  )
 
 
 def reference_masks(key, probs, shapes):
@@ -34,7 +35,7 @@ def reference_masks(key, probs, shapes):
   out, offset = [], 0
   for p, shape in zip(probs, shapes):
     n = int(np.prod(shape))
-    out.append(u[offset:offset + n].reshape(shape) < np.asarray(p))
+    out.append(u[offset : offset + n].reshape(shape) < np.asarray(p))
     offset += n
   return out
 

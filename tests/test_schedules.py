@@ -19,7 +19,7 @@ def test_matches_formula_and_endpoints(steepness, midpoint):
   steps = np.arange(0, 1500, 7)
   got = np.asarray(jax.jit(jax.vmap(sched))(steps))
   np.testing.assert_allclose(
-      got, reference(steps, 0.1, 0.001, 1000, steepness, midpoint), rtol=1e-5
+    got, reference(steps, 0.1, 0.001, 1000, steepness, midpoint), rtol=1e-5
   )
   np.testing.assert_allclose(float(sched(0)), 0.1, rtol=1e-6)
   np.testing.assert_allclose(float(sched(1000)), 0.001, rtol=1e-6)
@@ -30,15 +30,15 @@ def test_matches_formula_and_endpoints(steepness, midpoint):
 
 
 @pytest.mark.parametrize(
-    'kwargs,error',
-    [
-        (dict(total_steps=0), ValueError),
-        (dict(total_steps=10.5), TypeError),
-        (dict(total_steps=10, steepness=0.0), ValueError),
-        (dict(total_steps=10, midpoint=1.0), ValueError),
-        (dict(total_steps=10, init_value=float('nan')), ValueError),
-        (dict(total_steps=10, end_value='x'), TypeError),
-    ],
+  'kwargs,error',
+  [
+    (dict(total_steps=0), ValueError),
+    (dict(total_steps=10.5), TypeError),
+    (dict(total_steps=10, steepness=0.0), ValueError),
+    (dict(total_steps=10, midpoint=1.0), ValueError),
+    (dict(total_steps=10, init_value=float('nan')), ValueError),
+    (dict(total_steps=10, end_value='x'), TypeError),
+  ],
 )
 def test_bad_arguments(kwargs, error):
   args = dict(init_value=0.1, end_value=0.001)

@@ -12,38 +12,34 @@ import reference
 
 # A Flax-like tree with every parameter type and layers of different scales.
 SHAPES = {
-    'Conv_0': {'kernel': (3, 3, 3, 8), 'bias': (8,)},
-    'BatchNorm_0': {'scale': (8,), 'bias': (8,)},
-    'Conv_1': {'kernel': (3, 3, 8, 16), 'bias': (16,)},
-    'BatchNorm_1': {'scale': (16,), 'bias': (16,)},
-    'Dense_0': {'kernel': (64, 32), 'bias': (32,)},
-    'Dense_1': {'kernel': (32, 10), 'bias': (10,)},
+  'Conv_0': {'kernel': (3, 3, 3, 8), 'bias': (8,)},
+  'BatchNorm_0': {'scale': (8,), 'bias': (8,)},
+  'Conv_1': {'kernel': (3, 3, 8, 16), 'bias': (16,)},
+  'BatchNorm_1': {'scale': (16,), 'bias': (16,)},
+  'Dense_0': {'kernel': (64, 32), 'bias': (32,)},
+  'Dense_1': {'kernel': (32, 10), 'bias': (10,)},
 }
 TYPES = {
-    'Conv_0': {'kernel': 'conv', 'bias': 'bias'},
-    'BatchNorm_0': {'scale': 'norm', 'bias': 'norm'},
-    'Conv_1': {'kernel': 'conv', 'bias': 'bias'},
-    'BatchNorm_1': {'scale': 'norm', 'bias': 'norm'},
-    'Dense_0': {'kernel': 'dense', 'bias': 'bias'},
-    'Dense_1': {'kernel': 'dense', 'bias': 'bias'},
+  'Conv_0': {'kernel': 'conv', 'bias': 'bias'},
+  'BatchNorm_0': {'scale': 'norm', 'bias': 'norm'},
+  'Conv_1': {'kernel': 'conv', 'bias': 'bias'},
+  'BatchNorm_1': {'scale': 'norm', 'bias': 'norm'},
+  'Dense_0': {'kernel': 'dense', 'bias': 'bias'},
+  'Dense_1': {'kernel': 'dense', 'bias': 'bias'},
 }
 
 
 def make_params(dtype=jnp.float32):
-  return jax.tree.map(
-      lambda s: jnp.zeros(s, dtype), SHAPES, is_leaf=lambda x: isinstance(x, tuple)
-  )
+  return jax.tree.map(lambda s: jnp.zeros(s, dtype), SHAPES, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def random_grads(rng, dtype=np.float32):
   """Gradients whose scale differs from leaf to leaf."""
-  leaves, treedef = jax.tree.flatten(
-      SHAPES, is_leaf=lambda x: isinstance(x, tuple)
-  )
+  leaves, treedef = jax.tree.flatten(SHAPES, is_leaf=lambda x: isinstance(x, tuple))
   scales = np.geomspace(1e-3, 1.0, len(leaves))
   rng.shuffle(scales)
   return treedef.unflatten(
-      [(rng.standard_normal(s) * c).astype(dtype) for s, c in zip(leaves, scales)]
+    [(rng.standard_normal(s) * c).astype(dtype) for s, c in zip(leaves, scales)]
   )
 
 
@@ -52,22 +48,23 @@ def leaves(tree):
 
 
 @pytest.mark.parametrize(
-    'alpha,lam,scale_by_count,magnitude',
-    [
-        (0.1, -4.0, False, 'cma'),  # paper defaults (combined, eq. 21)
-        (1.0, 0.0, True, 'cma'),  # local scheme (eq. 18), eta~ = k eta
-        (0.0, -2.0, False, 'gradient'),  # global scheme (eq. 20)
-    ],
+  'alpha,lam,scale_by_count,magnitude',
+  [
+    (0.1, -4.0, False, 'cma'),  # paper defaults (combined, eq. 21)
+    (1.0, 0.0, True, 'cma'),  # local scheme (eq. 18), eta~ = k eta
+    (0.0, -2.0, False, 'gradient'),  # global scheme (eq. 20)
+  ],
 )
-def test_matches_numpy_reference_over_many_steps(
-    alpha, lam, scale_by_count, magnitude
-):
+def test_matches_numpy_reference_over_many_steps(alpha, lam, scale_by_count, magnitude):
   """The transformation equals a float64 NumPy Algorithm 2 fed its masks."""
   rng = np.random.default_rng(0)
   params = make_params()
   tx = optax_sbs.stochastic_batch_size(
-      key=3, alpha=alpha, lam=lam, scale_by_count=scale_by_count,
-      magnitude=magnitude,
+    key=3,
+    alpha=alpha,
+    lam=lam,
+    scale_by_count=scale_by_count,
+    magnitude=magnitude,
   )
   state = tx.init(params)
   update = jax.jit(tx.update)
@@ -82,25 +79,21 @@ def test_matches_numpy_reference_over_many_steps(
     mags = [np.abs(x) for x in (g_tilde if magnitude == 'cma' else g)]
     ref_p = reference.probabilities(mags, groups, alpha, lam)
     lib_p = optax_sbs.update_probability(
-        [jnp.asarray(m, jnp.float32) for m in mags], groups, alpha, lam
+      [jnp.asarray(m, jnp.float32) for m in mags], groups, alpha, lam
     )
     for a, b in zip(lib_p, ref_p):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
     updates, state = update(grads, state, params)
     chis = [np.asarray(k) == 1 for k in jax.tree.leaves(state.count)]
-    ref_u, ref_cma, ref_count = reference.sbs_step(
-        g, ref_cma, ref_count, chis, scale_by_count
-    )
+    ref_u, ref_cma, ref_count = reference.sbs_step(g, ref_cma, ref_count, chis, scale_by_count)
     for name, got, want in [
-        ('updates', leaves(updates), ref_u),
-        ('cma', leaves(state.cma), ref_cma),
-        ('count', leaves(state.count), ref_count),
+      ('updates', leaves(updates), ref_u),
+      ('cma', leaves(state.cma), ref_cma),
+      ('count', leaves(state.count), ref_count),
     ]:
       for x, y in zip(got, want):
-        np.testing.assert_allclose(
-            x, y, rtol=2e-5, atol=1e-7, err_msg=f'{name} at step {step}'
-        )
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-7, err_msg=f'{name} at step {step}')
     total_chi += sum(c.sum() for c in chis)
     total_p += sum(p.sum() for p in ref_p)
   # The masks drawn over all steps agree with the reference p.
@@ -112,15 +105,13 @@ def test_matches_numpy_reference_over_many_steps(
 def plain_jax_step(grads, cma, count, key, alpha, lam, groups):
   """One SBS step written with jax.random and plain jnp, no fast path."""
   next_key, step_key = jax.random.split(key)
-  g_tilde = [c + (g - c) / k.astype(jnp.float32)
-             for g, c, k in zip(grads, cma, count)]
-  probs = optax_sbs.update_probability(
-      [jnp.abs(x) for x in g_tilde], groups, alpha, lam)
+  g_tilde = [c + (g - c) / k.astype(jnp.float32) for g, c, k in zip(grads, cma, count)]
+  probs = optax_sbs.update_probability([jnp.abs(x) for x in g_tilde], groups, alpha, lam)
   total = sum(x.size for x in grads)
   u = jax.random.uniform(step_key, (total,))
   chis, offset = [], 0
   for p in probs:
-    chis.append(u[offset:offset + p.size].reshape(p.shape) < p)
+    chis.append(u[offset : offset + p.size].reshape(p.shape) < p)
     offset += p.size
   updates = [jnp.where(c, x, 0) for c, x in zip(chis, g_tilde)]
   new_cma = [jnp.where(c, 0, x) for c, x in zip(chis, g_tilde)]
@@ -142,15 +133,15 @@ def test_fast_path_equals_plain_jax_reference():
     grads = random_grads(rng)
     updates, state = update(grads, state, params)
     want_u, cma, count, key = plain_jax_step(
-        jax.tree.leaves(grads), cma, count, key, 0.5, -2.0, groups)
+      jax.tree.leaves(grads), cma, count, key, 0.5, -2.0, groups
+    )
     for got, want in zip(jax.tree.leaves(state.count), count):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     for got, want in zip(leaves(updates), want_u):
       np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-9)
     for got, want in zip(leaves(state.cma), cma):
       np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-9)
-    np.testing.assert_array_equal(
-        jax.random.key_data(state.key), jax.random.key_data(key))
+    np.testing.assert_array_equal(jax.random.key_data(state.key), jax.random.key_data(key))
 
 
 def test_first_step_update_is_masked_gradient():
@@ -159,9 +150,7 @@ def test_first_step_update_is_masked_gradient():
   grads = random_grads(np.random.default_rng(1))
   tx = optax_sbs.stochastic_batch_size(key=0)
   updates, state = tx.update(grads, tx.init(params), params)
-  for g, u, c, k in zip(
-      leaves(grads), leaves(updates), leaves(state.cma), leaves(state.count)
-  ):
+  for g, u, c, k in zip(leaves(grads), leaves(updates), leaves(state.cma), leaves(state.count)):
     chi = k == 1
     np.testing.assert_array_equal(u, np.where(chi, g, 0))
     np.testing.assert_array_equal(c, np.where(chi, 0, g))
@@ -173,9 +162,7 @@ def test_fixed_probability_rate_within_binomial_bound(p):
   n = 200_000
   tx = optax_sbs.stochastic_batch_size(key=7, probability=p)
   params = {'w': jnp.zeros((n,))}
-  _, state = jax.jit(tx.update)(
-      {'w': jnp.ones((n,))}, tx.init(params), params
-  )
+  _, state = jax.jit(tx.update)({'w': jnp.ones((n,))}, tx.init(params), params)
   updated = float(jnp.sum(state.count['w'] == 1))
   assert abs(updated - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1
 
@@ -185,9 +172,7 @@ def test_adaptive_rate_per_leaf_matches_mean_p():
   params = make_params()
   grads = random_grads(np.random.default_rng(2))
   groups = jax.tree.leaves(TYPES)
-  ref_p = reference.probabilities(
-      [np.abs(g) for g in leaves(grads)], groups, 0.5, -2.0
-  )
+  ref_p = reference.probabilities([np.abs(g) for g in leaves(grads)], groups, 0.5, -2.0)
   num_keys = 400
 
   def rate(key):
@@ -215,8 +200,8 @@ def test_probability_one_is_sgd_bit_for_bit():
     params_a = params_b = jax.tree.map(lambda x: x + 1.0, make_params())
     sgd = optax.sgd(0.05, momentum=momentum)
     sbs = optax.chain(
-        optax_sbs.stochastic_batch_size(key=0, probability=1.0),
-        optax.sgd(0.05, momentum=momentum),
+      optax_sbs.stochastic_batch_size(key=0, probability=1.0),
+      optax.sgd(0.05, momentum=momentum),
     )
     sa, sb = sgd.init(params_a), sbs.init(params_b)
     update_a, update_b = jax.jit(sgd.update), jax.jit(sbs.update)
@@ -228,8 +213,7 @@ def test_probability_one_is_sgd_bit_for_bit():
       for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
       params_a, params_b = apply(params_a, ua), apply(params_b, ub)
-    for x, y in zip(jax.tree.leaves((params_a, sa)),
-                    jax.tree.leaves((params_b, sb[1]))):
+    for x, y in zip(jax.tree.leaves((params_a, sa)), jax.tree.leaves((params_b, sb[1]))):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -238,9 +222,7 @@ def test_probability_one_is_sgd_bit_for_bit_low_precision(dtype):
   params = jax.tree.map(lambda x: x.astype(dtype) + 1, make_params())
   tx = optax_sbs.stochastic_batch_size(key=0, probability=1.0)
   state = tx.init(params)
-  grads = jax.tree.map(
-      lambda x: x.astype(dtype), random_grads(np.random.default_rng(4))
-  )
+  grads = jax.tree.map(lambda x: x.astype(dtype), random_grads(np.random.default_rng(4)))
   updates, state = jax.jit(tx.update)(grads, state, params)
   for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
     assert u.dtype == dtype
@@ -269,8 +251,7 @@ def test_scale_by_count_applies_every_gradient_once():
   still pending, (count - 1) * cma, add up to the sum of all gradients."""
   rng = np.random.default_rng(8)
   params = make_params()
-  tx = optax_sbs.stochastic_batch_size(
-      key=4, alpha=1.0, lam=-2.0, scale_by_count=True)
+  tx = optax_sbs.stochastic_batch_size(key=4, alpha=1.0, lam=-2.0, scale_by_count=True)
   state = tx.init(params)
   update = jax.jit(tx.update)
   grad_sum = jax.tree.map(lambda p: np.zeros(p.shape), params)
@@ -279,13 +260,10 @@ def test_scale_by_count_applies_every_gradient_once():
   for _ in range(steps):
     grads = random_grads(rng)
     updates, state = update(grads, state, params)
-    grad_sum = jax.tree.map(lambda s, g: s + np.asarray(g, np.float64),
-                            grad_sum, grads)
-    update_sum = jax.tree.map(lambda s, u: s + np.asarray(u, np.float64),
-                              update_sum, updates)
+    grad_sum = jax.tree.map(lambda s, g: s + np.asarray(g, np.float64), grad_sum, grads)
+    update_sum = jax.tree.map(lambda s, u: s + np.asarray(u, np.float64), update_sum, updates)
   counts = leaves(state.count)
-  for g, u, c, k in zip(leaves(grad_sum), leaves(update_sum),
-                        leaves(state.cma), counts):
+  for g, u, c, k in zip(leaves(grad_sum), leaves(update_sum), leaves(state.cma), counts):
     scale = np.abs(g).max() + 1e-12
     np.testing.assert_allclose(u + (k - 1) * c, g, atol=2e-5 * scale * steps)
   # Not trivially satisfied: some elements are still pending at the end
@@ -303,8 +281,7 @@ def test_alpha_lam_zero_gives_one_half():
 
 def test_degenerate_statistics_give_one_half():
   """Equal magnitudes within a leaf, one leaf per group, equal layers."""
-  mags = [jnp.full((5, 3), 0.1), jnp.full((7,), 0.1), jnp.zeros((4,)),
-          jnp.full((), 2.0)]
+  mags = [jnp.full((5, 3), 0.1), jnp.full((7,), 0.1), jnp.zeros((4,)), jnp.full((), 2.0)]
   probs = optax_sbs.update_probability(mags, [0, 0, 1, 2], 0.1, -4.0)
   for p in probs:
     np.testing.assert_array_equal(np.asarray(p), 0.5)
@@ -348,12 +325,11 @@ def test_same_key_same_trajectory_other_key_other_masks():
   a, sa = run(0)
   b, sb = run(jax.random.key(0))
   c, sc = run(1)
-  for x, y in zip(jax.tree.leaves(a + [sa.cma, sa.count]),
-                  jax.tree.leaves(b + [sb.cma, sb.count])):
+  for x, y in zip(jax.tree.leaves(a + [sa.cma, sa.count]), jax.tree.leaves(b + [sb.cma, sb.count])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert any(
-      not np.array_equal(np.asarray(x), np.asarray(y))
-      for x, y in zip(jax.tree.leaves(sa.count), jax.tree.leaves(sc.count))
+    not np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(sa.count), jax.tree.leaves(sc.count))
   )
 
 
@@ -364,17 +340,12 @@ def test_eager_equals_jit():
   state = tx.init(params)
   ue, se = tx.update(grads, state, params)
   uj, sj = jax.jit(tx.update)(grads, state, params)
-  for x, y in zip(jax.tree.leaves((ue, se.cma, se.count)),
-                  jax.tree.leaves((uj, sj.cma, sj.count))):
+  for x, y in zip(jax.tree.leaves((ue, se.cma, se.count)), jax.tree.leaves((uj, sj.cma, sj.count))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
-  np.testing.assert_array_equal(
-      jax.random.key_data(se.key), jax.random.key_data(sj.key)
-  )
+  np.testing.assert_array_equal(jax.random.key_data(se.key), jax.random.key_data(sj.key))
 
 
-@pytest.mark.parametrize(
-    'key', [0, np.int32(3), jax.random.key(0), jax.random.PRNGKey(0)]
-)
+@pytest.mark.parametrize('key', [0, np.int32(3), jax.random.key(0), jax.random.PRNGKey(0)])
 def test_key_forms_are_canonicalised(key):
   state = optax_sbs.stochastic_batch_size(key).init({'w': jnp.ones(3)})
   assert jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key)
@@ -383,12 +354,12 @@ def test_key_forms_are_canonicalised(key):
 
 def test_none_masked_empty_scalar_and_zero_leaves():
   params = {
-      'none': None,
-      'masked': optax.MaskedNode(),
-      'empty': jnp.zeros((0, 3)),
-      'scalar': jnp.zeros(()),
-      'frozen': jnp.zeros((4, 4)),
-      'w': jnp.zeros((3, 2)),
+    'none': None,
+    'masked': optax.MaskedNode(),
+    'empty': jnp.zeros((0, 3)),
+    'scalar': jnp.zeros(()),
+    'frozen': jnp.zeros((4, 4)),
+    'w': jnp.zeros((3, 2)),
   }
   grads = dict(params, scalar=jnp.array(0.3), w=jnp.ones((3, 2)))
   tx = optax_sbs.stochastic_batch_size(key=0)
@@ -410,8 +381,8 @@ def test_none_masked_empty_scalar_and_zero_leaves():
 def test_under_optax_masked():
   params = {'a': jnp.ones(3), 'b': jnp.ones(4)}
   tx = optax.masked(
-      optax_sbs.stochastic_batch_size(key=0, probability=0.0),
-      {'a': True, 'b': False},
+    optax_sbs.stochastic_batch_size(key=0, probability=0.0),
+    {'a': True, 'b': False},
   )
   state = tx.init(params)
   updates, state = tx.update({'a': jnp.ones(3), 'b': jnp.ones(4)}, state, params)
@@ -419,15 +390,11 @@ def test_under_optax_masked():
   np.testing.assert_array_equal(np.asarray(updates['b']), 1)
 
 
-@pytest.mark.parametrize(
-    'grad_dtype', [jnp.float32, jnp.bfloat16, jnp.float16]
-)
+@pytest.mark.parametrize('grad_dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize('cma_dtype', [None, jnp.bfloat16, jnp.float32])
 def test_dtypes(grad_dtype, cma_dtype):
   params = jax.tree.map(lambda x: x.astype(grad_dtype), make_params())
-  grads = jax.tree.map(
-      lambda x: x.astype(grad_dtype), random_grads(np.random.default_rng(9))
-  )
+  grads = jax.tree.map(lambda x: x.astype(grad_dtype), random_grads(np.random.default_rng(9)))
   tx = optax_sbs.stochastic_batch_size(key=0, cma_dtype=cma_dtype)
   state = tx.init(params)
   want_cma = jnp.float32 if cma_dtype is None else cma_dtype
@@ -441,18 +408,14 @@ def test_dtypes(grad_dtype, cma_dtype):
 
 def test_default_cma_dtype_follows_float64_params():
   with jax.enable_x64(True):
-    state = optax_sbs.stochastic_batch_size(key=0).init(
-        {'w': jnp.ones(3, jnp.float64)}
-    )
+    state = optax_sbs.stochastic_batch_size(key=0).init({'w': jnp.ones(3, jnp.float64)})
     assert state.cma['w'].dtype == jnp.float64
 
 
 @pytest.mark.parametrize('count_dtype', [jnp.uint8, jnp.int8, jnp.int16])
 def test_count_saturates(count_dtype):
   params = {'w': jnp.ones(4)}
-  tx = optax_sbs.stochastic_batch_size(
-      key=0, probability=0.0, count_dtype=count_dtype
-  )
+  tx = optax_sbs.stochastic_batch_size(key=0, probability=0.0, count_dtype=count_dtype)
   state = tx.init(params)
   maximum = int(jnp.iinfo(count_dtype).max)
 
@@ -470,16 +433,15 @@ def test_count_saturates(count_dtype):
 
 def test_update_fraction_and_mean_count():
   params = make_params()
-  tx = optax.chain(
-      optax_sbs.stochastic_batch_size(key=1), optax.sgd(0.1)
-  )
+  tx = optax.chain(optax_sbs.stochastic_batch_size(key=1), optax.sgd(0.1))
   state = tx.init(params)
   for i in range(4):
     _, state = tx.update(random_grads(np.random.default_rng(i)), state, params)
   sbs_state = optax_sbs.find_state(state)
   fraction, mean_count = sbs_state.update_fraction(), sbs_state.mean_count()
-  for k, f, m in zip(jax.tree.leaves(sbs_state.count),
-                     jax.tree.leaves(fraction), jax.tree.leaves(mean_count)):
+  for k, f, m in zip(
+    jax.tree.leaves(sbs_state.count), jax.tree.leaves(fraction), jax.tree.leaves(mean_count)
+  ):
     k = np.asarray(k)
     np.testing.assert_allclose(float(f), np.mean(k == 1), rtol=1e-6)
     np.testing.assert_allclose(float(m), np.mean(k), rtol=1e-6)
@@ -492,13 +454,12 @@ def test_find_state_raises_without_sbs():
 
 def test_group_fn_single_group_and_custom():
   params = {'a': jnp.zeros(100), 'b': jnp.zeros(100)}
-  grads = {'a': jnp.full(100, 0.01).at[0].set(0.02),
-           'b': jnp.full(100, 1.0).at[0].set(2.0)}
+  grads = {'a': jnp.full(100, 0.01).at[0].set(0.02), 'b': jnp.full(100, 1.0).at[0].set(2.0)}
   # Each leaf alone in its group: only the local term; in one group, the
   # global term separates the layers.
   for group_fn, separated in [
-      (lambda path, leaf: jax.tree_util.keystr(path), False),
-      (optax_sbs.single_group, True),
+    (lambda path, leaf: jax.tree_util.keystr(path), False),
+    (optax_sbs.single_group, True),
   ]:
     tx = optax_sbs.stochastic_batch_size(key=0, lam=-8.0, group_fn=group_fn)
     rates = []
@@ -515,35 +476,37 @@ def test_group_fn_single_group_and_custom():
 
 def test_parameter_type_default_grouping():
   params = {
-      'params': {
-          'Conv_0': {'kernel': jnp.zeros((3, 3, 3, 8)), 'bias': jnp.zeros(8)},
-          'BatchNorm_0': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
-          'bn1': {'scale': jnp.zeros(8)},
-          'layer1_0': {'norm_1': {'bias': jnp.zeros(8)}},
-          'Dense_0': {'kernel': jnp.zeros((8, 10)), 'bias': jnp.zeros(10)},
-          'Embed_0': {'embedding': jnp.zeros((100, 8))},
-          'scalar': jnp.zeros(()),
-      }
+    'params': {
+      'Conv_0': {'kernel': jnp.zeros((3, 3, 3, 8)), 'bias': jnp.zeros(8)},
+      'BatchNorm_0': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
+      'bn1': {'scale': jnp.zeros(8)},
+      'layer1_0': {'norm_1': {'bias': jnp.zeros(8)}},
+      'Dense_0': {'kernel': jnp.zeros((8, 10)), 'bias': jnp.zeros(10)},
+      'Embed_0': {'embedding': jnp.zeros((100, 8))},
+      'scalar': jnp.zeros(()),
+    }
   }
   got = {
-      jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x)
-      for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
   }
   assert got == {
-      "['params']['BatchNorm_0']['bias']": 'norm',
-      "['params']['BatchNorm_0']['scale']": 'norm',
-      "['params']['Conv_0']['bias']": 'bias',
-      "['params']['Conv_0']['kernel']": 'conv',
-      "['params']['Dense_0']['bias']": 'bias',
-      "['params']['Dense_0']['kernel']": 'dense',
-      "['params']['Embed_0']['embedding']": 'embedding',
-      "['params']['bn1']['scale']": 'norm',
-      "['params']['layer1_0']['norm_1']['bias']": 'norm',
-      "['params']['scalar']": 'bias',
+    "['params']['BatchNorm_0']['bias']": 'norm',
+    "['params']['BatchNorm_0']['scale']": 'norm',
+    "['params']['Conv_0']['bias']": 'bias',
+    "['params']['Conv_0']['kernel']": 'conv',
+    "['params']['Dense_0']['bias']": 'bias',
+    "['params']['Dense_0']['kernel']": 'dense',
+    "['params']['Embed_0']['embedding']": 'embedding',
+    "['params']['bn1']['scale']": 'norm',
+    "['params']['layer1_0']['norm_1']['bias']": 'norm',
+    "['params']['scalar']": 'bias',
   }
 
 
-@pytest.mark.parametrize('path,ndim,want', [
+@pytest.mark.parametrize(
+  'path,ndim,want',
+  [
     # GPT-style (nanoGPT, Hugging Face GPT-2 as pytrees).
     (('h', '0', 'ln_1', 'scale'), 1, 'norm'),
     (('h', '0', 'ln_2', 'bias'), 1, 'norm'),
@@ -564,7 +527,8 @@ def test_parameter_type_default_grouping():
     (('kiln', 'bias'), 1, 'bias'),
     (('lnx', 'kernel'), 2, 'dense'),
     (('swte', 'kernel'), 2, 'dense'),
-])
+  ],
+)
 def test_parameter_type_usual_names(path, ndim, want):
   keys = tuple(jax.tree_util.DictKey(k) for k in path)
   assert optax_sbs.parameter_type(keys, jnp.zeros((2,) * ndim)) == want

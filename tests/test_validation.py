@@ -10,47 +10,49 @@ import optax_sbs
 
 
 @pytest.mark.parametrize(
-    'kwargs,error,match',
-    [
-        (dict(alpha=float('nan')), ValueError, 'alpha must be finite'),
-        (dict(lam=float('inf')), ValueError, 'lam must be finite'),
-        (dict(alpha=np.float32('nan')), ValueError, 'alpha must be finite'),
-        (dict(alpha='0.1'), TypeError, 'alpha must be a real number'),
-        (dict(lam=True), TypeError, 'lam must be a real number'),
-        (dict(lam=[1.0]), TypeError, 'lam must be a real number'),
-        (dict(alpha=jnp.ones(2)), TypeError, 'alpha must be a scalar'),
-        (dict(probability=1.5), ValueError, r'probability must lie in \[0, 1\]'),
-        (dict(probability=-0.1), ValueError, r'probability must lie in \[0, 1\]'),
-        (dict(probability=float('nan')), ValueError, 'probability must lie'),
-        (dict(magnitude='grad'), ValueError, 'magnitude must be'),
-        (dict(count_dtype=jnp.float32), TypeError, 'count_dtype'),
-        (dict(cma_dtype=jnp.int32), TypeError, 'cma_dtype'),
-        (dict(group_fn='type'), TypeError, 'group_fn'),
-        (dict(scale_by_count=1), TypeError, 'scale_by_count'),
-    ],
+  'kwargs,error,match',
+  [
+    (dict(alpha=float('nan')), ValueError, 'alpha must be finite'),
+    (dict(lam=float('inf')), ValueError, 'lam must be finite'),
+    (dict(alpha=np.float32('nan')), ValueError, 'alpha must be finite'),
+    (dict(alpha='0.1'), TypeError, 'alpha must be a real number'),
+    (dict(lam=True), TypeError, 'lam must be a real number'),
+    (dict(lam=[1.0]), TypeError, 'lam must be a real number'),
+    (dict(alpha=jnp.ones(2)), TypeError, 'alpha must be a scalar'),
+    (dict(probability=1.5), ValueError, r'probability must lie in \[0, 1\]'),
+    (dict(probability=-0.1), ValueError, r'probability must lie in \[0, 1\]'),
+    (dict(probability=float('nan')), ValueError, 'probability must lie'),
+    (dict(magnitude='grad'), ValueError, 'magnitude must be'),
+    (dict(count_dtype=jnp.float32), TypeError, 'count_dtype'),
+    (dict(cma_dtype=jnp.int32), TypeError, 'cma_dtype'),
+    (dict(group_fn='type'), TypeError, 'group_fn'),
+    (dict(scale_by_count=1), TypeError, 'scale_by_count'),
+  ],
 )
 def test_bad_hyperparameters(kwargs, error, match):
   with pytest.raises(error, match=match):
     optax_sbs.stochastic_batch_size(key=0, **kwargs)
 
 
-@pytest.mark.parametrize(
-    'key', ['0', 1.5, jnp.zeros(3, jnp.uint32), jnp.float32(0.0)]
-)
+@pytest.mark.parametrize('key', ['0', 1.5, jnp.zeros(3, jnp.uint32), jnp.float32(0.0)])
 def test_bad_key(key):
   with pytest.raises(TypeError, match='key must be'):
     optax_sbs.stochastic_batch_size(key)  # refused when built
 
 
-@pytest.mark.parametrize('keys', [
+@pytest.mark.parametrize(
+  'keys',
+  [
     jax.random.split(jax.random.key(0), 2),
     jax.random.split(jax.random.PRNGKey(0), 2),
-])
+  ],
+)
 def test_a_batch_of_keys_is_refused_when_built(keys):
-  for build in (lambda: optax_sbs.stochastic_batch_size(keys),
-                lambda: optax_sbs.sbs(0.1, key=keys),
-                lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-3),
-                                                             keys)):
+  for build in (
+    lambda: optax_sbs.stochastic_batch_size(keys),
+    lambda: optax_sbs.sbs(0.1, key=keys),
+    lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-3), keys),
+  ):
     with pytest.raises(ValueError, match='batch of'):
       build()
   optax_sbs.stochastic_batch_size(keys[0])  # one of them is fine
@@ -84,8 +86,6 @@ def test_errors_raise_under_jit_at_trace_time():
 
 
 def test_injected_hyperparameters_are_validated_when_concrete():
-  tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
-      key=0, alpha=float('nan')
-  )
+  tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(key=0, alpha=float('nan'))
   with pytest.raises(ValueError, match='alpha must be finite'):
     tx.init({'w': jnp.ones(2)})

@@ -18,9 +18,9 @@ import reference
 # Distinct shapes, so a state leaf's parameter (and its mask) is known by
 # shape alone in the checks below, independently of the library's search.
 SHAPES = {
-    'Conv_0': {'kernel': (3, 3, 2, 4), 'bias': (4,)},
-    'Dense_0': {'kernel': (6, 5), 'bias': (5,)},
-    'LayerNorm_0': {'scale': (7,)},
+  'Conv_0': {'kernel': (3, 3, 2, 4), 'bias': (4,)},
+  'Dense_0': {'kernel': (6, 5), 'bias': (5,)},
+  'LayerNorm_0': {'scale': (7,)},
 }
 IS_SHAPE = lambda x: isinstance(x, tuple)
 
@@ -28,17 +28,17 @@ IS_SHAPE = lambda x: isinstance(x, tuple)
 def make_params(rng=None):
   rng = rng or np.random.default_rng(123)
   return jax.tree.map(
-      lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), SHAPES,
-      is_leaf=IS_SHAPE)
+    lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), SHAPES, is_leaf=IS_SHAPE
+  )
 
 
 def random_grads(rng):
   """Gradients whose scale differs from leaf to leaf (a spread of p)."""
   leaves, treedef = jax.tree.flatten(SHAPES, is_leaf=IS_SHAPE)
   scales = np.geomspace(1e-2, 1.0, len(leaves))
-  return treedef.unflatten([
-      jnp.asarray(rng.standard_normal(s) * c, jnp.float32)
-      for s, c in zip(leaves, scales)])
+  return treedef.unflatten(
+    [jnp.asarray(rng.standard_normal(s) * c, jnp.float32) for s, c in zip(leaves, scales)]
+  )
 
 
 def f64(tree):
@@ -56,9 +56,9 @@ def test_matches_numpy_reference_of_frozen_semantics(inner_name):
   NumPy Algorithm 2 whose inner optimizer moves released elements only."""
   lr, momentum, b1, b2, eps, wd = 0.05, 0.9, 0.9, 0.999, 1e-8, 0.1
   inner = {
-      'sgd_momentum': optax.sgd(lr, momentum=momentum),
-      'adam': optax.adam(lr, b1=b1, b2=b2, eps=eps),
-      'adamw': optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd),
+    'sgd_momentum': optax.sgd(lr, momentum=momentum),
+    'adam': optax.adam(lr, b1=b1, b2=b2, eps=eps),
+    'adamw': optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd),
   }[inner_name]
   tx = optax_sbs.with_stochastic_batch_size(inner, key=5)
   rng = np.random.default_rng(0)
@@ -76,17 +76,25 @@ def test_matches_numpy_reference_of_frozen_semantics(inner_name):
     params = optax.apply_updates(params, updates)
     chis = released(state)
     fractions.append(np.mean(np.concatenate([c.ravel() for c in chis])))
-    sbs_out, ref_cma, ref_count = reference.sbs_step(
-        f64(grads), ref_cma, ref_count, chis)
+    sbs_out, ref_cma, ref_count = reference.sbs_step(f64(grads), ref_cma, ref_count, chis)
     if inner_name == 'sgd_momentum':
-      ref_updates, trace = reference.frozen_momentum_step(
-          sbs_out, trace, chis, lr, momentum)
+      ref_updates, trace = reference.frozen_momentum_step(sbs_out, trace, chis, lr, momentum)
       ref_inner = {'trace': trace}
       got_inner = {'trace': f64(state.inner_state[0].trace)}
     else:
       ref_updates, mu, nu = reference.frozen_adam_step(
-          sbs_out, mu, nu, step, chis, ref_params, lr, b1, b2, eps,
-          weight_decay=wd if inner_name == 'adamw' else 0.0)
+        sbs_out,
+        mu,
+        nu,
+        step,
+        chis,
+        ref_params,
+        lr,
+        b1,
+        b2,
+        eps,
+        weight_decay=wd if inner_name == 'adamw' else 0.0,
+      )
       ref_inner = {'mu': mu, 'nu': nu}
       adam_state = state.inner_state[0]
       got_inner = {'mu': f64(adam_state.mu), 'nu': f64(adam_state.nu)}
@@ -96,8 +104,7 @@ def test_matches_numpy_reference_of_frozen_semantics(inner_name):
       np.testing.assert_allclose(got, want, rtol=2e-4, atol=lr * 1e-6)
     for name, want_leaves in ref_inner.items():
       for got, want in zip(got_inner[name], want_leaves):
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-9,
-                                   err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-9, err_msg=name)
     for got, want in zip(jax.tree.leaves(state.sbs_state.count), ref_count):
       np.testing.assert_array_equal(np.asarray(got), want)
   for got, want in zip(f64(params), ref_params):
@@ -107,10 +114,10 @@ def test_matches_numpy_reference_of_frozen_semantics(inner_name):
 
 
 INNERS = {
-    'sgd_momentum': lambda: optax.sgd(0.1, momentum=0.9),
-    'sgd_nesterov': lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
-    'adam': lambda: optax.adam(1e-2),
-    'adamw': lambda: optax.adamw(1e-2, weight_decay=0.1),
+  'sgd_momentum': lambda: optax.sgd(0.1, momentum=0.9),
+  'sgd_nesterov': lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+  'adam': lambda: optax.adam(1e-2),
+  'adamw': lambda: optax.adamw(1e-2, weight_decay=0.1),
 }
 
 
@@ -139,21 +146,23 @@ def test_probability_one_is_the_inner_optimizer_bit_for_bit(name):
   optimizer's arithmetic. (Jitted as one program, XLA:CPU fuses the inner
   optimizer's arithmetic with the selects and may contract multiply-adds
   differently: Adam's nu then differs by an ulp a step, checked below.)"""
-  wrapped = run(optax_sbs.with_stochastic_batch_size(
-      INNERS[name](), key=0, probability=1.0), steps=10, jit=False)
+  wrapped = run(
+    optax_sbs.with_stochastic_batch_size(INNERS[name](), key=0, probability=1.0),
+    steps=10,
+    jit=False,
+  )
   alone = run(INNERS[name](), steps=10, jit=False)
   for (u_w, p_w, s_w), (u_a, p_a, s_a) in zip(wrapped, alone):
     assert_trees_equal(u_w, u_a)
     assert_trees_equal(p_w, p_a)
     assert_trees_equal(s_w.inner_state, s_a)
-  jitted = run(optax_sbs.with_stochastic_batch_size(
-      INNERS[name](), key=0, probability=1.0), steps=10)
+  jitted = run(
+    optax_sbs.with_stochastic_batch_size(INNERS[name](), key=0, probability=1.0), steps=10
+  )
   jitted_alone = run(INNERS[name](), steps=10)
   for (u_w, p_w, s_w), (u_a, p_a, s_a) in zip(jitted, jitted_alone):
-    for x, y in zip(jax.tree.leaves((u_w, p_w, s_w.inner_state)),
-                    jax.tree.leaves((u_a, p_a, s_a))):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
-                                 atol=1e-9)
+    for x, y in zip(jax.tree.leaves((u_w, p_w, s_w.inner_state)), jax.tree.leaves((u_a, p_a, s_a))):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize('name', sorted(INNERS))
@@ -161,18 +170,17 @@ def test_probability_zero_never_moves_params_or_per_parameter_state(name):
   inner = INNERS[name]()
   params = make_params()
   initial = inner.init(params)
-  history = run(optax_sbs.with_stochastic_batch_size(
-      inner, key=0, probability=0.0), steps=6, params=params)
+  history = run(
+    optax_sbs.with_stochastic_batch_size(inner, key=0, probability=0.0), steps=6, params=params
+  )
   for updates, new_params, state in history:
     for u in jax.tree.leaves(updates):
       np.testing.assert_array_equal(np.asarray(u), 0)
     assert_trees_equal(new_params, params)
-    for new, old in zip(jax.tree.leaves(state.inner_state),
-                        jax.tree.leaves(initial)):
+    for new, old in zip(jax.tree.leaves(state.inner_state), jax.tree.leaves(initial)):
       if np.ndim(old):  # per-parameter: held at its initial value
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
-  counts = [x for x in jax.tree.leaves(history[-1][2].inner_state)
-            if not np.ndim(x)]
+  counts = [x for x in jax.tree.leaves(history[-1][2].inner_state) if not np.ndim(x)]
   if name.startswith('adam'):
     assert [int(c) for c in counts] == [6]  # the step count advanced
 
@@ -180,7 +188,8 @@ def test_probability_zero_never_moves_params_or_per_parameter_state(name):
 @pytest.mark.parametrize('probability', [0.5, None])
 def test_with_adamw_exactly_the_released_elements_move(probability):
   tx = optax_sbs.with_stochastic_batch_size(
-      optax.adamw(1e-2, weight_decay=0.5), key=3, probability=probability)
+    optax.adamw(1e-2, weight_decay=0.5), key=3, probability=probability
+  )
   for updates, _, state in run(tx, steps=12):
     for u, chi in zip(jax.tree.leaves(updates), released(state)):
       np.testing.assert_array_equal(np.asarray(u) != 0, chi)
@@ -193,13 +202,13 @@ def test_chain_moves_waiting_elements_the_wrapper_does_not():
     wrapped = optax_sbs.with_stochastic_batch_size(inner, 0)
     (u_c, _, s_c), (u_w, _, s_w) = run(chain, 5)[-1], run(wrapped, 5)[-1]
     chis = np.concatenate([c.ravel() for c in released(s_w)])
-    moved = lambda u: np.mean(np.concatenate(
-        [np.ravel(np.asarray(x) != 0) for x in jax.tree.leaves(u)]))
+    moved = lambda u: np.mean(
+      np.concatenate([np.ravel(np.asarray(x) != 0) for x in jax.tree.leaves(u)])
+    )
     assert moved(u_w) == pytest.approx(np.mean(chis))
     assert moved(u_c) > 0.9 > np.mean(chis) + 0.2
     # Same masks in both: the chain's SBS state is the wrapper's.
-    assert_trees_equal(optax_sbs.find_state(s_c).count,
-                       s_w.sbs_state.count)
+    assert_trees_equal(optax_sbs.find_state(s_c).count, s_w.sbs_state.count)
 
 
 def rosenbrock(w):
@@ -217,12 +226,10 @@ def minimise(tx, objective, w, steps=30_000):
 
 
 def test_rosenbrock_converges_with_momentum_as_sgd_does():
-  w = minimise(optax_sbs.sbs(1e-3, key=0, momentum=0.9), rosenbrock,
-               jnp.zeros(2))
+  w = minimise(optax_sbs.sbs(1e-3, key=0, momentum=0.9), rosenbrock, jnp.zeros(2))
   np.testing.assert_allclose(np.asarray(w), [1.0, 1.0], atol=3e-2)
   # The chain (momentum moving waiting elements) diverges on the same run.
-  chain = optax.chain(optax_sbs.stochastic_batch_size(0),
-                      optax.sgd(1e-3, momentum=0.9))
+  chain = optax.chain(optax_sbs.stochastic_batch_size(0), optax.sgd(1e-3, momentum=0.9))
   w_chain = np.asarray(minimise(chain, rosenbrock, jnp.zeros(2)))
   assert not np.all(np.abs(w_chain) < 10)
 
@@ -230,6 +237,7 @@ def test_rosenbrock_converges_with_momentum_as_sgd_does():
 def held_by_shape(chis_by_shape, expected, old):
   """The expected wrapper state: per-parameter leaves (matched by shape)
   held where their mask is False; scalars as the inner optimizer says."""
+
   def pick(e, o):
     if not np.ndim(e):
       return np.asarray(e)
@@ -238,20 +246,23 @@ def held_by_shape(chis_by_shape, expected, old):
   return jax.tree.map(pick, expected, old)
 
 
-LABELS = {'Conv_0': {'kernel': 'a', 'bias': 'b'},
-          'Dense_0': {'kernel': 'a', 'bias': 'b'},
-          'LayerNorm_0': {'scale': 'b'}}
+LABELS = {
+  'Conv_0': {'kernel': 'a', 'bias': 'b'},
+  'Dense_0': {'kernel': 'a', 'bias': 'b'},
+  'LayerNorm_0': {'scale': 'b'},
+}
 MATRICES = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
 COMPOSED = {
-    'inject_hyperparams': lambda: optax.inject_hyperparams(optax.adamw)(
-        learning_rate=optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1),
-    'masked_fn': lambda: optax.masked(optax.adam(1e-2), MATRICES),
-    'chain_masked_tree': lambda: optax.chain(
-        optax.masked(optax.trace(0.5), jax.tree.map(lambda lab: lab == 'a',
-                                                    LABELS)),
-        optax.adam(1e-2)),
-    'multi_transform': lambda: optax.multi_transform(
-        {'a': optax.adam(1e-2), 'b': optax.sgd(0.1, momentum=0.9)}, LABELS),
+  'inject_hyperparams': lambda: optax.inject_hyperparams(optax.adamw)(
+    learning_rate=optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1
+  ),
+  'masked_fn': lambda: optax.masked(optax.adam(1e-2), MATRICES),
+  'chain_masked_tree': lambda: optax.chain(
+    optax.masked(optax.trace(0.5), jax.tree.map(lambda lab: lab == 'a', LABELS)), optax.adam(1e-2)
+  ),
+  'multi_transform': lambda: optax.multi_transform(
+    {'a': optax.adam(1e-2), 'b': optax.sgd(0.1, momentum=0.9)}, LABELS
+  ),
 }
 
 
@@ -269,15 +280,15 @@ def test_composed_inner_states_are_held_per_element(name):
   for _ in range(6):
     grads = random_grads(rng)
     sbs_out, sbs_state = lone_sbs.update(grads, sbs_state, params)
-    expected_updates, expected_inner = inner.update(
-        sbs_out, state.inner_state, params)
+    expected_updates, expected_inner = inner.update(sbs_out, state.inner_state, params)
     old_inner = state.inner_state
     updates, state = tx.update(grads, state, params)
     chis = {np.shape(c): c for c in released(state)}
     want = held_by_shape(chis, expected_inner, old_inner)
     assert_trees_equal(state.inner_state, want)
-    assert_trees_equal(updates, held_by_shape(
-        chis, expected_updates, jax.tree.map(jnp.zeros_like, params)))
+    assert_trees_equal(
+      updates, held_by_shape(chis, expected_updates, jax.tree.map(jnp.zeros_like, params))
+    )
     params = optax.apply_updates(params, updates)
   # Something was held and something moved.
   moved = np.concatenate([c.ravel() for c in chis.values()])
@@ -289,87 +300,83 @@ def test_extra_args_are_forwarded_to_the_inner_optimizer():
     del params, extra
     return jax.tree.map(lambda u: u * scale, updates), state
 
-  inner = optax.GradientTransformationExtraArgs(
-      lambda params: optax.EmptyState(), update_fn)
+  inner = optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
   tx = optax_sbs.with_stochastic_batch_size(inner, key=0, probability=1.0)
   params = make_params()
   grads = random_grads(np.random.default_rng(0))
-  updates, _ = tx.update(grads, tx.init(params), params, scale=3.0,
-                         not_for_anyone=1)
+  updates, _ = tx.update(grads, tx.init(params), params, scale=3.0, not_for_anyone=1)
   for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
     np.testing.assert_array_equal(np.asarray(u), 3.0 * np.asarray(g))
 
 
 def test_masks_equal_those_of_the_transform_with_the_same_key():
   options = dict(alpha=0.3, lam=-2.0, scale_by_count=True)
-  wrapped = run(optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-2), key=9, **options), steps=8)
+  wrapped = run(optax_sbs.with_stochastic_batch_size(optax.adam(1e-2), key=9, **options), steps=8)
   lone = optax_sbs.stochastic_batch_size(key=9, **options)
   lone_state = lone.init(make_params())
   rng = np.random.default_rng(0)
   for (_, params_before, _), (_, _, state) in zip(
-      [(None, make_params(), None)] + wrapped[:-1], wrapped):
+    [(None, make_params(), None)] + wrapped[:-1], wrapped
+  ):
     _, lone_state = lone.update(random_grads(rng), lone_state, params_before)
     assert_trees_equal(state.sbs_state.count, lone_state.count)
-    assert_trees_equal(jax.random.key_data(state.sbs_state.key),
-                       jax.random.key_data(lone_state.key))
+    assert_trees_equal(
+      jax.random.key_data(state.sbs_state.key), jax.random.key_data(lone_state.key)
+    )
 
 
 def test_state_helpers_work_through_the_wrapper():
-  tx = optax.inject_hyperparams(optax_sbs.sbs)(learning_rate=0.1, key=0,
-                                               momentum=0.9)
+  tx = optax.inject_hyperparams(optax_sbs.sbs)(learning_rate=0.1, key=0, momentum=0.9)
   _, _, state = run(tx, steps=4)[-1]
   sbs_state = optax_sbs.find_state(state)
   assert isinstance(sbs_state, optax_sbs.StochasticBatchSizeState)
   wrapper_state = state.inner_state
   assert isinstance(wrapper_state, optax_sbs.WithStochasticBatchSizeState)
-  assert_trees_equal(wrapper_state.update_fraction(),
-                     sbs_state.update_fraction())
+  assert_trees_equal(wrapper_state.update_fraction(), sbs_state.update_fraction())
   assert_trees_equal(wrapper_state.mean_count(), sbs_state.mean_count())
   assert any(float(c) > 1 for c in jax.tree.leaves(sbs_state.mean_count()))
   reset = optax_sbs.reset_accumulators(state)
   for k in jax.tree.leaves(optax_sbs.find_state(reset).count):
     np.testing.assert_array_equal(np.asarray(k), 1)
   # The momentum trace is the inner optimizer's, untouched by the reset.
-  assert_trees_equal(reset.inner_state.inner_state,
-                     state.inner_state.inner_state)
+  assert_trees_equal(reset.inner_state.inner_state, state.inner_state.inner_state)
 
 
 def test_unsupported_inner_states_fail_at_init_with_a_clear_message():
   params = make_params()
   factored = optax_sbs.with_stochastic_batch_size(
-      optax.adafactor(1e-2, min_dim_size_to_factor=2), key=0)
+    optax.adafactor(1e-2, min_dim_size_to_factor=2), key=0
+  )
   with pytest.raises(ValueError, match='factored statistics'):
     factored.init(params)
 
   def init_reading_values(params):
     return {'scale': params['Dense_0']['kernel'].shape[0] * 1.0}
 
-  reads = optax.GradientTransformation(
-      init_reading_values, lambda u, s, p=None: (u, s))
+  reads = optax.GradientTransformation(init_reading_values, lambda u, s, p=None: (u, s))
   with pytest.raises(ValueError, match='cannot tell which leaves'):
     optax_sbs.with_stochastic_batch_size(reads, key=0).init(params)
   with pytest.raises(TypeError, match='inner must be an optax'):
     optax_sbs.with_stochastic_batch_size(lambda g: g, key=0)
   with pytest.raises(ValueError, match='probability'):
-    optax_sbs.with_stochastic_batch_size(optax.sgd(0.1), key=0,
-                                         probability=1.5)
+    optax_sbs.with_stochastic_batch_size(optax.sgd(0.1), key=0, probability=1.5)
 
 
 def test_apply_if_finite_around_the_wrapper_leaves_its_state_on_nan():
-  tx = optax.apply_if_finite(optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-2), key=0), max_consecutive_errors=3)
+  tx = optax.apply_if_finite(
+    optax_sbs.with_stochastic_batch_size(optax.adam(1e-2), key=0), max_consecutive_errors=3
+  )
   params = make_params()
   update = jax.jit(tx.update)
   rng = np.random.default_rng(0)
   _, state = update(random_grads(rng), tx.init(params), params)
-  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan),
-                     random_grads(rng))
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), random_grads(rng))
   updates, after = update(bad, state, params)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(np.asarray(u), 0)
   assert int(after.notfinite_count) == 1
   keep = lambda s: jax.tree.map(
-      lambda x: jax.random.key_data(x)
-      if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, s.inner_state)
+    lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
+    s.inner_state,
+  )
   assert_trees_equal(keep(after), keep(state))

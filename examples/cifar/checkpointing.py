@@ -26,24 +26,32 @@ class ResumeError(ValueError):
 
 
 def _state_tree(state) -> dict:
-  return dict(step=state.step, params=state.params, opt_state=state.opt_state,
-              batch_stats=state.batch_stats, dropout_key=state.dropout_key)
+  return dict(
+    step=state.step,
+    params=state.params,
+    opt_state=state.opt_state,
+    batch_stats=state.batch_stats,
+    dropout_key=state.dropout_key,
+  )
 
 
 class RunCheckpointer:
   """Saves and restores one (optimizer, trial) run."""
 
   def __init__(self, workdir: str, optimizer: str, trial: int):
-    path = os.path.abspath(
-        os.path.join(workdir, 'checkpoints', f'{optimizer}_trial{trial}'))
+    path = os.path.abspath(os.path.join(workdir, 'checkpoints', f'{optimizer}_trial{trial}'))
     self._manager = ocp.CheckpointManager(
-        path, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      path, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
 
   def save(self, epoch: int, state, rows: list[dict], rng_state: dict) -> None:
-    self._manager.save(epoch, args=ocp.args.Composite(
+    self._manager.save(
+      epoch,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(_state_tree(state)),
         meta=ocp.args.JsonSave({'rows': rows, 'rng': rng_state}),
-    ))
+      ),
+    )
     self._manager.wait_until_finished()
 
   def restore(self, template_state) -> tuple[Any, list[dict], dict] | None:
@@ -54,8 +62,12 @@ class RunCheckpointer:
     template = _state_tree(template_state)
     # Shapes, dtypes (typed keys included) and shardings of the live state.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    restored = self._manager.restore(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     state = template_state.replace(**restored['state'])
     return state, restored['meta']['rows'], restored['meta']['rng']
 
@@ -78,13 +90,15 @@ def prepare_workdir(workdir: str, config, resume: bool) -> None:
     with open(path) as f:
       saved = json.load(f)
     ignore = {'workdir'}
-    diffs = [f'{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)'
-             for k in sorted(set(saved) | set(current))
-             if k not in ignore and saved.get(k) != current.get(k)]
+    diffs = [
+      f'{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)'
+      for k in sorted(set(saved) | set(current))
+      if k not in ignore and saved.get(k) != current.get(k)
+    ]
     if diffs:
       raise ResumeError(
-          f'--resume: {workdir} was made with a different configuration; '
-          + '; '.join(diffs))
+        f'--resume: {workdir} was made with a different configuration; ' + '; '.join(diffs)
+      )
     return
   shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)
   os.makedirs(workdir, exist_ok=True)

@@ -12,10 +12,10 @@ import os
 import numpy as np
 
 TFDS_DATASETS = {
-    # name: (train split, test split, horizontal flip is a valid augmentation)
-    'cifar10': ('train', 'test', True),
-    'svhn_cropped': ('train', 'test', False),  # digits: no flip
-    'stl10': ('train', 'test', True),
+  # name: (train split, test split, horizontal flip is a valid augmentation)
+  'cifar10': ('train', 'test', True),
+  'svhn_cropped': ('train', 'test', False),  # digits: no flip
+  'stl10': ('train', 'test', True),
 }
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 
@@ -38,13 +38,10 @@ class Dataset:
 def _check_split(name, x, y, split):
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise DataError(
-        f'{name}: x_{split} must have shape (N, H, W, C) with C in (1, 3), '
-        f'got {x.shape}'
+      f'{name}: x_{split} must have shape (N, H, W, C) with C in (1, 3), got {x.shape}'
     )
   if y.ndim != 1 or len(y) != len(x):
-    raise DataError(
-        f'{name}: y_{split} must have shape ({len(x)},), got {y.shape}'
-    )
+    raise DataError(f'{name}: y_{split} must have shape ({len(x)},), got {y.shape}')
   if not np.issubdtype(y.dtype, np.integer):
     raise DataError(f'{name}: y_{split} must hold integer labels, got {y.dtype}')
   if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
@@ -63,8 +60,7 @@ def _to_uint8(name, x):
   return np.round(x).astype(np.uint8)
 
 
-def from_arrays(name, x_train, y_train, x_test, y_test, flip=True,
-                num_classes=None) -> Dataset:
+def from_arrays(name, x_train, y_train, x_test, y_test, flip=True, num_classes=None) -> Dataset:
   """Validates arrays and builds a Dataset (labels 0..num_classes-1)."""
   x_train, x_test = np.asarray(x_train), np.asarray(x_test)
   y_train, y_test = np.asarray(y_train), np.asarray(y_test)
@@ -72,8 +68,7 @@ def from_arrays(name, x_train, y_train, x_test, y_test, flip=True,
   _check_split(name, x_test, y_test, 'test')
   if x_train.shape[1:] != x_test.shape[1:]:
     raise DataError(
-        f'{name}: train images {x_train.shape[1:]} and test images '
-        f'{x_test.shape[1:]} differ in shape'
+      f'{name}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ in shape'
     )
   if len(y_train) == 0:
     raise DataError(f'{name}: the training split is empty')
@@ -85,13 +80,17 @@ def from_arrays(name, x_train, y_train, x_test, y_test, flip=True,
   unseen = np.setdiff1d(y_test, y_train) if inferred else ()
   if len(unseen):
     raise DataError(
-        f'{name}: y_test has labels that never occur in y_train '
-        f'({", ".join(map(str, unseen[:10]))}): labels out of range?')
+      f'{name}: y_test has labels that never occur in y_train '
+      f'({", ".join(map(str, unseen[:10]))}): labels out of range?'
+    )
   return Dataset(
-      name=name,
-      x_train=_to_uint8(name, x_train), y_train=y_train.astype(np.int32),
-      x_test=_to_uint8(name, x_test), y_test=y_test.astype(np.int32),
-      num_classes=num_classes, flip=flip,
+    name=name,
+    x_train=_to_uint8(name, x_train),
+    y_train=y_train.astype(np.int32),
+    x_test=_to_uint8(name, x_test),
+    y_test=y_test.astype(np.int32),
+    num_classes=num_classes,
+    flip=flip,
   )
 
 
@@ -104,8 +103,8 @@ def load_npz(path: str, flip: bool = True) -> Dataset:
       missing = [k for k in NPZ_KEYS if k not in data.files]
       if missing:
         raise DataError(
-            f'{path}: missing arrays {", ".join(missing)} (a dataset .npz '
-            f'needs {", ".join(NPZ_KEYS)}; it has {", ".join(data.files)})'
+          f'{path}: missing arrays {", ".join(missing)} (a dataset .npz '
+          f'needs {", ".join(NPZ_KEYS)}; it has {", ".join(data.files)})'
         )
       arrays = {k: data[k] for k in NPZ_KEYS}
   except DataError:
@@ -115,8 +114,7 @@ def load_npz(path: str, flip: bool = True) -> Dataset:
   return from_arrays(os.path.basename(path), **arrays, flip=flip)
 
 
-def load_tfds(name: str, data_dir: str | None = None,
-              download: bool = True) -> Dataset:
+def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
   """Loads a TFDS image-classification dataset into memory.
 
   Uses ``tfds.data_source`` (random access, no TensorFlow needed to read).
@@ -125,39 +123,36 @@ def load_tfds(name: str, data_dir: str | None = None,
   """
   if name not in TFDS_DATASETS:
     raise DataError(
-        f'unknown dataset {name!r}; choose one of {", ".join(TFDS_DATASETS)} '
-        'or a path to a .npz file'
+      f'unknown dataset {name!r}; choose one of {", ".join(TFDS_DATASETS)} or a path to a .npz file'
     )
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   train_split, test_split, flip = TFDS_DATASETS[name]
   splits = {}
   for split in (train_split, test_split):
-    source = tfds.data_source(name, split=split, data_dir=data_dir,
-                              download=download)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     # One record at a time: tfds.testing.mock_data's batched access is broken.
     examples = [source[i] for i in range(len(source))]
     splits[split] = (
-        np.stack([np.asarray(e['image']) for e in examples]),
-        np.asarray([e['label'] for e in examples]),
+      np.stack([np.asarray(e['image']) for e in examples]),
+      np.asarray([e['label'] for e in examples]),
     )
   builder = tfds.builder(name, data_dir=data_dir)
   num_classes = builder.info.features['label'].num_classes
   (x_train, y_train), (x_test, y_test) = splits[train_split], splits[test_split]
-  return from_arrays(name, x_train, y_train, x_test, y_test, flip=flip,
-                     num_classes=num_classes)
+  return from_arrays(name, x_train, y_train, x_test, y_test, flip=flip, num_classes=num_classes)
 
 
-def load(dataset: str, data_dir: str | None = None,
-         download: bool = True) -> Dataset:
+def load(dataset: str, data_dir: str | None = None, download: bool = True) -> Dataset:
   """A ``.npz`` path or a TFDS name."""
   if dataset.endswith('.npz') or os.path.sep in dataset:
     return load_npz(dataset)
   return load_tfds(dataset, data_dir, download)
 
 
-def class_balanced_subset(labels: np.ndarray, fraction: float,
-                          rng: np.random.Generator) -> np.ndarray:
+def class_balanced_subset(
+  labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
   """Indices of a random subset with ``fraction`` of every class (sorted)."""
   if not 0.0 < fraction <= 1.0:
     raise DataError(f'train fraction must lie in (0, 1], got {fraction}')
@@ -170,9 +165,7 @@ def class_balanced_subset(labels: np.ndarray, fraction: float,
     chosen.append(rng.choice(members, size=take, replace=False))
   indices = np.sort(np.concatenate(chosen))
   if len(indices) == 0:
-    raise DataError(
-        f'train fraction {fraction} leaves no training examples'
-    )
+    raise DataError(f'train fraction {fraction} leaves no training examples')
   return indices
 
 
@@ -186,8 +179,9 @@ def normalize(x_uint8, mean, std) -> np.ndarray:
   return ((x_uint8.astype(np.float32) / 255.0) - mean) / std
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, padding: int = 4,
-            flip: bool = True) -> np.ndarray:
+def augment(
+  x: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True
+) -> np.ndarray:
   """Random crop after zero padding, and random horizontal flip, per image."""
   n, h, w, _ = x.shape
   if padding:
@@ -203,19 +197,20 @@ def augment(x: np.ndarray, rng: np.random.Generator, padding: int = 4,
   return x
 
 
-def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
-                  rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def train_batches(
+  x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """One epoch of shuffled full batches (the remainder is dropped)."""
   order = rng.permutation(len(x))
   for start in range(0, len(order) - batch_size + 1, batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     yield x[idx], y[idx]
 
 
 def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
   """Fixed-size batches over all examples; the last one padded, with a mask."""
   for start in range(0, len(x), batch_size):
-    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
     valid = len(xb)
     if valid < batch_size:
       pad = batch_size - valid

@@ -28,8 +28,11 @@ ModuleDef = Any
 
 def _norm(train: bool, axis_name: str | None) -> ModuleDef:
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9,
-      epsilon=1e-5, axis_name=axis_name,
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    axis_name=axis_name,
   )
 
 
@@ -40,8 +43,7 @@ def depth_rates(num_layers: int, final_rate: float) -> list[float]:
 
 def _drop(rate: float, train: bool, broadcast_dims=()):
   """Inverted dropout (identity when ``rate`` is 0 or not training)."""
-  return nn.Dropout(rate, broadcast_dims=broadcast_dims,
-                    deterministic=not train or rate == 0.0)
+  return nn.Dropout(rate, broadcast_dims=broadcast_dims, deterministic=not train or rate == 0.0)
 
 
 class SmallCNN(nn.Module):
@@ -99,8 +101,7 @@ class VGG11(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-def _add_shortcut(x, y, strides: int, norm: ModuleDef, drop_rate: float,
-                  train: bool):
+def _add_shortcut(x, y, strides: int, norm: ModuleDef, drop_rate: float, train: bool):
   """``relu(shortcut(x) + y)``: identity, or a 1x1 projection when shapes differ.
 
   With ``drop_rate``, the residual branch ``y`` of an example is dropped with
@@ -129,8 +130,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate,
-                         self.train)
+    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate, self.train)
 
 
 class Bottleneck(nn.Module):
@@ -149,8 +149,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm()(y))
     y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate,
-                         self.train)
+    return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate, self.train)
 
 
 class ResNet(nn.Module):
@@ -182,17 +181,15 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
 
 MODELS = {
-    'small_cnn': SmallCNN,
-    'vgg11': VGG11,
-    'resnet18': ResNet18,
-    'resnet50': ResNet50,
+  'small_cnn': SmallCNN,
+  'vgg11': VGG11,
+  'resnet18': ResNet18,
+  'resnet50': ResNet50,
 }
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   """The model registered under ``name``; raises ValueError listing names."""
   if name not in MODELS:
-    raise ValueError(
-        f'unknown model {name!r}; choose one of {", ".join(MODELS)}'
-    )
+    raise ValueError(f'unknown model {name!r}; choose one of {", ".join(MODELS)}')
   return MODELS[name](num_classes=num_classes, **kwargs)

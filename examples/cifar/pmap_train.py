@@ -34,17 +34,16 @@ def replicate(tree, n):
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
 
 
-def train(data: input_pipeline.Dataset, num_devices: int, steps: int,
-          batch_size: int = 32, seed: int = 0):
+def train(
+  data: input_pipeline.Dataset, num_devices: int, steps: int, batch_size: int = 32, seed: int = 0
+):
   """Trains the small CNN with SBS for ``steps``; returns (losses, state)."""
   if batch_size % num_devices:
     raise ValueError(f'batch size {batch_size} is not divisible by {num_devices}')
   devices = jax.devices()[:num_devices]
   model = models.SmallCNN(num_classes=data.num_classes, axis_name='batch')
-  tx = optax_sbs.sbs(
-      optax_sbs.sigmoid_schedule(0.1, 0.001, steps), key=seed, momentum=0.3)
-  state = train_lib.create_state(model, tx, data.x_train.shape[1:],
-                                 jax.random.key(seed))
+  tx = optax_sbs.sbs(optax_sbs.sigmoid_schedule(0.1, 0.001, steps), key=seed, momentum=0.3)
+  state = train_lib.create_state(model, tx, data.x_train.shape[1:], jax.random.key(seed))
   state = replicate(state, num_devices)
   mean, std = input_pipeline.channel_stats(data.x_train)
 
@@ -54,23 +53,20 @@ def train(data: input_pipeline.Dataset, num_devices: int, steps: int,
 
     def loss_fn(params):
       logits, updates = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, x,
-          train=True, mutable=['batch_stats'])
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True, mutable=['batch_stats']
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return loss.mean(), updates
 
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, 'batch')  # average BEFORE the optimizer
-    state = state.apply_gradients(grads=grads,
-                                  batch_stats=updates['batch_stats'])
+    state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
     return state, jax.lax.pmean(loss, 'batch')
 
   rng = np.random.default_rng(seed)
   losses = []
   while len(losses) < steps:
-    for xb, yb in input_pipeline.train_batches(
-        data.x_train, data.y_train, batch_size, rng):
+    for xb, yb in input_pipeline.train_batches(data.x_train, data.y_train, batch_size, rng):
       shard = lambda a: a.reshape((num_devices, -1) + a.shape[1:])
       state, loss = train_step(state, shard(xb), shard(yb))
       losses.append(float(loss[0]))
@@ -90,10 +86,11 @@ def main():
   while args.batch_size % n:
     n -= 1
   losses, state = train(data, n, args.steps, args.batch_size)
-  same = all(
-      bool(jnp.all(leaf == leaf[0])) for leaf in jax.tree.leaves(state.params))
-  print(f'{n} device(s), {args.steps} steps: loss {losses[0]:.3f} -> '
-        f'{np.mean(losses[-10:]):.3f}; replicas identical: {same}')
+  same = all(bool(jnp.all(leaf == leaf[0])) for leaf in jax.tree.leaves(state.params))
+  print(
+    f'{n} device(s), {args.steps} steps: loss {losses[0]:.3f} -> '
+    f'{np.mean(losses[-10:]):.3f}; replicas identical: {same}'
+  )
   counts = optax_sbs.find_state(jax.tree.map(lambda x: x[0], state.opt_state))
   print(f'SBS mean batch count: {np.mean(jax.tree.leaves(counts.mean_count())):.2f}')
 

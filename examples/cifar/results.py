@@ -10,23 +10,23 @@ import numpy as np
 
 def summary_markdown(summary: dict, config) -> str:
   lines = [
-      f'Validation accuracy (%), {config.model} on {os.path.basename(config.dataset)}'
-      f' (train fraction {config.train_fraction}), {config.epochs} epochs, batch'
-      f' {config.batch_size}, {summary[next(iter(summary))]["trials"]} trials:'
-      ' mean ± std over trials of the mean over the last'
-      f' {summary[next(iter(summary))]["last_epochs"]} epoch(s) (last 10%) and of'
-      ' the maximum over epochs.'
-      + (f' SBS under momentum: {config.sbs_momentum}.' if 'sbs' in summary
-         else ''),
-      '',
-      '| optimizer | last 10% | max | per trial (last 10%) |',
-      '|---|---|---|---|',
+    f'Validation accuracy (%), {config.model} on {os.path.basename(config.dataset)}'
+    f' (train fraction {config.train_fraction}), {config.epochs} epochs, batch'
+    f' {config.batch_size}, {summary[next(iter(summary))]["trials"]} trials:'
+    ' mean ± std over trials of the mean over the last'
+    f' {summary[next(iter(summary))]["last_epochs"]} epoch(s) (last 10%) and of'
+    ' the maximum over epochs.'
+    + (f' SBS under momentum: {config.sbs_momentum}.' if 'sbs' in summary else ''),
+    '',
+    '| optimizer | last 10% | max | per trial (last 10%) |',
+    '|---|---|---|---|',
   ]
   for opt, s in summary.items():
     lines.append(
-        f'| {opt} | {s["last_mean"]:.2f} ± {s["last_std"]:.2f} | '
-        f'{s["max_mean"]:.2f} ± {s["max_std"]:.2f} | '
-        + ', '.join(f'{a:.2f}' for a in s['per_trial_last']) + ' |'
+      f'| {opt} | {s["last_mean"]:.2f} ± {s["last_std"]:.2f} | '
+      f'{s["max_mean"]:.2f} ± {s["max_std"]:.2f} | '
+      + ', '.join(f'{a:.2f}' for a in s['per_trial_last'])
+      + ' |'
     )
   if 'sgd' in summary and len(summary) > 1:
     base = np.asarray(summary['sgd']['per_trial_last'])
@@ -35,23 +35,35 @@ def summary_markdown(summary: dict, config) -> str:
         continue
       diff = np.asarray(s['per_trial_last']) - base
       wins = int(np.sum(diff > 0))
-      lines += ['', f'{opt} − sgd (paired by trial): {diff.mean():+.2f} points;'
-                f' {opt} better in {wins} of {len(diff)} trials.']
+      lines += [
+        '',
+        f'{opt} − sgd (paired by trial): {diff.mean():+.2f} points;'
+        f' {opt} better in {wins} of {len(diff)} trials.',
+      ]
   return '\n'.join(lines) + '\n'
 
 
 def plot_curves(rows: list[dict], path: str) -> None:
   """Validation accuracy vs epoch per optimizer (mean over trials ± std)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for opt in dict.fromkeys(r['optimizer'] for r in rows):
     trials = sorted({r['trial'] for r in rows if r['optimizer'] == opt})
-    curves = np.array([[r['val_accuracy'] for r in sorted(
-        (r for r in rows if r['optimizer'] == opt and r['trial'] == t),
-        key=lambda r: r['epoch'])] for t in trials])
+    curves = np.array(
+      [
+        [
+          r['val_accuracy']
+          for r in sorted(
+            (r for r in rows if r['optimizer'] == opt and r['trial'] == t), key=lambda r: r['epoch']
+          )
+        ]
+        for t in trials
+      ]
+    )
     epochs = np.arange(1, curves.shape[1] + 1)
     mean, std = curves.mean(0), curves.std(0)
     ax.plot(epochs, mean, label=f'{opt} ({len(trials)} trials)')
@@ -68,8 +80,10 @@ def plot_curves(rows: list[dict], path: str) -> None:
 def write(workdir: str, config, rows: list[dict], summary: dict) -> dict:
   """Writes config.json, history.json, history.csv, summary.md, curves.png."""
   os.makedirs(workdir, exist_ok=True)
-  paths = {name: os.path.join(workdir, name) for name in (
-      'config.json', 'history.json', 'history.csv', 'summary.md', 'curves.png')}
+  paths = {
+    name: os.path.join(workdir, name)
+    for name in ('config.json', 'history.json', 'history.csv', 'summary.md', 'curves.png')
+  }
   with open(paths['config.json'], 'w') as f:
     json.dump(dataclasses.asdict(config), f, indent=2)
   with open(paths['history.json'], 'w') as f:

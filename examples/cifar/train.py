@@ -51,49 +51,41 @@ def validate(config: Config, num_devices: int) -> None:
   unknown = [o for o in config.optimizers if o not in OPTIMIZERS]
   if unknown or not config.optimizers:
     raise ConfigError(
-        f'unknown optimizer {", ".join(unknown) or "(none)"}; choose from '
-        f'{", ".join(OPTIMIZERS)}'
+      f'unknown optimizer {", ".join(unknown) or "(none)"}; choose from {", ".join(OPTIMIZERS)}'
     )
   if config.model not in models.MODELS:
-    raise ConfigError(
-        f'unknown model {config.model!r}; choose one of {", ".join(models.MODELS)}'
-    )
+    raise ConfigError(f'unknown model {config.model!r}; choose one of {", ".join(models.MODELS)}')
   if not 0.0 < config.train_fraction <= 1.0:
-    raise ConfigError(
-        f'train fraction must lie in (0, 1], got {config.train_fraction}'
-    )
+    raise ConfigError(f'train fraction must lie in (0, 1], got {config.train_fraction}')
   for name in ('epochs', 'batch_size', 'trials', 'eval_batch_size'):
     if getattr(config, name) < 1:
       raise ConfigError(f'{name} must be at least 1, got {getattr(config, name)}')
   if config.batch_size % jax.process_count():
     raise ConfigError(
-        f'batch size {config.batch_size} is not divisible by the '
-        f'{jax.process_count()} processes'
+      f'batch size {config.batch_size} is not divisible by the {jax.process_count()} processes'
     )
   if config.batch_size % num_devices:
     raise ConfigError(
-        f'batch size {config.batch_size} is not divisible by the '
-        f'{num_devices} devices'
+      f'batch size {config.batch_size} is not divisible by the {num_devices} devices'
     )
   if config.sbs_momentum not in SBS_MOMENTUM:
     raise ConfigError(
-        f'sbs_momentum must be one of {", ".join(SBS_MOMENTUM)}, got '
-        f'{config.sbs_momentum!r}')
+      f'sbs_momentum must be one of {", ".join(SBS_MOMENTUM)}, got {config.sbs_momentum!r}'
+    )
   if config.group not in ('type', 'single'):
     raise ConfigError(f"group must be 'type' or 'single', got {config.group!r}")
   for name in ('dropout_rate', 'depth_dropout'):
     if not 0.0 <= getattr(config, name) < 1.0:
-      raise ConfigError(
-          f'{name} must lie in [0, 1), got {getattr(config, name)}')
+      raise ConfigError(f'{name} must lie in [0, 1), got {getattr(config, name)}')
   if not config.esgd_gamma > 0:
     raise ConfigError(f'esgd_gamma must be positive, got {config.esgd_gamma}')
   if config.esgd_inner_steps < 1:
-    raise ConfigError(
-        f'esgd_inner_steps must be at least 1, got {config.esgd_inner_steps}')
+    raise ConfigError(f'esgd_inner_steps must be at least 1, got {config.esgd_inner_steps}')
   if config.asgd_kappa < 1 or not 0 < config.asgd_xi <= config.asgd_kappa**0.5:
     raise ConfigError(
-        f'asgd needs kappa >= 1 and 0 < xi <= sqrt(kappa), got kappa '
-        f'{config.asgd_kappa}, xi {config.asgd_xi}')
+      f'asgd needs kappa >= 1 and 0 < xi <= sqrt(kappa), got kappa '
+      f'{config.asgd_kappa}, xi {config.asgd_xi}'
+    )
 
 
 def create_method_model(config: Config, method: str, num_classes: int):
@@ -109,19 +101,20 @@ def create_method_model(config: Config, method: str, num_classes: int):
 def learning_rate_schedule(config: Config, total_steps: int):
   """The paper's sigmoid annealing from ``learning_rate`` to ``end_learning_rate``."""
   return optax_sbs.sigmoid_schedule(
-      config.learning_rate, config.end_learning_rate, max(total_steps, 1))
+    config.learning_rate, config.end_learning_rate, max(total_steps, 1)
+  )
 
 
-def build_optimizer(config: Config, optimizer: str, total_steps: int,
-                    key: jax.Array) -> optax.GradientTransformation:
+def build_optimizer(
+  config: Config, optimizer: str, total_steps: int, key: jax.Array
+) -> optax.GradientTransformation:
   """The method's optimizer: sigmoid learning rate, optional L2 weight decay.
 
   SBS wraps SGD (``config.sbs_momentum == 'frozen'``, Algorithm 2) or is
   chained before it (``'chain'``); the two differ only under momentum.
   """
   lr = learning_rate_schedule(config, total_steps)
-  momentum = (default_momentum(config.batch_size) if config.momentum is None
-              else config.momentum)
+  momentum = default_momentum(config.batch_size) if config.momentum is None else config.momentum
   parts = []
   if config.weight_decay:
     # Coupled L2: the decay term is part of the gradient SBS accumulates.
@@ -129,31 +122,39 @@ def build_optimizer(config: Config, optimizer: str, total_steps: int,
   sgd = optax.sgd(lr, momentum=momentum or None)
   if optimizer == 'sbs':
     sbs_options = dict(
-        alpha=config.alpha, lam=config.lam, probability=config.probability,
-        scale_by_count=config.scale_by_count, magnitude=config.magnitude,
-        group_fn=(optax_sbs.single_group if config.group == 'single'
-                  else optax_sbs.parameter_type),
-        count_dtype=config.count_dtype)
+      alpha=config.alpha,
+      lam=config.lam,
+      probability=config.probability,
+      scale_by_count=config.scale_by_count,
+      magnitude=config.magnitude,
+      group_fn=(optax_sbs.single_group if config.group == 'single' else optax_sbs.parameter_type),
+      count_dtype=config.count_dtype,
+    )
     if config.sbs_momentum == 'frozen':
       # Algorithm 2: a waiting element keeps its value and momentum trace.
-      parts.append(optax_sbs.with_stochastic_batch_size(
-          sgd, key, **sbs_options))
+      parts.append(optax_sbs.with_stochastic_batch_size(sgd, key, **sbs_options))
     else:
       # SBS then SGD: the trace keeps moving the waiting elements.
       parts += [optax_sbs.stochastic_batch_size(key, **sbs_options), sgd]
     return optax.chain(*parts)
   if optimizer == 'esgd':
-    parts.append(optax_sbs.baselines.scale_by_entropy_sgd(
-        key, num_inner_steps=config.esgd_inner_steps,
+    parts.append(
+      optax_sbs.baselines.scale_by_entropy_sgd(
+        key,
+        num_inner_steps=config.esgd_inner_steps,
         inner_learning_rate=config.esgd_inner_learning_rate,
-        gamma=config.esgd_gamma, noise=config.esgd_noise,
+        gamma=config.esgd_gamma,
+        noise=config.esgd_noise,
         # The authors' x - mu, not Algorithm 1's gamma (x - mu): at SGD's
         # rate, gamma = 0.03 made every outer step 33x shorter (25% test
         # accuracy where SGD reached 46%).
-        outer_step='authors'))
+        outer_step='authors',
+      )
+    )
   if optimizer == 'asgd':
-    parts.append(optax_sbs.baselines.accelerated_sgd(
-        lr, kappa=config.asgd_kappa, xi=config.asgd_xi))
+    parts.append(
+      optax_sbs.baselines.accelerated_sgd(lr, kappa=config.asgd_kappa, xi=config.asgd_xi)
+    )
   else:
     parts.append(sgd)
   return optax.chain(*parts)
@@ -174,22 +175,26 @@ def train_step(state: TrainState, images, labels, mean, std):
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, x,
-        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key},
+      {'params': params, 'batch_stats': state.batch_stats},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': dropout_key},
     )
     return cross_entropy(logits, labels).mean(), (logits, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   # value_fn: the loss on this batch, for optimisers that evaluate it
   # elsewhere (Entropy-SGD's inner steps); the others ignore it.
   opt_updates, opt_state = state.tx.update(
-      grads, state.opt_state, state.params,
-      value_fn=lambda p: loss_fn(p)[0])
+    grads, state.opt_state, state.params, value_fn=lambda p: loss_fn(p)[0]
+  )
   state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, opt_updates),
-      opt_state=opt_state, batch_stats=updates['batch_stats'])
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, opt_updates),
+    opt_state=opt_state,
+    batch_stats=updates['batch_stats'],
+  )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, {'loss': loss, 'accuracy': accuracy}
 
@@ -197,8 +202,9 @@ def train_step(state: TrainState, images, labels, mean, std):
 def eval_step(state: TrainState, images, labels, mask, mean, std):
   """Summed loss and number correct over the unmasked examples."""
   logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats},
-      _inputs(images, mean, std), train=False,
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    _inputs(images, mean, std),
+    train=False,
   )
   loss = jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0))
   correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False))
@@ -217,28 +223,35 @@ def make_steps(mesh: Mesh, vectorized: bool = False):
   # Output shardings are left to propagation: the state stays replicated.
   # (Pinning out_shardings made the step 5x slower on XLA:CPU here.)
   if not vectorized:
-    train = jax.jit(train_step, donate_argnums=0, in_shardings=(
-        replicated, batch, batch, replicated, replicated))
-    evaluate = jax.jit(eval_step, in_shardings=(
-        replicated, batch, batch, batch, replicated, replicated))
+    train = jax.jit(
+      train_step, donate_argnums=0, in_shardings=(replicated, batch, batch, replicated, replicated)
+    )
+    evaluate = jax.jit(
+      eval_step, in_shardings=(replicated, batch, batch, batch, replicated, replicated)
+    )
     return train, evaluate
   trial_batch = NamedSharding(mesh, P(None, 'data'))
-  train = jax.jit(jax.vmap(train_step), donate_argnums=0, in_shardings=(
-      replicated, trial_batch, trial_batch, replicated, replicated))
+  train = jax.jit(
+    jax.vmap(train_step),
+    donate_argnums=0,
+    in_shardings=(replicated, trial_batch, trial_batch, replicated, replicated),
+  )
   evaluate = jax.jit(
-      jax.vmap(eval_step, in_axes=(0, None, None, None, 0, 0)),
-      in_shardings=(replicated, batch, batch, batch, replicated, replicated))
+    jax.vmap(eval_step, in_axes=(0, None, None, None, 0, 0)),
+    in_shardings=(replicated, batch, batch, batch, replicated, replicated),
+  )
   return train, evaluate
 
 
 def create_state(model, tx, image_shape, key) -> TrainState:
   init_key, dropout_key = jax.random.split(key)
-  variables = model.init(init_key, jnp.zeros((1,) + image_shape, jnp.float32),
-                         train=False)
+  variables = model.init(init_key, jnp.zeros((1,) + image_shape, jnp.float32), train=False)
   state = TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
-      batch_stats=variables.get('batch_stats', flax.core.FrozenDict()),
-      dropout_key=dropout_key,
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=tx,
+    batch_stats=variables.get('batch_stats', flax.core.FrozenDict()),
+    dropout_key=dropout_key,
   )
   # A strongly typed step: the weakly typed 0 would recompile on step 2.
   return state.replace(step=jnp.zeros((), jnp.int32))
@@ -252,8 +265,7 @@ def replicate(tree, mesh: Mesh):
 
   def put(x):
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
   return jax.tree.map(put, tree)
@@ -270,8 +282,9 @@ def to_global(mesh: Mesh, *arrays: np.ndarray):
   out = []
   for a in arrays:
     per = len(a) // n
-    out.append(jax.make_array_from_process_local_data(
-        sharding, a[i * per:(i + 1) * per], a.shape))
+    out.append(
+      jax.make_array_from_process_local_data(sharding, a[i * per : (i + 1) * per], a.shape)
+    )
   return out
 
 
@@ -300,23 +313,30 @@ class TrialSetup:
   rng: np.random.Generator  # data order and augmentation
 
 
-def setup_trial(config: Config, data: input_pipeline.Dataset,
-                trial: int) -> TrialSetup:
+def setup_trial(config: Config, data: input_pipeline.Dataset, trial: int) -> TrialSetup:
   seed = config.seed + trial
   idx = input_pipeline.class_balanced_subset(
-      data.y_train, config.train_fraction, np.random.default_rng([seed, 0]))
+    data.y_train, config.train_fraction, np.random.default_rng([seed, 0])
+  )
   x_train, y_train = data.x_train[idx], data.y_train[idx]
   if len(x_train) < config.batch_size:
     raise ConfigError(
-        f'the training set has {len(x_train)} examples, fewer than one batch '
-        f'of {config.batch_size}'
+      f'the training set has {len(x_train)} examples, fewer than one batch of {config.batch_size}'
     )
   mean, std = input_pipeline.channel_stats(x_train)
   steps_per_epoch = len(x_train) // config.batch_size
   model_key, sbs_key = jax.random.split(jax.random.key(seed))
-  return TrialSetup(x_train, y_train, mean, std, steps_per_epoch,
-                    steps_per_epoch * config.epochs, model_key, sbs_key,
-                    np.random.default_rng([seed, 1]))
+  return TrialSetup(
+    x_train,
+    y_train,
+    mean,
+    std,
+    steps_per_epoch,
+    steps_per_epoch * config.epochs,
+    model_key,
+    sbs_key,
+    np.random.default_rng([seed, 1]),
+  )
 
 
 def _eval_batch_size(config: Config, mesh: Mesh) -> int:
@@ -324,17 +344,32 @@ def _eval_batch_size(config: Config, mesh: Mesh) -> int:
   return -(-config.eval_batch_size // mesh.size) * mesh.size
 
 
-def epoch_row(config: Config, optimizer: str, trial: int, epoch: int,
-              steps_per_epoch: int, train_loss, train_acc, val_loss, val_acc,
-              images_per_sec: float, opt_state) -> dict:
+def epoch_row(
+  config: Config,
+  optimizer: str,
+  trial: int,
+  epoch: int,
+  steps_per_epoch: int,
+  train_loss,
+  train_acc,
+  val_loss,
+  val_acc,
+  images_per_sec: float,
+  opt_state,
+) -> dict:
   """The logged row of one epoch of one trial."""
   row = dict(
-      optimizer=optimizer, trial=trial, epoch=epoch,
-      train_loss=float(train_loss), train_accuracy=float(train_acc),
-      val_loss=float(val_loss), val_accuracy=float(val_acc),
-      images_per_sec=images_per_sec,
-      learning_rate=float(learning_rate_schedule(
-          config, steps_per_epoch * config.epochs)(epoch * steps_per_epoch)),
+    optimizer=optimizer,
+    trial=trial,
+    epoch=epoch,
+    train_loss=float(train_loss),
+    train_accuracy=float(train_acc),
+    val_loss=float(val_loss),
+    val_accuracy=float(val_acc),
+    images_per_sec=images_per_sec,
+    learning_rate=float(
+      learning_rate_schedule(config, steps_per_epoch * config.epochs)(epoch * steps_per_epoch)
+    ),
   )
   if optimizer == 'sbs':
     row.update(sbs_statistics(opt_state))
@@ -358,16 +393,20 @@ def sbs_statistics(opt_state) -> dict[str, float]:
   """Mean over leaves of SBS's per-leaf update fraction and mean count."""
   sbs_state = optax_sbs.find_state(opt_state)
   return dict(
-      sbs_update_fraction=float(np.mean(jax.tree.leaves(
-          sbs_state.update_fraction()))),
-      sbs_mean_count=float(np.mean(jax.tree.leaves(sbs_state.mean_count()))),
+    sbs_update_fraction=float(np.mean(jax.tree.leaves(sbs_state.update_fraction()))),
+    sbs_mean_count=float(np.mean(jax.tree.leaves(sbs_state.mean_count()))),
   )
 
 
-def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
-              trial: int, mesh: Mesh, progress: Callable | None = None,
-              checkpointer: checkpointing.RunCheckpointer | None = None
-              ) -> list[dict]:
+def run_trial(
+  config: Config,
+  optimizer: str,
+  data: input_pipeline.Dataset,
+  trial: int,
+  mesh: Mesh,
+  progress: Callable | None = None,
+  checkpointer: checkpointing.RunCheckpointer | None = None,
+) -> list[dict]:
   """Trains ``optimizer`` for one trial; returns one row per epoch.
 
   With a ``checkpointer``, the run starts from its latest checkpoint (if
@@ -396,8 +435,7 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   for epoch in range(len(rows) + 1, config.epochs + 1):
     start = time.perf_counter()
     losses, accs = [], []
-    for xb, yb in input_pipeline.train_batches(t.x_train, t.y_train,
-                                               config.batch_size, rng):
+    for xb, yb in input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, rng):
       if config.augment:
         xb = input_pipeline.augment(xb, rng, flip=data.flip)
       state, metrics = train(state, *to_global(mesh, xb, yb), mean, std)
@@ -407,12 +445,21 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
     train_acc = 100.0 * float(np.mean(jax.device_get(accs)))
     seconds = time.perf_counter() - start
     val_loss, val_acc = evaluate_dataset(
-        evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
-        mean, std)
+      evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
+    )
     row = epoch_row(
-        config, optimizer, trial, epoch, steps_per_epoch, train_loss,
-        train_acc, val_loss, val_acc,
-        steps_per_epoch * config.batch_size / seconds, state.opt_state)
+      config,
+      optimizer,
+      trial,
+      epoch,
+      steps_per_epoch,
+      train_loss,
+      train_acc,
+      val_loss,
+      val_acc,
+      steps_per_epoch * config.batch_size / seconds,
+      state.opt_state,
+    )
     if epoch == config.epochs:
       row['params_sha256'] = params_digest(state.params)
     rows.append(row)
@@ -423,21 +470,23 @@ def run_trial(config: Config, optimizer: str, data: input_pipeline.Dataset,
   return rows
 
 
-_KEYED_STATES = (optax_sbs.StochasticBatchSizeState,
-                 optax_sbs.baselines.ScaleByEntropySGDState)
+_KEYED_STATES = (optax_sbs.StochasticBatchSizeState, optax_sbs.baselines.ScaleByEntropySGDState)
 
 
 def _with_optimizer_key(opt_state, key):
   """The optimizer state with its PRNG key (SBS masks, Entropy-SGD noise)
   replaced; a no-op for optimisers without one."""
   keyed = lambda x: isinstance(x, _KEYED_STATES)
-  return jax.tree.map(lambda n: n._replace(key=key) if keyed(n) else n,
-                      opt_state, is_leaf=keyed)
+  return jax.tree.map(lambda n: n._replace(key=key) if keyed(n) else n, opt_state, is_leaf=keyed)
 
 
-def run_trials_vectorized(config: Config, optimizer: str,
-                          data: input_pipeline.Dataset, mesh: Mesh,
-                          progress: Callable | None = None) -> list[dict]:
+def run_trials_vectorized(
+  config: Config,
+  optimizer: str,
+  data: input_pipeline.Dataset,
+  mesh: Mesh,
+  progress: Callable | None = None,
+) -> list[dict]:
   """All trials of ``optimizer`` at once: one program vmapped over trials.
 
   Each trial keeps its own subset, statistics, data order, augmentation,
@@ -455,22 +504,24 @@ def run_trials_vectorized(config: Config, optimizer: str,
   model = create_method_model(config, optimizer, data.num_classes)
   # One optimizer for all trials; each trial's SBS key goes into its state.
   tx = build_optimizer(config, optimizer, first.total_steps, first.sbs_key)
-  states = [create_state(model, tx, first.x_train.shape[1:], t.model_key)
-            for t in setups]
-  states = [s.replace(opt_state=_with_optimizer_key(s.opt_state, t.sbs_key))
-            for s, t in zip(states, setups)]
+  states = [create_state(model, tx, first.x_train.shape[1:], t.model_key) for t in setups]
+  states = [
+    s.replace(opt_state=_with_optimizer_key(s.opt_state, t.sbs_key)) for s, t in zip(states, setups)
+  ]
   stack = lambda *xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)
   state = replicate(stack(*states), mesh)
-  mean, std = replicate((np.stack([t.mean for t in setups]),
-                         np.stack([t.std for t in setups])), mesh)
+  mean, std = replicate(
+    (np.stack([t.mean for t in setups]), np.stack([t.std for t in setups])), mesh
+  )
   train, evaluate = make_steps(mesh, vectorized=True)
   eval_batch_size = _eval_batch_size(config, mesh)
   rows = []
   for epoch in range(1, config.epochs + 1):
     start = time.perf_counter()
     losses, accs = [], []
-    epoch_batches = [input_pipeline.train_batches(
-        t.x_train, t.y_train, config.batch_size, t.rng) for t in setups]
+    epoch_batches = [
+      input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, t.rng) for t in setups
+    ]
     for batches in zip(*epoch_batches):
       xs, ys = [], []
       for (xb, yb), t in zip(batches, setups):
@@ -485,16 +536,25 @@ def run_trials_vectorized(config: Config, optimizer: str,
     train_acc = 100.0 * np.mean(jax.device_get(accs), axis=0)
     seconds = time.perf_counter() - start
     val_loss, val_acc = evaluate_dataset(
-        evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh,
-        mean, std)
-    images_per_sec = (config.trials * first.steps_per_epoch
-                      * config.batch_size / seconds)
+      evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
+    )
+    images_per_sec = config.trials * first.steps_per_epoch * config.batch_size / seconds
     for trial in range(config.trials):
-      rows.append(epoch_row(
-          config, optimizer, trial, epoch, first.steps_per_epoch,
-          train_loss[trial], train_acc[trial], val_loss[trial], val_acc[trial],
+      rows.append(
+        epoch_row(
+          config,
+          optimizer,
+          trial,
+          epoch,
+          first.steps_per_epoch,
+          train_loss[trial],
+          train_acc[trial],
+          val_loss[trial],
+          val_acc[trial],
           images_per_sec,
-          jax.tree.map(lambda x, i=trial: x[i], state.opt_state)))
+          jax.tree.map(lambda x, i=trial: x[i], state.opt_state),
+        )
+      )
     if progress is not None:
       progress(rows[-1])
   return rows
@@ -508,30 +568,41 @@ def summarize(rows: list[dict], epochs: int) -> dict[str, dict]:
   for opt in dict.fromkeys(r['optimizer'] for r in rows):
     per_trial_last, per_trial_max = [], []
     for trial in sorted({r['trial'] for r in rows if r['optimizer'] == opt}):
-      accs = [r['val_accuracy'] for r in sorted(
+      accs = [
+        r['val_accuracy']
+        for r in sorted(
           (r for r in rows if r['optimizer'] == opt and r['trial'] == trial),
-          key=lambda r: r['epoch'])]
+          key=lambda r: r['epoch'],
+        )
+      ]
       per_trial_last.append(float(np.mean(accs[-last:])))
       per_trial_max.append(float(np.max(accs)))
     summary[opt] = dict(
-        trials=len(per_trial_last), last_epochs=last,
-        last_mean=float(np.mean(per_trial_last)),
-        last_std=float(np.std(per_trial_last, ddof=1)) if len(per_trial_last) > 1 else 0.0,
-        max_mean=float(np.mean(per_trial_max)),
-        max_std=float(np.std(per_trial_max, ddof=1)) if len(per_trial_max) > 1 else 0.0,
-        per_trial_last=per_trial_last,
+      trials=len(per_trial_last),
+      last_epochs=last,
+      last_mean=float(np.mean(per_trial_last)),
+      last_std=float(np.std(per_trial_last, ddof=1)) if len(per_trial_last) > 1 else 0.0,
+      max_mean=float(np.mean(per_trial_max)),
+      max_std=float(np.std(per_trial_max, ddof=1)) if len(per_trial_max) > 1 else 0.0,
+      per_trial_last=per_trial_last,
     )
   return summary
 
 
 def mesh_over_local_devices(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
-  return Mesh(np.array(devices[:num_devices or len(devices)]), ('data',))
+  return Mesh(np.array(devices[: num_devices or len(devices)]), ('data',))
 
 
-def run(config: Config, data: input_pipeline.Dataset, progress_factory=None,
-        mesh: Mesh | None = None, checkpoint: bool = False,
-        resume: bool = False, vectorized: bool = False) -> list[dict]:
+def run(
+  config: Config,
+  data: input_pipeline.Dataset,
+  progress_factory=None,
+  mesh: Mesh | None = None,
+  checkpoint: bool = False,
+  resume: bool = False,
+  vectorized: bool = False,
+) -> list[dict]:
   """All optimizers x trials, trial-major so paired runs sit together.
 
   Args:
@@ -566,8 +637,9 @@ def run(config: Config, data: input_pipeline.Dataset, progress_factory=None,
   for trial in range(config.trials):
     for opt in config.optimizers:
       progress = progress_factory(opt, trial) if progress_factory else None
-      checkpointer = (checkpointing.RunCheckpointer(config.workdir, opt, trial)
-                      if checkpoint or resume else None)
+      checkpointer = (
+        checkpointing.RunCheckpointer(config.workdir, opt, trial) if checkpoint or resume else None
+      )
       try:
         rows += run_trial(config, opt, data, trial, mesh, progress, checkpointer)
       finally:

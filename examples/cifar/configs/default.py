@@ -4,8 +4,9 @@ import dataclasses
 import os
 
 EMBEDDED_SAMPLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'data', 'cifar10_sample.npz',
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  'data',
+  'cifar10_sample.npz',
 )
 
 # The paper's batch size -> momentum pairing (§5.1, Table 2).
