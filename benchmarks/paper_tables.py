@@ -13,17 +13,23 @@ augmentation and initialisation, so differences between cells are paired.
   Table 4: SGD, SBS and the combined reading at several training fractions
            and batch sizes.
   Table 5: SGD, Dropout, adaptive Dropout, Entropy-SGD, Accelerated SGD, SBS.
+  Table m: SBS under momentum, Algorithm 2 ('frozen': the wrapper) against
+           SBS chained before SGD ('chain'), at batch 32 and 128.
 
 Per cell: the mean over the last 10% of epochs and the maximum over epochs
 of the test accuracy, each as mean ± std over trials; for every cell against
 its SGD cell, the paired difference with a 95% t confidence interval.
 
-  python benchmarks/paper_tables.py                   # CPU scale, ~2 h on 2 cores
-  python benchmarks/paper_tables.py --scale paper --dataset cifar10   # accelerator
+  python benchmarks/paper_tables.py --dataset ../shared/data/cifar10.npz  # CPU scale
+  python benchmarks/paper_tables.py --dataset ../shared/data/cifar10.npz --tables m \
+      --out benchmarks/results/momentum_semantics_cpu.md
+  python benchmarks/paper_tables.py --scale paper   # TFDS cifar10, on an accelerator
   python benchmarks/paper_tables.py --scale paper --dataset svhn_cropped --model vgg11
 
-Every finished trial is cached as JSON in --workdir; a rerun picks up where
-it stopped. Writes ``benchmarks/results/paper_tables_<scale>.md`` and
+Every finished trial is cached as JSON in --workdir (by default
+``benchmarks/results/trials/paper_tables_<scale>/``, committed, so a later
+checkout resumes); a rerun picks up where it stopped, and two processes can
+share a table (each trial is claimed by a lock file). Writes ``benchmarks/results/paper_tables_<scale>.md`` and
 ``paper_tables_<scale>_curves.png``.
 """
 
@@ -49,8 +55,6 @@ import optax_sbs
 from configs.default import Config
 import input_pipeline
 import train as train_lib
-
-SHARED_CIFAR = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10.npz')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,14 +345,21 @@ def sbs_statistics(rows: list[dict]) -> str:
   return f'{np.mean(fractions):.3f} / {np.mean(counts):.2f}'
 
 
+def mean_std(values: np.ndarray) -> str:
+  """``mean ± std`` over trials; the mean alone for one trial."""
+  if len(values) < 2:
+    return f'{np.mean(values):.2f}'
+  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, int]:
   """Mean of a - b, its 95% t confidence interval, and how often a > b."""
   d = a - b
-  mean = float(d.mean())
+  mean, wins = float(d.mean()), int(np.sum(d > 0))
   if len(d) < 2:
-    return mean, float('nan'), float('nan'), int(np.sum(d > 0))
-  half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-  return mean, mean - half, mean + half, int(np.sum(d > 0))
+    return mean, float('nan'), float('nan'), wins
+  interval = stats.ttest_rel(a, b).confidence_interval(0.95)
+  return mean, float(interval.low), float(interval.high), wins
 
 
 def best_rates(todo: list[Cell], results: dict, base: Config, epochs: int) -> list[str]:
@@ -432,7 +443,7 @@ def plot(panels: dict[str, dict[str, tuple[np.ndarray, tuple | None]]], path: st
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-  styles = ('-', '--', ':', '-.')
+  styles = ('-', '--', ':', '-.', (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
   for ax, (title, lines) in zip(axes[0], panels.items()):
     seen = {}  # group -> lines of it drawn so far
     for label, (curve, group) in lines.items():
@@ -464,7 +475,10 @@ def main(argv=None):
     'momentum, frozen vs chain',
   )
   parser.add_argument(
-    '--dataset', default=SHARED_CIFAR, help='a .npz path or a TFDS name (cifar10)'
+    '--dataset',
+    default='cifar10',
+    help='a TFDS name (cifar10, downloaded and prepared by TFDS) or a .npz path '
+    '(e.g. ../shared/data/cifar10.npz, what the committed CPU tables used)',
   )
   parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
   parser.add_argument(
@@ -498,7 +512,10 @@ def main(argv=None):
   )
   command = 'python benchmarks/paper_tables.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
 
-  data = input_pipeline.load(args.dataset, args.data_dir)
+  try:
+    data = input_pipeline.load(args.dataset, args.data_dir)
+  except input_pipeline.DataError as e:
+    parser.exit(2, f'error: {e}\n')
   subset = bool(scale.test_examples) and scale.test_examples < len(data.y_test)
   if subset:
     data = balanced_test_subset(data, scale.test_examples)
@@ -617,8 +634,7 @@ def main(argv=None):
         mean, lo, hi, wins = paired_difference(last, base_last)
         versus = f'{mean:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(last)}'
       lines.append(
-        f'| {cell.label} | {last.mean():.2f} ± {last.std(ddof=1) if len(last) > 1 else 0:.2f} | '
-        f'{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | {versus} | '
+        f'| {cell.label} | {mean_std(last)} | {mean_std(best)} | {versus} | '
         f'{final_train_loss(rows).mean():.3f} | {sbs_statistics(rows)} |'
       )
       if table in ('4', '5', 'm'):

@@ -16,3 +16,44 @@ import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
 # The Flax example is a folder of modules a user can fork (Flax's layout):
 # its tests import them the way main.py does.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples', 'cifar'))
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The training program's options for runs of a few seconds on tiny data.
+_TINY = dict(
+  model='small_cnn',
+  epochs=3,
+  batch_size=16,
+  trials=1,
+  eval_batch_size=8,
+  augment=False,
+  learning_rate=0.05,
+)
+
+
+def _tiny_dataset(n_train=96, n_test=40, hw=8):
+  """Four learnable classes (the class sets the mean colour) of 8x8 images."""
+  import input_pipeline  # noqa: PLC0415  (the example folder, on sys.path)
+
+  rng = np.random.default_rng(0)
+  y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
+
+  def images(y):
+    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
+    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
+
+  return input_pipeline.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
+
+
+@pytest.fixture
+def tiny():
+  """Keyword options of the training program's Config for tiny runs."""
+  return dict(_TINY)
+
+
+@pytest.fixture(scope='session')
+def tiny_data():
+  """A tiny in-memory dataset (96 train / 40 test images, 4 classes)."""
+  return _tiny_dataset()

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from configs.default import Config
-import input_pipeline as ip
 import main as cli
 import models
 import results
@@ -77,35 +76,12 @@ def test_summarize_last_ten_percent_and_max():
   assert s['max_mean'] == 76.0
 
 
-def tiny_dataset(n_train=96, n_test=40, hw=8):
-  rng = np.random.default_rng(0)
-  y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
-
-  # Learnable: the class sets the mean colour.
-  def images(y):
-    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
-    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
-
-  return ip.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
-
-
-TINY = dict(
-  model='small_cnn',
-  epochs=3,
-  batch_size=16,
-  trials=1,
-  eval_batch_size=8,
-  augment=False,
-  learning_rate=0.05,
-)
-
-
-def test_single_vs_eight_devices_same_result():
+def test_single_vs_eight_devices_same_result(tiny, tiny_data):
   """Batch sharded over 8 devices (BatchNorm over the global batch) == 1."""
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
-  data = tiny_dataset()
-  config = Config(**TINY, optimizers=('sgd', 'sbs'))
+  data = tiny_data
+  config = Config(**tiny, optimizers=('sgd', 'sbs'))
   one = train.run(config, data, mesh=train.mesh_over_local_devices(1))
   eight = train.run(config, data, mesh=train.mesh_over_local_devices(8))
   assert len(one) == len(eight) == 6
@@ -114,21 +90,21 @@ def test_single_vs_eight_devices_same_result():
       np.testing.assert_allclose(a[key], b[key], rtol=2e-3, atol=1e-3, err_msg=key)
 
 
-def test_training_learns_and_sbs_probability_one_equals_sgd():
-  data = tiny_dataset()
+def test_training_learns_and_sbs_probability_one_equals_sgd(tiny, tiny_data):
+  data = tiny_data
   mesh = train.mesh_over_local_devices(1)
-  sgd = train.run(Config(**TINY, optimizers=('sgd',)), data, mesh=mesh)
+  sgd = train.run(Config(**tiny, optimizers=('sgd',)), data, mesh=mesh)
   assert sgd[-1]['val_accuracy'] > 60  # chance is 25%
   assert sgd[-1]['train_loss'] < sgd[0]['train_loss']
-  p1 = train.run(Config(**TINY, optimizers=('sbs',), probability=1.0), data, mesh=mesh)
+  p1 = train.run(Config(**tiny, optimizers=('sbs',), probability=1.0), data, mesh=mesh)
   for a, b in zip(sgd, p1):
     np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
     assert b['sbs_update_fraction'] == 1.0 and b['sbs_mean_count'] == 1.0
 
 
-def test_trials_differ_and_optimizers_are_paired():
-  data = tiny_dataset()
-  config = Config(**dict(TINY, epochs=1, trials=2), optimizers=('sgd', 'sbs'), probability=1.0)
+def test_trials_differ_and_optimizers_are_paired(tiny, tiny_data):
+  data = tiny_data
+  config = Config(**dict(tiny, epochs=1, trials=2), optimizers=('sgd', 'sbs'), probability=1.0)
   rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
   by = {(r['optimizer'], r['trial']): r for r in rows}
   # p = 1 SBS is SGD: same trial seed -> same run; other seed -> other run.
@@ -136,10 +112,10 @@ def test_trials_differ_and_optimizers_are_paired():
   assert by['sgd', 0]['train_loss'] != by['sgd', 1]['train_loss']
 
 
-def test_results_files(tmp_path):
-  data = tiny_dataset()
+def test_results_files(tmp_path, tiny, tiny_data):
+  data = tiny_data
   config = Config(
-    **dict(TINY, epochs=2, trials=2), optimizers=('sgd', 'sbs'), workdir=str(tmp_path)
+    **dict(tiny, epochs=2, trials=2), optimizers=('sgd', 'sbs'), workdir=str(tmp_path)
   )
   rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
   summary = train.summarize(rows, config.epochs)
@@ -182,9 +158,9 @@ def test_cli_npz_without_arrays(tmp_path, capsys):
 
 
 @pytest.mark.slow  # kept out of the default run for time; run with -m slow
-def test_cli_end_to_end_subprocess(tmp_path):
+def test_cli_end_to_end_subprocess(tmp_path, tiny_data):
   """The entry point as a user runs it, on a tiny .npz, 1 device."""
-  data = tiny_dataset()
+  data = tiny_data
   path = tmp_path / 'tiny.npz'
   np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
   env = dict(os.environ, XLA_FLAGS='')
@@ -232,11 +208,11 @@ class Interrupt(Exception):
   pass
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def test_resume_equals_uninterrupted(tmp_path, tiny, tiny_data):
   """Stop after epoch 2 of the SBS run, resume: same rows, same final state."""
-  data = tiny_dataset()
+  data = tiny_data
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=3), optimizers=('sgd', 'sbs'), workdir=str(tmp_path / 'a'))
+  config = Config(**dict(tiny, epochs=3), optimizers=('sgd', 'sbs'), workdir=str(tmp_path / 'a'))
   whole = train.run(config, data, mesh=mesh, checkpoint=True)
 
   interrupted = dataclasses.replace(config, workdir=str(tmp_path / 'b'))
@@ -273,8 +249,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_resume_with_other_config_is_refused(tmp_path, capsys):
-  data = tiny_dataset()
+def test_resume_with_other_config_is_refused(tmp_path, capsys, tiny_data):
+  data = tiny_data
   path = tmp_path / 'tiny.npz'
   np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
   common = [
@@ -302,12 +278,12 @@ def test_resume_with_other_config_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow  # kept out of the default run for time; run with -m slow
-def test_pmap_train_state_script_eight_vs_one_device():
+def test_pmap_train_state_script_eight_vs_one_device(tiny_data):
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
   import pmap_train  # pylint: disable=g-import-not-at-top
 
-  data = tiny_dataset()
+  data = tiny_data
   losses_1, state_1 = pmap_train.train(data, 1, steps=12, batch_size=16)
   losses_8, state_8 = pmap_train.train(data, 8, steps=12, batch_size=16)
   np.testing.assert_allclose(losses_1, losses_8, rtol=1e-3)
@@ -329,11 +305,11 @@ def optax_sbs_counts(state):
   return [np.asarray(k[0]) for k in jax.tree.leaves(sbs.count)]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+def test_two_processes_equal_one_process(tmp_path, tiny_data):
   """jax.distributed over 2 processes x 2 CPU devices == 1 process x 4."""
   import socket  # pylint: disable=g-import-not-at-top
 
-  data = tiny_dataset()
+  data = tiny_data
   path = tmp_path / 'tiny.npz'
   np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
   with socket.socket() as s:
@@ -444,10 +420,10 @@ def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
 
 
 @pytest.mark.slow  # kept out of the default run for time; run with -m slow
-def test_vectorized_trials_equal_sequential_trials():
-  data = tiny_dataset()
+def test_vectorized_trials_equal_sequential_trials(tiny, tiny_data):
+  data = tiny_data
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=2, trials=2, augment=True), optimizers=('sgd', 'sbs'))
+  config = Config(**dict(tiny, epochs=2, trials=2, augment=True), optimizers=('sgd', 'sbs'))
   sequential = train.run(config, data, mesh=mesh)
   vectorized = train.run(config, data, mesh=mesh, vectorized=True)
   key = lambda r: (r['optimizer'], r['trial'], r['epoch'])
@@ -461,3 +437,18 @@ def test_vectorized_trials_equal_sequential_trials():
         )
   with pytest.raises(train.ConfigError, match='do not checkpoint'):
     train.run(config, data, mesh=mesh, vectorized=True, checkpoint=True)
+
+
+def test_summary_of_one_trial_shows_no_spread():
+  rows = [
+    dict(optimizer=o, trial=0, epoch=e, val_accuracy=40.0 + e)
+    for o in ('sgd', 'sbs')
+    for e in (1, 2)
+  ]
+  text = results.summary_markdown(train.summarize(rows, 2), Config(epochs=2))
+  assert '±' not in text.split('|---|')[1]
+  assert '| sgd | 42.00 | 42.00 | 42.00 |' in text
+  two = rows + [dict(r, trial=1, val_accuracy=r['val_accuracy'] + 2) for r in rows]
+  assert '| sgd | 43.00 ± 1.41 |' in results.summary_markdown(
+    train.summarize(two, 2), Config(epochs=2)
+  )

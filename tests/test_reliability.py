@@ -247,18 +247,16 @@ def test_unguarded_non_finite_gradient_freezes_its_group_as_documented():
   assert np.any(np.asarray(state.count['Conv_0']['kernel']) == 1)
 
 
-def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny, tiny_data):
   """A save killed mid-write leaves Orbax's temporary folder; a resume reads
   the last finalised epoch and finishes like an uninterrupted run."""
-  from test_example_train import TINY  # pylint: disable=g-import-not-at-top
-  from test_example_train import tiny_dataset  # pylint: disable=g-import-not-at-top
 
   from configs.default import Config  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
 
-  data = tiny_dataset()
+  data = tiny_data
   mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(TINY, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'a'))
+  config = Config(**dict(tiny, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'a'))
   whole = train.run(config, data, mesh=mesh, checkpoint=True)
 
   class Stop(Exception):
@@ -271,7 +269,7 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
 
     return progress
 
-  cut = Config(**dict(TINY, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'b'))
+  cut = Config(**dict(tiny, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'b'))
   with pytest.raises(Stop):
     train.run(cut, data, mesh=mesh, checkpoint=True, progress_factory=stop_after_2)
   run_dir = tmp_path / 'b' / 'checkpoints' / 'sbs_trial0'

@@ -130,7 +130,14 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
   train_split, test_split, flip = TFDS_DATASETS[name]
   splits = {}
   for split in (train_split, test_split):
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    try:
+      source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    except Exception as e:  # no network, not prepared, missing TFDS extras, ...
+      raise DataError(
+        f'{name}: TFDS could not load it ({type(e).__name__}: {e}). Prepare it '
+        'with TFDS (see shared/data/README.md for an offline copy) and pass '
+        '--data-dir, or pass a .npz path'
+      ) from e
     # One record at a time: tfds.testing.mock_data's batched access is broken.
     examples = [source[i] for i in range(len(source))]
     splits[split] = (

@@ -8,6 +8,11 @@ import os
 import numpy as np
 
 
+def _mean_std(mean: float, std: float, trials: int) -> str:
+  """``mean ± std``; the mean alone for one trial (no spread to show)."""
+  return f'{mean:.2f} ± {std:.2f}' if trials > 1 else f'{mean:.2f}'
+
+
 def summary_markdown(summary: dict, config) -> str:
   lines = [
     f'Validation accuracy (%), {config.model} on {os.path.basename(config.dataset)}'
@@ -23,8 +28,8 @@ def summary_markdown(summary: dict, config) -> str:
   ]
   for opt, s in summary.items():
     lines.append(
-      f'| {opt} | {s["last_mean"]:.2f} ± {s["last_std"]:.2f} | '
-      f'{s["max_mean"]:.2f} ± {s["max_std"]:.2f} | '
+      f'| {opt} | {_mean_std(s["last_mean"], s["last_std"], s["trials"])} | '
+      f'{_mean_std(s["max_mean"], s["max_std"], s["trials"])} | '
       + ', '.join(f'{a:.2f}' for a in s['per_trial_last'])
       + ' |'
     )

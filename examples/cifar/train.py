@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import methods
 import numpy as np
 import optax
 
@@ -25,9 +26,8 @@ from configs.default import Config
 import input_pipeline
 import models
 
-# The methods of the paper's comparison (§5.4). dropout and adrop are SGD on
-# a model with (adaptive) dropout; the others change the optimiser.
-OPTIMIZERS = ('sgd', 'sbs', 'dropout', 'adrop', 'esgd', 'asgd')
+# The methods of the paper's comparison (§5.4), from the registry.
+OPTIMIZERS = tuple(methods.METHODS)
 # SBS under momentum: Algorithm 2 (the wrapper) or SBS chained before SGD.
 SBS_MOMENTUM = ('frozen', 'chain')
 
@@ -90,12 +90,8 @@ def validate(config: Config, num_devices: int) -> None:
 
 def create_method_model(config: Config, method: str, num_classes: int):
   """The model a method trains: dropout variants add their regulariser."""
-  kwargs = {}
-  if method == 'dropout':
-    kwargs['dropout_rate'] = config.dropout_rate
-  elif method == 'adrop':
-    kwargs['depth_dropout'] = config.depth_dropout
-  return models.create_model(config.model, num_classes, **kwargs)
+  options = methods.METHODS[method].model_options(config)
+  return models.create_model(config.model, num_classes, **options)
 
 
 def learning_rate_schedule(config: Config, total_steps: int):
@@ -108,56 +104,15 @@ def learning_rate_schedule(config: Config, total_steps: int):
 def build_optimizer(
   config: Config, optimizer: str, total_steps: int, key: jax.Array
 ) -> optax.GradientTransformation:
-  """The method's optimizer: sigmoid learning rate, optional L2 weight decay.
-
-  SBS wraps SGD (``config.sbs_momentum == 'frozen'``, Algorithm 2) or is
-  chained before it (``'chain'``); the two differ only under momentum.
-  """
+  """The method's optimizer (``methods.METHODS``) with the paper's sigmoid
+  learning rate and momentum pairing, after the optional coupled L2 decay
+  (the decay term is part of the gradient the method sees)."""
   lr = learning_rate_schedule(config, total_steps)
   momentum = default_momentum(config.batch_size) if config.momentum is None else config.momentum
-  parts = []
+  tx = methods.METHODS[optimizer].optimizer(config, lr, momentum, key)
   if config.weight_decay:
-    # Coupled L2: the decay term is part of the gradient SBS accumulates.
-    parts.append(optax.add_decayed_weights(config.weight_decay))
-  sgd = optax.sgd(lr, momentum=momentum or None)
-  if optimizer == 'sbs':
-    sbs_options = dict(
-      alpha=config.alpha,
-      lam=config.lam,
-      probability=config.probability,
-      scale_by_count=config.scale_by_count,
-      magnitude=config.magnitude,
-      group_fn=(optax_sbs.single_group if config.group == 'single' else optax_sbs.parameter_type),
-      count_dtype=config.count_dtype,
-    )
-    if config.sbs_momentum == 'frozen':
-      # Algorithm 2: a waiting element keeps its value and momentum trace.
-      parts.append(optax_sbs.with_stochastic_batch_size(sgd, key, **sbs_options))
-    else:
-      # SBS then SGD: the trace keeps moving the waiting elements.
-      parts += [optax_sbs.stochastic_batch_size(key, **sbs_options), sgd]
-    return optax.chain(*parts)
-  if optimizer == 'esgd':
-    parts.append(
-      optax_sbs.baselines.scale_by_entropy_sgd(
-        key,
-        num_inner_steps=config.esgd_inner_steps,
-        inner_learning_rate=config.esgd_inner_learning_rate,
-        gamma=config.esgd_gamma,
-        noise=config.esgd_noise,
-        # The authors' x - mu, not Algorithm 1's gamma (x - mu): at SGD's
-        # rate, gamma = 0.03 made every outer step 33x shorter (25% test
-        # accuracy where SGD reached 46%).
-        outer_step='authors',
-      )
-    )
-  if optimizer == 'asgd':
-    parts.append(
-      optax_sbs.baselines.accelerated_sgd(lr, kappa=config.asgd_kappa, xi=config.asgd_xi)
-    )
-  else:
-    parts.append(sgd)
-  return optax.chain(*parts)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+  return optax.chain(tx)
 
 
 def cross_entropy(logits, labels):
@@ -371,7 +326,7 @@ def epoch_row(
       learning_rate_schedule(config, steps_per_epoch * config.epochs)(epoch * steps_per_epoch)
     ),
   )
-  if optimizer == 'sbs':
+  if has_sbs_state(opt_state):
     row.update(sbs_statistics(opt_state))
   return row
 
@@ -387,6 +342,15 @@ def params_digest(params) -> str:
     digest.update(jax.tree_util.keystr(path).encode())
     digest.update(np.asarray(leaf.addressable_shards[0].data).tobytes())
   return digest.hexdigest()
+
+
+def has_sbs_state(opt_state) -> bool:
+  """Whether the optimizer state holds stochastic batch size."""
+  try:
+    optax_sbs.find_state(opt_state)
+  except ValueError:
+    return False
+  return True
 
 
 def sbs_statistics(opt_state) -> dict[str, float]:
@@ -470,13 +434,10 @@ def run_trial(
   return rows
 
 
-_KEYED_STATES = (optax_sbs.StochasticBatchSizeState, optax_sbs.baselines.ScaleByEntropySGDState)
-
-
 def _with_optimizer_key(opt_state, key):
   """The optimizer state with its PRNG key (SBS masks, Entropy-SGD noise)
   replaced; a no-op for optimisers without one."""
-  keyed = lambda x: isinstance(x, _KEYED_STATES)
+  keyed = lambda x: isinstance(x, methods.KEYED_STATES)
   return jax.tree.map(lambda n: n._replace(key=key) if keyed(n) else n, opt_state, is_leaf=keyed)
 
 
