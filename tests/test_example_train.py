@@ -452,3 +452,21 @@ def test_summary_of_one_trial_shows_no_spread():
   assert '| sgd | 43.00 ± 1.41 |' in results.summary_markdown(
     train.summarize(two, 2), Config(epochs=2)
   )
+
+
+def test_throughput_leaves_out_the_compiling_step(monkeypatch):
+  clock = iter([0.0, 10.0, 11.0])  # start, after the compiling step, end
+  monkeypatch.setattr(train.time, 'perf_counter', lambda: next(clock))
+  throughput = train.Throughput(compiles=True)
+  for _ in range(3):
+    throughput.step(jnp.zeros(()), 16)
+  assert throughput.per_second() == 32.0  # 2 steps x 16 images in 1 s
+  clock = iter([0.0, 10.0, 12.0])
+  only = train.Throughput(compiles=True)
+  only.step(jnp.zeros(()), 16)
+  assert only.per_second() == 16 / 12.0  # one step: compile included
+  clock = iter([0.0, 4.0])
+  later = train.Throughput(compiles=False)
+  later.step(jnp.zeros(()), 16)
+  later.step(jnp.zeros(()), 16)
+  assert later.per_second() == 8.0

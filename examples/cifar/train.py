@@ -294,6 +294,32 @@ def setup_trial(config: Config, data: input_pipeline.Dataset, trial: int) -> Tri
   )
 
 
+class Throughput:
+  """Training images per second over an epoch, leaving out the step that
+  compiled the program (the first step of a run), unless it was the only one."""
+
+  def __init__(self, compiles: bool):
+    self._compiles = compiles
+    self._start = self._first = time.perf_counter()
+    self._images = self._all_images = 0
+
+  def step(self, outputs, images: int) -> None:
+    self._all_images += images
+    if self._compiles:
+      jax.block_until_ready(outputs)
+      self._start = time.perf_counter()
+      self._compiles = False
+    else:
+      self._images += images
+
+  def per_second(self) -> float:
+    """Call after the epoch's outputs are on the host."""
+    now = time.perf_counter()
+    if self._images:
+      return self._images / (now - self._start)
+    return self._all_images / (now - self._first)
+
+
 def _eval_batch_size(config: Config, mesh: Mesh) -> int:
   # Evaluation pads its last batch anyway: round up to a multiple of devices.
   return -(-config.eval_batch_size // mesh.size) * mesh.size
@@ -396,18 +422,20 @@ def run_trial(
       state, rows, rng.bit_generator.state = restored
       for row in rows if progress is not None else ():
         progress(row)
-  for epoch in range(len(rows) + 1, config.epochs + 1):
-    start = time.perf_counter()
+  first_epoch = len(rows) + 1
+  for epoch in range(first_epoch, config.epochs + 1):
+    throughput = Throughput(compiles=epoch == first_epoch)
     losses, accs = [], []
     for xb, yb in input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, rng):
       if config.augment:
         xb = input_pipeline.augment(xb, rng, flip=data.flip)
       state, metrics = train(state, *to_global(mesh, xb, yb), mean, std)
+      throughput.step(metrics, len(xb))
       losses.append(metrics['loss'])
       accs.append(metrics['accuracy'])
     train_loss = float(np.mean(jax.device_get(losses)))
     train_acc = 100.0 * float(np.mean(jax.device_get(accs)))
-    seconds = time.perf_counter() - start
+    images_per_sec = throughput.per_second()
     val_loss, val_acc = evaluate_dataset(
       evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
     )
@@ -421,7 +449,7 @@ def run_trial(
       train_acc,
       val_loss,
       val_acc,
-      steps_per_epoch * config.batch_size / seconds,
+      images_per_sec,
       state.opt_state,
     )
     if epoch == config.epochs:
@@ -478,7 +506,7 @@ def run_trials_vectorized(
   eval_batch_size = _eval_batch_size(config, mesh)
   rows = []
   for epoch in range(1, config.epochs + 1):
-    start = time.perf_counter()
+    throughput = Throughput(compiles=epoch == 1)
     losses, accs = [], []
     epoch_batches = [
       input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, t.rng) for t in setups
@@ -491,15 +519,15 @@ def run_trials_vectorized(
         xs.append(xb)
         ys.append(yb)
       state, metrics = train(state, np.stack(xs), np.stack(ys), mean, std)
+      throughput.step(metrics, config.trials * config.batch_size)
       losses.append(metrics['loss'])
       accs.append(metrics['accuracy'])
     train_loss = np.mean(jax.device_get(losses), axis=0)
     train_acc = 100.0 * np.mean(jax.device_get(accs), axis=0)
-    seconds = time.perf_counter() - start
+    images_per_sec = throughput.per_second()
     val_loss, val_acc = evaluate_dataset(
       evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
     )
-    images_per_sec = config.trials * first.steps_per_epoch * config.batch_size / seconds
     for trial in range(config.trials):
       rows.append(
         epoch_row(
