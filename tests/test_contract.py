@@ -165,3 +165,110 @@ def test_sbs_accepts_a_learning_rate_schedule():
       params = optax.apply_updates(params, updates)
     runs.append(params)
   np.testing.assert_allclose(np.asarray(runs[0]), np.asarray(runs[1]), rtol=1e-6)
+
+
+# Every transformation the library exports, built as a user would, with the
+# state type that tells it apart from the others.
+def _value_fn(params):
+  return jnp.sum(params**2)
+
+
+EXPORTS = {
+  'sbs': (
+    lambda: optax_sbs.sbs(1e-2, key=0, momentum=0.9),
+    optax_sbs.WithStochasticBatchSizeState,
+  ),
+  'with_stochastic_batch_size': (
+    lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-2), key=0),
+    optax_sbs.WithStochasticBatchSizeState,
+  ),
+  'stochastic_batch_size': (
+    lambda: optax.chain(optax_sbs.stochastic_batch_size(0), optax.sgd(1e-2)),
+    optax_sbs.StochasticBatchSizeState,
+  ),
+  'baselines.accelerated_sgd': (
+    lambda: optax_sbs.baselines.accelerated_sgd(1e-2),
+    optax_sbs.baselines.AcceleratedSGDState,
+  ),
+  'baselines.entropy_sgd': (
+    lambda: optax_sbs.baselines.entropy_sgd(1e-2, key=0, noise=0.0),
+    optax_sbs.baselines.ScaleByEntropySGDState,
+  ),
+  'baselines.scale_by_entropy_sgd': (
+    lambda: optax.chain(optax_sbs.baselines.scale_by_entropy_sgd(0), optax.sgd(1e-2)),
+    optax_sbs.baselines.ScaleByEntropySGDState,
+  ),
+}
+
+
+def _state_types(state):
+  """The NamedTuple types anywhere in an optimizer state."""
+  found = set()
+
+  def visit(node):
+    if isinstance(node, tuple):
+      if hasattr(node, '_fields'):
+        found.add(type(node))
+      for child in node:
+        visit(child)
+
+  visit(state)
+  return found
+
+
+def test_every_exported_transformation_is_in_the_contract():
+  exported = {n for n in optax_sbs.__all__ if callable(getattr(optax_sbs, n))}
+  exported |= {f'baselines.{n}' for n in optax_sbs.baselines.__all__}
+  states = {n for n in exported if n.endswith('State')}
+  helpers = {
+    'find_state',
+    'key_data_tree',
+    'layer_statistics',
+    'parameter_type',
+    'reset_accumulators',
+    'sigmoid_schedule',
+    'single_group',
+    'update_probability',
+    'wrap_key_data_tree',
+  }
+  assert exported - states - helpers == set(EXPORTS)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+@pytest.mark.parametrize('name', sorted(EXPORTS))
+def test_every_export_keeps_dtypes_accepts_extra_args_and_does_not_recompile(name, dtype):
+  make, state_type = EXPORTS[name]
+  tx = make()
+  params = jnp.array([1.0, -2.0, 0.5], dtype)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(_value_fn)(params)
+    updates, state = tx.update(grads, state, params, value_fn=_value_fn, not_for_anyone=1)
+    return updates, optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  updates, params, state = step(params, state)
+  assert updates.dtype == params.dtype == jnp.dtype(dtype)
+  with test_utils.log_compilations() as logs:
+    step(params, state)
+  assert not logs
+  # Methods are told apart by their state, not only by shapes: each holds
+  # its own state type and no other export's (the wrapper holds SBS's).
+  distinctive = {t for _, t in EXPORTS.values()}
+  want = {state_type}
+  if state_type is optax_sbs.WithStochasticBatchSizeState:
+    want.add(optax_sbs.StochasticBatchSizeState)
+  assert _state_types(state) & distinctive == want
+
+
+@pytest.mark.parametrize('name', sorted(EXPORTS))
+def test_every_export_inside_multisteps_accumulates_first(name):
+  make, _ = EXPORTS[name]
+  multi = optax.MultiSteps(make(), every_k_schedule=3)
+  params = jnp.array([1.0, -2.0, 0.5])
+  grads = jax.grad(_value_fn)(params)
+  updates, _ = jax.jit(lambda g, s, p: multi.update(g, s, p, value_fn=_value_fn))(
+    grads, multi.init(params), params
+  )
+  np.testing.assert_array_equal(np.asarray(updates), 0)
