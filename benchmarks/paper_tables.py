@@ -358,6 +358,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
   mean, wins = float(d.mean()), int(np.sum(d > 0))
   if len(d) < 2:
     return mean, float('nan'), float('nan'), wins
+  if np.all(d == d[0]):  # no spread: the interval is the point (scipy warns)
+    return mean, mean, mean, wins
   interval = stats.ttest_rel(a, b).confidence_interval(0.95)
   return mean, float(interval.low), float(interval.high), wins
 
