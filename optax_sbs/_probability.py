@@ -40,7 +40,8 @@ _NORM_PATTERN = re.compile(r'norm|(^|[_./])(bn|ln|gn)(_?(\d+|f))?($|[_./])', re.
 _EMBED_PATTERN = re.compile(r'embed|(^|[_./])(wte|wpe)($|[_./])', re.IGNORECASE)
 
 
-def _key_name(entry: Any) -> str:
+def key_name(entry: Any) -> str:
+  """The name of one key-path entry (dict key, attribute name or index)."""
   for attr in ('key', 'name', 'idx'):
     if hasattr(entry, attr):
       return str(getattr(entry, attr))
@@ -84,7 +85,7 @@ def parameter_type(path: tuple[Any, ...], leaf: jax.Array) -> str:
     {"['BatchNorm_0']['scale']": 'norm', "['Conv_0']['kernel']": 'conv',
      "['Dense_0']['bias']": 'bias', "['Dense_0']['kernel']": 'dense'}
   """
-  names = [_key_name(entry) for entry in path]
+  names = [key_name(entry) for entry in path]
   if any(_NORM_PATTERN.search(name) for name in names[:-1]):
     return 'norm'
   if any(_EMBED_PATTERN.search(name) for name in names):

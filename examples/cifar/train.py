@@ -352,8 +352,7 @@ def epoch_row(
       learning_rate_schedule(config, steps_per_epoch * config.epochs)(epoch * steps_per_epoch)
     ),
   )
-  if has_sbs_state(opt_state):
-    row.update(sbs_statistics(opt_state))
+  row.update(sbs_statistics(opt_state))
   return row
 
 
@@ -370,18 +369,13 @@ def params_digest(params) -> str:
   return digest.hexdigest()
 
 
-def has_sbs_state(opt_state) -> bool:
-  """Whether the optimizer state holds stochastic batch size."""
-  try:
-    optax_sbs.find_state(opt_state)
-  except ValueError:
-    return False
-  return True
-
-
 def sbs_statistics(opt_state) -> dict[str, float]:
-  """Mean over leaves of SBS's per-leaf update fraction and mean count."""
-  sbs_state = optax_sbs.find_state(opt_state)
+  """Mean over leaves of SBS's per-leaf update fraction and mean count;
+  empty for an optimizer without stochastic batch size."""
+  try:
+    sbs_state = optax_sbs.find_state(opt_state)
+  except ValueError:
+    return {}
   return dict(
     sbs_update_fraction=float(np.mean(jax.tree.leaves(sbs_state.update_fraction()))),
     sbs_mean_count=float(np.mean(jax.tree.leaves(sbs_state.mean_count()))),
