@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -151,6 +152,14 @@ def _table_cells(scale: Scale, table: str) -> list[Cell]:
       )
     paper = base + (('alpha', 0.1), ('lam', -4.0))
     out += [
+      # mu~ relative to the group's mean instead of standardised (eq. 19),
+      # which freezes layers in small groups (global_normalization).
+      Cell(
+        '3',
+        'global: alpha=0.1, lam=-4, relative (mu - M) / M',
+        'sbs',
+        paper + (('global_normalization', 'mean'),),
+      ),
       Cell(
         '3', 'reading: scale_by_count (eta~ = k eta)', 'sbs', paper + (('scale_by_count', True),)
       ),
@@ -238,6 +247,11 @@ def balanced_test_subset(data: input_pipeline.Dataset, size: int) -> input_pipel
   return dataclasses.replace(data, x_test=data.x_test[index], y_test=data.y_test[index])
 
 
+# Config fields added after trials were cached, with their defaults: at the
+# default they stay out of the key, so the committed trials remain valid.
+ADDED_FIELDS = {'global_normalization': 'std'}
+
+
 def cell_key(config: Config) -> str:
   """The cache key of a cell's configuration: where the data and the cache
   lie does not enter it (the dataset by file name), so a cache committed
@@ -245,6 +259,9 @@ def cell_key(config: Config) -> str:
   fields = dataclasses.asdict(config)
   for where in ('workdir', 'data_dir'):
     fields.pop(where)
+  for name, default in ADDED_FIELDS.items():
+    if fields[name] == default:
+      fields.pop(name)
   fields['dataset'] = os.path.basename(config.dataset)
   text = json.dumps(fields, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -326,13 +343,18 @@ def per_trial(rows: list[dict], epochs: int) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(s['per_trial_last']), np.asarray(maxima)
 
 
-def final_train_loss(rows: list[dict]) -> np.ndarray:
-  """Per trial: the training loss of the last epoch (under- or overfitting)."""
+def last_epoch(rows: list[dict], key: str) -> np.ndarray:
+  """Per trial: ``key`` of the last epoch (e.g. the final training loss)."""
   last = {}
   for r in rows:
     if r['epoch'] >= last.get(r['trial'], {'epoch': 0})['epoch']:
       last[r['trial']] = r
-  return np.asarray([last[t]['train_loss'] for t in sorted(last)])
+  return np.asarray([last[t][key] for t in sorted(last)])
+
+
+def final_train_loss(rows: list[dict]) -> np.ndarray:
+  """Per trial: the training loss of the last epoch (under- or overfitting)."""
+  return last_epoch(rows, 'train_loss')
 
 
 def sbs_statistics(rows: list[dict]) -> str:
@@ -422,14 +444,12 @@ def frozen_vs_chain(todo: list[Cell], results: dict, base: Config, epochs: int) 
   return ['Frozen vs chain, paired by trial:'] + lines if lines else []
 
 
-def curves(rows: list[dict]) -> np.ndarray:
+def curves(rows: list[dict], key: str = 'val_accuracy') -> np.ndarray:
+  """``key`` by epoch, mean over trials."""
   trials = sorted({r['trial'] for r in rows})
   return np.array(
     [
-      [
-        r['val_accuracy']
-        for r in sorted((r for r in rows if r['trial'] == t), key=lambda r: r['epoch'])
-      ]
+      [r[key] for r in sorted((r for r in rows if r['trial'] == t), key=lambda r: r['epoch'])]
       for t in trials
     ]
   ).mean(0)
@@ -491,6 +511,11 @@ def main(argv=None):
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--out', default=None, help='markdown path')
   parser.add_argument(
+    '--cells',
+    default=None,
+    help='a regular expression: only the cells whose label it matches (and their SGD cells)',
+  )
+  parser.add_argument(
     '--cached-only',
     action='store_true',
     help='train nothing: write the tables from the cached trials, listing unfinished cells as such',
@@ -532,6 +557,14 @@ def main(argv=None):
     workdir=workdir,
   )
   todo = cells(scale, tables)
+  if args.cells:
+    try:
+      wanted = re.compile(args.cells)
+    except re.error as e:
+      parser.error(f'--cells is not a regular expression: {e}')
+    todo = [c for c in todo if wanted.search(c.label)]
+    if not todo:
+      parser.error(f'--cells {args.cells!r} matches no cell of tables {args.tables}')
   results, unfinished, total_seconds = {}, {}, 0.0
   started = time.perf_counter()
   for cell in todo + [c.baseline() for c in todo]:

@@ -5,6 +5,10 @@ from optax_sbs._alias import sbs
 from optax_sbs._diagnostics import layer_statistics
 from optax_sbs._keys import key_data_tree
 from optax_sbs._keys import wrap_key_data_tree
+from optax_sbs._magma import MagmaState
+from optax_sbs._magma import magma
+from optax_sbs._masked_updates import MaskedUpdatesState
+from optax_sbs._masked_updates import masked_updates
 from optax_sbs._probability import parameter_type
 from optax_sbs._probability import single_group
 from optax_sbs._probability import update_probability
@@ -23,6 +27,10 @@ __all__ = (
   'find_state',
   'key_data_tree',
   'layer_statistics',
+  'magma',
+  'MagmaState',
+  'masked_updates',
+  'MaskedUpdatesState',
   'parameter_type',
   'reset_accumulators',
   'sbs',

@@ -15,6 +15,7 @@ def sbs(
   key: jax.Array | int,
   alpha: jax.typing.ArrayLike = 0.1,
   lam: jax.typing.ArrayLike = -4.0,
+  global_normalization: Literal['std', 'mean'] = 'std',
   momentum: float | None = None,
   nesterov: bool = False,
   probability: jax.typing.ArrayLike | None = None,
@@ -46,6 +47,8 @@ def sbs(
     key: PRNG key or int seed of the update masks.
     alpha: local slope of the update probability.
     lam: global slope of the update probability.
+    global_normalization: ``'std'`` (eq. 19) or ``'mean'``: how a layer's
+      mean magnitude is compared with its group's.
     momentum: SGD momentum (``None`` or 0 for none). The paper pairs batch
       sizes 16/32/64/128 with momentum 0/0.3/0.6/0.9.
     nesterov: use Nesterov momentum.
@@ -79,6 +82,7 @@ def sbs(
     key,
     alpha=alpha,
     lam=lam,
+    global_normalization=global_normalization,
     probability=probability,
     scale_by_count=scale_by_count,
     magnitude=magnitude,

@@ -6,7 +6,9 @@ For every leaf ``l`` (a "layer") with gradient magnitudes ``a_j``:
   and population standard deviation ``sd_l``;
 * global (eq. 19): ``mu~_l = (mu_l - M) / S`` where ``M`` and ``S`` are the
   element-count-weighted mean and standard deviation of ``mu_l`` over the
-  leaves of the same parameter group;
+  leaves of the same parameter group (``global_normalization='std'``, the
+  paper's); or ``mu~_l = (mu_l - M) / M``, the leaf's mean magnitude relative
+  to its group's (``'mean'``, ours);
 * combined (eq. 21): ``p_j = sigmoid(alpha * v_j + lam * mu~_l)``.
 
 A standard deviation that is zero, or so small against its mean that it is
@@ -14,6 +16,16 @@ only rounding noise (``sd <= 1e-5 * |mean|``), counts as zero and the
 normalised value is 0 there. That keeps frozen (all-zero) layers, scalar
 leaves, single-leaf groups and equal layers at ``p = sigmoid(0) = 1/2`` for
 the affected term instead of dividing by zero or amplifying rounding errors.
+
+Small groups make eq. 19 degenerate. Standardising a handful of values
+stretches any spread to unit size: with two leaves in a group, ``mu~`` is
+about +-1 whatever their difference, so leaves whose mean magnitudes are 1.0
+and 1.001 get ``p`` = 0.99 and 0.03 at ``lam = -4`` (one is all but frozen).
+Weighting by element count does not cure it: a group of 432, 4,608 and 18,432
+elements in which the small leaf's mean is 5% above the others' gives that
+leaf ``mu~`` = 7.3 and ``p`` = 2e-13 at ``lam = -4``: it is never updated.
+``'mean'`` measures the difference itself: 5% above the group's mean gives
+``mu~`` = 0.049 and ``p`` = sigmoid(-0.2) = 0.45 instead.
 """
 
 from collections.abc import Callable
@@ -21,6 +33,7 @@ from collections.abc import Hashable
 from collections.abc import Sequence
 import re
 from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +43,8 @@ import numpy as np
 _STD_RTOL = 1e-5
 
 GroupFn = Callable[[tuple[Any, ...], jax.Array], Hashable]
+GlobalNormalization = Literal['std', 'mean']
+GLOBAL_NORMALIZATIONS = ('std', 'mean')
 
 # Normalisation layers: Flax's BatchNorm_0 / LayerNorm_0 / RMSNorm, Haiku's
 # layer_norm, Llama's input_layernorm, torchvision-style bn1 / conv_bn, and
@@ -137,6 +152,7 @@ def probability_coefficients(
   groups: Sequence[Hashable],
   alpha: jax.typing.ArrayLike,
   lam: jax.typing.ArrayLike,
+  global_normalization: GlobalNormalization = 'std',
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-leaf scalars ``(mean, scale, offset)`` of eq. 21.
 
@@ -151,10 +167,14 @@ def probability_coefficients(
     groups: per leaf, the (hashable) group its global statistics use.
     alpha: local slope (eq. 18).
     lam: global slope (eq. 20).
+    global_normalization: ``'std'`` (eq. 19) or ``'mean'``, see the module
+      docstring.
 
   Returns:
     Three float vectors of length ``len(magnitudes)``.
   """
+  if global_normalization not in GLOBAL_NORMALIZATIONS:
+    raise ValueError(f"global_normalization must be 'std' or 'mean', got {global_normalization!r}.")
   if not magnitudes:  # an empty tree (no leaves, or only None leaves)
     empty = jnp.zeros((0,), jnp.float32)
     return empty, empty, empty
@@ -179,8 +199,12 @@ def probability_coefficients(
     return jax.ops.segment_sum(weights * x, group_of, num_groups)[group_of]
 
   group_mean = group_sum(means)
-  group_std = jnp.sqrt(group_sum(jnp.square(means - group_mean)))
-  mu_tilde = _standardize(means, group_mean, group_std)
+  if global_normalization == 'std':
+    group_std = jnp.sqrt(group_sum(jnp.square(means - group_mean)))
+    mu_tilde = _standardize(means, group_mean, group_std)
+  else:  # relative to the group's mean; 0 for a group without gradient
+    empty = group_mean <= 0
+    mu_tilde = jnp.where(empty, 0, (means - group_mean) / jnp.where(empty, 1, group_mean))
 
   degenerate = stds <= _STD_RTOL * jnp.abs(means)
   scale = jnp.where(degenerate, 0, alpha / jnp.where(degenerate, 1, stds)).astype(dtype)
@@ -204,6 +228,7 @@ def update_probability(
   groups: Sequence[Hashable],
   alpha: jax.typing.ArrayLike,
   lam: jax.typing.ArrayLike,
+  global_normalization: GlobalNormalization = 'std',
 ) -> list[jax.Array]:
   """Combined adaptive update probability (eq. 21) for a list of leaves.
 
@@ -212,6 +237,11 @@ def update_probability(
     groups: per leaf, the (hashable) group its global statistics use.
     alpha: local slope (eq. 18); 0 disables the local term.
     lam: global slope (eq. 20); 0 disables the global term.
+    global_normalization: how a leaf's mean magnitude ``mu_l`` is compared
+      with its group's (element-count-weighted) mean ``M``: ``'std'`` (the
+      paper's eq. 19, ``(mu_l - M) / S`` with the group's standard deviation
+      ``S``) or ``'mean'`` (``(mu_l - M) / M``, relative). ``'std'`` turns
+      any spread into unit size in small groups, see the module docstring.
 
   Returns:
     Per leaf, ``p = sigmoid(alpha * v + lam * mu~)`` with the leaf's shape.
@@ -223,7 +253,9 @@ def update_probability(
     >>> [round(float(x), 3) for x in p[0]]
     [0.227, 0.5, 0.773]
   """
-  means, scales, offsets = probability_coefficients(magnitudes, groups, alpha, lam)
+  means, scales, offsets = probability_coefficients(
+    magnitudes, groups, alpha, lam, global_normalization
+  )
   return [
     probability_from_coefficients(a, means[i], scales[i], offsets[i])
     for i, a in enumerate(magnitudes)

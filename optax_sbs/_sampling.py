@@ -15,11 +15,15 @@ depend on how the leaves are sharded.
 
 from collections.abc import Sequence
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from optax_sbs import _threefry
+
+# Masks per parameter element, or one per parameter tensor.
+Granularity = Literal['element', 'leaf']
 
 
 def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -63,3 +67,16 @@ def bernoulli_masks(
     masks.append(uniform(offset, shape) < p)
     offset += size
   return masks
+
+
+def block_masks(
+  step_key: jax.Array,
+  leaves: Sequence[jax.Array],
+  probability: jax.typing.ArrayLike,
+  granularity: Granularity,
+) -> list[jax.Array]:
+  """Per leaf, a boolean mask with ``P(True) = probability``: of the leaf's
+  shape (``granularity='element'``) or a scalar (``'leaf'``, one draw per
+  parameter tensor), from the same stream as :func:`bernoulli_masks`."""
+  shapes = [x.shape if granularity == 'element' else () for x in leaves]
+  return bernoulli_masks(step_key, [probability] * len(leaves), shapes)

@@ -72,6 +72,7 @@ def stochastic_batch_size(
   *,
   alpha: jax.typing.ArrayLike = 0.1,
   lam: jax.typing.ArrayLike = -4.0,
+  global_normalization: Literal['std', 'mean'] = 'std',
   probability: jax.typing.ArrayLike | None = None,
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
@@ -111,6 +112,12 @@ def stochastic_batch_size(
     lam: global slope (eq. 20), the spread of ``p`` across layers. ``0``
       gives the paper's local scheme (eq. 18). The paper's default -4
       updates layers with *smaller* mean gradient magnitude more often.
+    global_normalization: ``'std'`` (default, eq. 19): a leaf's mean
+      magnitude standardised over its group, ``(mu_l - M) / S``; ``'mean'``:
+      relative to the group's mean, ``(mu_l - M) / M``. Standardising turns
+      small differences into unit ones in small groups (two leaves get about
+      +-1 whatever their means), and at ``lam = -4`` can freeze a whole
+      layer; see :func:`update_probability`.
     probability: ``None`` (default) for the adaptive rule; a float in
       ``[0, 1]`` fixes ``p`` for every element (``1.0`` is plain SGD).
     scale_by_count: multiply the update by ``k``, the paper's
@@ -160,6 +167,8 @@ def stochastic_batch_size(
   _keys.check_key(key)
   _validation.check_real('alpha', alpha)
   _validation.check_real('lam', lam)
+  if global_normalization not in _probability.GLOBAL_NORMALIZATIONS:
+    raise ValueError(f"global_normalization must be 'std' or 'mean', got {global_normalization!r}.")
   if probability is not None:
     _validation.check_probability('probability', probability)
   if magnitude not in ('cma', 'gradient'):
@@ -211,7 +220,7 @@ def stochastic_batch_size(
       else:
         magnitudes = [jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)]
       groups = [group_fn(path, g) for path, g in zip(paths, grads)]
-      probs = _probability.update_probability(magnitudes, groups, alpha, lam)
+      probs = _probability.update_probability(magnitudes, groups, alpha, lam, global_normalization)
     else:
       probs = [probability] * len(grads)
 

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 NO_PARAMS_MESSAGE = (
   '{name}: update needs the current parameters: call tx.update(updates, state, params).'
@@ -49,26 +50,28 @@ def check_probability(name: str, value: Any) -> None:
     raise ValueError(f'{name} must lie in [0, 1], got {concrete}.')
 
 
-def check_float_leaves(tree: Any, what: str) -> None:
+def check_float_leaves(tree: Any, what: str, who: str = 'stochastic_batch_size') -> None:
   """Raises TypeError naming the first leaf of ``tree`` that is not real float."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
       found = dtype if dtype is not None else type(leaf).__name__
       raise TypeError(
-        f'stochastic_batch_size: {what} leaf at '
+        f'{who}: {what} leaf at '
         f'{jax.tree_util.keystr(path)} has dtype {found}; every leaf must '
         'be a real floating-point array (float16, bfloat16, float32 or '
         'float64). Freeze or mask integer leaves (optax.masked) instead.'
       )
 
 
-def check_same_structure(tree: Any, reference: Any, what: str) -> None:
+def check_same_structure(
+  tree: Any, reference: Any, what: str, who: str = 'stochastic_batch_size'
+) -> None:
   """Raises ValueError if ``tree`` is not structured like ``reference``."""
   got, want = jax.tree.structure(tree), jax.tree.structure(reference)
   if got != want:  # type: ignore[operator]  # PyTreeDef compares
     raise ValueError(
-      f'stochastic_batch_size: the {what} tree does not have the structure '
+      f'{who}: the {what} tree does not have the structure '
       f'of the optimizer state (built from the params given to init).\n'
       f'  {what}: {got}\n  state: {want}'
     )
@@ -79,7 +82,21 @@ def check_same_structure(tree: Any, reference: Any, what: str) -> None:
     path, leaf = path_leaf
     if np.shape(leaf) != np.shape(ref_leaf):
       raise ValueError(
-        f'stochastic_batch_size: {what} leaf at {jax.tree_util.keystr(path)}'
+        f'{who}: {what} leaf at {jax.tree_util.keystr(path)}'
         f' has shape {np.shape(leaf)} but the state expects '
         f'{np.shape(ref_leaf)}.'
       )
+
+
+GRANULARITIES = ('element', 'leaf')
+
+
+def check_masking_arguments(who: str, inner: Any, probability: Any, granularity: Any) -> None:
+  """The arguments every update-masking wrapper shares."""
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(
+      f'{who}: inner must be an optax.GradientTransformation, got {type(inner).__name__}.'
+    )
+  check_probability('probability', probability)
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"granularity must be 'element' or 'leaf', got {granularity!r}.")

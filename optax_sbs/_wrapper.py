@@ -42,6 +42,7 @@ def with_stochastic_batch_size(
   *,
   alpha: jax.typing.ArrayLike = 0.1,
   lam: jax.typing.ArrayLike = -4.0,
+  global_normalization: Literal['std', 'mean'] = 'std',
   probability: jax.typing.ArrayLike | None = None,
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
@@ -96,6 +97,8 @@ def with_stochastic_batch_size(
     key: PRNG key (typed or raw) or int seed of the masks.
     alpha: local slope of the update probability (eq. 18).
     lam: global slope of the update probability (eq. 20).
+    global_normalization: ``'std'`` (eq. 19) or ``'mean'``: how a layer's
+      mean magnitude is compared with its group's.
     probability: ``None`` for the adaptive rule, or a fixed probability.
     scale_by_count: hand ``inner`` the sum ``k g~`` of the accumulated
       gradients instead of their mean ``g~``.
@@ -135,6 +138,7 @@ def with_stochastic_batch_size(
     key,
     alpha=alpha,
     lam=lam,
+    global_normalization=global_normalization,
     probability=probability,
     scale_by_count=scale_by_count,
     magnitude=magnitude,

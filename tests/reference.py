@@ -14,8 +14,11 @@ def _standardize(x, mean, std):
   return (x - mean) / std
 
 
-def probabilities(magnitudes, groups, alpha, lam):
-  """p per leaf for lists of magnitude arrays and group labels."""
+def probabilities(magnitudes, groups, alpha, lam, global_normalization='std'):
+  """p per leaf for lists of magnitude arrays and group labels.
+
+  ``global_normalization``: 'std' standardises each leaf's mean over its
+  group (eq. 19); 'mean' divides its difference by the group's mean."""
   means = [a.mean() if a.size else 0.0 for a in magnitudes]
   stds = [a.std() if a.size else 0.0 for a in magnitudes]
   mu_tilde = {}
@@ -30,7 +33,10 @@ def probabilities(magnitudes, groups, alpha, lam):
     gm = np.sum(n * m) / n.sum()
     gs = np.sqrt(np.sum(n * (m - gm) ** 2) / n.sum())
     for i in idx:
-      mu_tilde[i] = _standardize(np.float64(means[i]), gm, gs)
+      if global_normalization == 'std':
+        mu_tilde[i] = _standardize(np.float64(means[i]), gm, gs)
+      else:
+        mu_tilde[i] = (means[i] - gm) / gm if gm > 0 else 0.0
   out = []
   for i, a in enumerate(magnitudes):
     v = _standardize(a, means[i], stds[i])

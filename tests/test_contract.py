@@ -186,6 +186,14 @@ EXPORTS = {
     lambda: optax.chain(optax_sbs.stochastic_batch_size(0), optax.sgd(1e-2)),
     optax_sbs.StochasticBatchSizeState,
   ),
+  'masked_updates': (
+    lambda: optax_sbs.masked_updates(optax.adamw(1e-2), key=0),
+    optax_sbs.MaskedUpdatesState,
+  ),
+  'magma': (
+    lambda: optax_sbs.magma(optax.adam(1e-2), key=0),
+    optax_sbs.MagmaState,
+  ),
   'baselines.accelerated_sgd': (
     lambda: optax_sbs.baselines.accelerated_sgd(1e-2),
     optax_sbs.baselines.AcceleratedSGDState,

@@ -34,7 +34,7 @@ def test_paper_tables_trial_alone_equals_trial_in_a_run(tiny, tiny_data):
 def test_paper_tables_cells_and_pairing():
   cells = paper_tables.cells(paper_tables.SCALES['cpu'], {'3', '4', '5'})
   t3 = [c for c in cells if c.table == '3']
-  assert len(t3) == 17
+  assert len(t3) == 18
   assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {-0.1, 0.0, 0.1, 1.0}
   assert len([c for c in cells if c.table == '4']) == 18
   assert [c.method for c in cells if c.table == '5'] == [
@@ -280,3 +280,21 @@ def test_tfds_failures_become_data_errors(monkeypatch):
   monkeypatch.setattr(tfds, 'data_source', offline)
   with pytest.raises(input_pipeline.DataError, match='TFDS could not load it'):
     input_pipeline.load('cifar10')
+
+
+def test_cells_filter_runs_only_the_matching_cells_and_rejects_bad_patterns(
+  tmp_path, tiny_data, capsys
+):
+  data = tiny_data
+  npz = tmp_path / 'tiny.npz'
+  np.savez(npz, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+  common = ['--scale', 'smoke', '--dataset', str(npz), '--workdir', str(tmp_path), '--cached-only']
+  out = tmp_path / 't3.md'
+  paper_tables.main(common + ['--tables', '3', '--cells', 'relative', '--out', str(out)])
+  rows = [line for line in out.read_text().splitlines() if line.startswith('| ')]
+  assert len(rows) == 2 and 'relative (mu - M) / M | not run yet' in rows[1]
+  for pattern, message in (('(', 'not a regular expression'), ('nothing', 'matches no cell')):
+    with pytest.raises(SystemExit) as exit_info:
+      paper_tables.main(common + ['--tables', '3', '--cells', pattern])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -168,15 +168,14 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   _tiny_npz(data)
   common = ['--dataset', str(data), '--epochs', '12']
   env = dict(os.environ, XLA_FLAGS='')
-  whole = subprocess.run(
+  # The uninterrupted run alongside the one to be killed.
+  whole_err = open(tmp_path / 'whole.err', 'w')
+  whole = subprocess.Popen(
     _cli(*common, '--workdir', str(tmp_path / 'whole')),
-    capture_output=True,
-    text=True,
-    timeout=600,
+    stdout=subprocess.DEVNULL,
+    stderr=whole_err,
     env=env,
   )
-  assert whole.returncode == 0, whole.stderr[-2000:]
-
   killed_dir = tmp_path / 'killed'
   ckpts = killed_dir / 'checkpoints' / 'sbs_trial0'
   proc = subprocess.Popen(
@@ -193,6 +192,9 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, 'finished before it was killed'
+  whole.wait(timeout=600)
+  whole_err.close()
+  assert whole.returncode == 0, (tmp_path / 'whole.err').read_text()[-2000:]
   finished = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
   assert finished and finished[-1] < 12
 

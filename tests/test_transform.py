@@ -48,14 +48,17 @@ def leaves(tree):
 
 
 @pytest.mark.parametrize(
-  'alpha,lam,scale_by_count,magnitude',
+  'alpha,lam,scale_by_count,magnitude,normalization',
   [
-    (0.1, -4.0, False, 'cma'),  # paper defaults (combined, eq. 21)
-    (1.0, 0.0, True, 'cma'),  # local scheme (eq. 18), eta~ = k eta
-    (0.0, -2.0, False, 'gradient'),  # global scheme (eq. 20)
+    (0.1, -4.0, False, 'cma', 'std'),  # paper defaults (combined, eq. 21)
+    (1.0, 0.0, True, 'cma', 'std'),  # local scheme (eq. 18), eta~ = k eta
+    (0.0, -2.0, False, 'gradient', 'std'),  # global scheme (eq. 20)
+    (0.1, -4.0, False, 'cma', 'mean'),  # relative global term
   ],
 )
-def test_matches_numpy_reference_over_many_steps(alpha, lam, scale_by_count, magnitude):
+def test_matches_numpy_reference_over_many_steps(
+  alpha, lam, scale_by_count, magnitude, normalization
+):
   """The transformation equals a float64 NumPy Algorithm 2 fed its masks."""
   rng = np.random.default_rng(0)
   params = make_params()
@@ -63,6 +66,7 @@ def test_matches_numpy_reference_over_many_steps(alpha, lam, scale_by_count, mag
     key=3,
     alpha=alpha,
     lam=lam,
+    global_normalization=normalization,
     scale_by_count=scale_by_count,
     magnitude=magnitude,
   )
@@ -77,9 +81,9 @@ def test_matches_numpy_reference_over_many_steps(alpha, lam, scale_by_count, mag
     g = leaves(grads)
     g_tilde = [c + (x - c) / k for x, c, k in zip(g, ref_cma, ref_count)]
     mags = [np.abs(x) for x in (g_tilde if magnitude == 'cma' else g)]
-    ref_p = reference.probabilities(mags, groups, alpha, lam)
+    ref_p = reference.probabilities(mags, groups, alpha, lam, normalization)
     lib_p = optax_sbs.update_probability(
-      [jnp.asarray(m, jnp.float32) for m in mags], groups, alpha, lam
+      [jnp.asarray(m, jnp.float32) for m in mags], groups, alpha, lam, normalization
     )
     for a, b in zip(lib_p, ref_p):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
@@ -307,6 +311,64 @@ def test_global_scheme_is_constant_within_layer():
   # lam < 0: the layer with the smallest mean magnitude is updated most.
   firsts = [float(p[0]) for p in probs]
   assert firsts[0] > firsts[1] > firsts[2]
+
+
+def _small_group_magnitudes(first_mean):
+  """The issue's conv group: 432, 4,608 and 18,432 elements, the first leaf's
+  mean magnitude ``first_mean``, the others' 1."""
+  rng = np.random.default_rng(0)
+  mags = []
+  for size, mean in ((432, first_mean), (4608, 1.0), (18432, 1.0)):
+    a = rng.random(size)
+    mags.append(jnp.asarray(a / a.mean() * mean, jnp.float32))
+  return mags
+
+
+def test_standardised_global_term_freezes_a_layer_in_a_small_group():
+  """Eq. 19's standardisation turns a 5% difference into mu~ = 7.3: at
+  lam = -4 the small leaf's p is 2e-13 (never updated), while the relative
+  normalisation gives mu~ = 0.049 and p = sigmoid(-4 * 0.049)."""
+  mags = _small_group_magnitudes(1.05)
+  p_std = optax_sbs.update_probability(mags, ['conv'] * 3, 0.0, -4.0)
+  p_mean = optax_sbs.update_probability(mags, ['conv'] * 3, 0.0, -4.0, 'mean')
+  weights = np.array([432, 4608, 18432]) / 23472
+  group_mean = weights @ np.array([1.05, 1.0, 1.0])
+  relative = (1.05 - group_mean) / group_mean
+  np.testing.assert_allclose(float(p_mean[0][0]), 1 / (1 + np.exp(4 * relative)), rtol=1e-4)
+  assert float(p_std[0][0]) < 1e-12 and 0.45 < float(p_mean[0][0]) < 0.46
+  # The large leaves barely move either way (just below the group's mean).
+  for p in (p_std, p_mean):
+    assert 0.5 < float(p[2][0]) < 0.7
+  # Two leaves: standardised values are +-1 whatever their difference.
+  two = [jnp.full((256,), 1.0), jnp.full((320,), 1.001)]
+  p_two = optax_sbs.update_probability(two, [0, 0], 0.0, -4.0)
+  assert float(p_two[1][0]) < 0.05 and float(p_two[0][0]) > 0.95
+  p_two = optax_sbs.update_probability(two, [0, 0], 0.0, -4.0, 'mean')
+  np.testing.assert_allclose([float(p[0]) for p in p_two], 0.5, atol=1e-3)
+
+
+def test_relative_global_term_is_scale_free_and_zero_without_gradient():
+  mags = _small_group_magnitudes(2.0)
+  base = optax_sbs.update_probability(mags, [0] * 3, 0.1, -4.0, 'mean')
+  scaled = optax_sbs.update_probability([m * 1000 for m in mags], [0] * 3, 0.1, -4.0, 'mean')
+  for a, b in zip(base, scaled):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4)
+  zero = optax_sbs.update_probability([jnp.zeros(4), jnp.zeros(3)], [0, 0], 0.0, -4.0, 'mean')
+  for p in zero:
+    np.testing.assert_array_equal(np.asarray(p), 0.5)
+
+
+@pytest.mark.parametrize('fn', ['transform', 'wrapper', 'alias', 'probability'])
+def test_bad_global_normalization_is_rejected(fn):
+  with pytest.raises(ValueError, match="global_normalization must be 'std' or 'mean'"):
+    if fn == 'transform':
+      optax_sbs.stochastic_batch_size(0, global_normalization='median')
+    elif fn == 'wrapper':
+      optax_sbs.with_stochastic_batch_size(optax.sgd(0.1), 0, global_normalization='median')
+    elif fn == 'alias':
+      optax_sbs.sbs(0.1, key=0, global_normalization='median')
+    else:
+      optax_sbs.update_probability([jnp.ones(3)], [0], 0.1, -4.0, 'median')
 
 
 def test_same_key_same_trajectory_other_key_other_masks():

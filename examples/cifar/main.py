@@ -9,147 +9,89 @@ CNN, a few trials; prints the summary table and writes the results folder.
   python examples/cifar/main.py --dataset ../shared/data/cifar10.npz
 """
 
-import argparse
 import dataclasses
 import os
 import sys
 import time
+from typing import Annotated
+from typing import Literal
+
+import tyro
 
 # Runnable as a script from anywhere: this folder holds its sibling modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from configs.default import Config  # pylint: disable=g-import-not-at-top
+import methods  # pylint: disable=g-import-not-at-top  (light: no JAX import)
+
+MethodName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
 
 
-def parse_args(argv) -> tuple[bool, bool, bool, Config]:
-  """Returns ``(resume, checkpoint, vmap_trials, config)``."""
-  d = Config()
-  p = argparse.ArgumentParser(
-    description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+@dataclasses.dataclass
+class CommandLineConfig(Config):
+  """Everything that defines a run. Saved as config.json in the workdir."""
+
+  optimizers: Annotated[
+    tuple[MethodName, ...],
+    tyro.conf.arg(
+      help='Methods to compare, each trained on the same trials. '
+      + '; '.join(f'{m.name}: {m.description}' for m in methods.METHODS.values())
+      + '.'
+    ),
+  ] = Config.optimizers
+
+
+@dataclasses.dataclass
+class RunOptions:
+  """How the program runs; not part of the results' configuration."""
+
+  resume: bool = False
+  """Continue the runs checkpointed in --workdir (made by the same configuration)."""
+  checkpoint: bool = True
+  """Save an Orbax checkpoint after every epoch of every run."""
+  vmap_trials: bool = False
+  """Run the trials of each method at once with jax.vmap (no checkpoints; slower than sequential on CPU)."""
+  coordinator_address: str | None = None
+  """Multi-host: host:port of process 0. Run one process per host, each with the same flags but --process-id; they join through jax.distributed.initialize."""
+  num_processes: int | None = None
+  """Multi-host: the number of processes."""
+  process_id: int | None = None
+  """Multi-host: this process's index."""
+
+
+@dataclasses.dataclass
+class Flags:
+  config: Annotated[CommandLineConfig, tyro.conf.OmitArgPrefixes]
+  run: Annotated[RunOptions, tyro.conf.OmitArgPrefixes]
+
+
+def parse_args(argv) -> tuple[RunOptions, Config]:
+  """The command line (generated from ``Config``) -> ``(run options, config)``.
+
+  Raises ``SystemExit(2)`` with tyro's message on a malformed command line.
+  """
+  flags = tyro.cli(
+    Flags,
+    args=argv,
+    prog='main.py',
+    description=__doc__,
+    default=Flags(CommandLineConfig(), RunOptions()),
   )
-  p.add_argument(
-    '--dataset', default=d.dataset, help='TFDS name (cifar10, svhn_cropped, stl10) or a .npz path'
-  )
-  p.add_argument('--data-dir', default=d.data_dir, help='TFDS data_dir')
-  p.add_argument('--no-download', action='store_true', help='never let TFDS download')
-  p.add_argument('--model', default=d.model, help='small_cnn, vgg11, resnet18 or resnet50')
-  p.add_argument(
-    '--optimizers',
-    default=','.join(d.optimizers),
-    help='comma-separated methods: sgd, sbs, dropout (SGD + dropout), '
-    'adrop (SGD + adaptive dropout / stochastic depth), esgd '
-    '(Entropy-SGD), asgd (Accelerated SGD)',
-  )
-  p.add_argument('--epochs', type=int, default=d.epochs)
-  p.add_argument('--batch-size', type=int, default=d.batch_size)
-  p.add_argument('--learning-rate', type=float, default=d.learning_rate)
-  p.add_argument('--end-learning-rate', type=float, default=d.end_learning_rate)
-  p.add_argument(
-    '--momentum',
-    type=float,
-    default=d.momentum,
-    help='default: the paper pairing 16:0, 32:0.3, 64:0.6, 128:0.9',
-  )
-  p.add_argument('--weight-decay', type=float, default=d.weight_decay)
-  p.add_argument('--alpha', type=float, default=d.alpha)
-  p.add_argument('--lam', type=float, default=d.lam)
-  p.add_argument('--probability', type=float, default=d.probability)
-  p.add_argument('--scale-by-count', action='store_true')
-  p.add_argument('--magnitude', default=d.magnitude, choices=('cma', 'gradient'))
-  p.add_argument('--group', default=d.group, choices=('type', 'single'))
-  p.add_argument('--count-dtype', default=d.count_dtype)
-  p.add_argument(
-    '--sbs-momentum',
-    default=d.sbs_momentum,
-    choices=('frozen', 'chain'),
-    help="SBS under momentum: 'frozen' (Algorithm 2: a waiting "
-    "element keeps its value and momentum) or 'chain' (SBS then "
-    'SGD: momentum keeps moving waiting elements)',
-  )
-  b = p.add_argument_group('baselines')
-  b.add_argument('--dropout-rate', type=float, default=d.dropout_rate)
-  b.add_argument('--depth-dropout', type=float, default=d.depth_dropout)
-  b.add_argument('--esgd-inner-steps', type=int, default=d.esgd_inner_steps)
-  b.add_argument('--esgd-inner-learning-rate', type=float, default=d.esgd_inner_learning_rate)
-  b.add_argument('--esgd-gamma', type=float, default=d.esgd_gamma)
-  b.add_argument('--esgd-noise', type=float, default=d.esgd_noise)
-  b.add_argument('--asgd-kappa', type=float, default=d.asgd_kappa)
-  b.add_argument('--asgd-xi', type=float, default=d.asgd_xi)
-  p.add_argument('--train-fraction', type=float, default=d.train_fraction)
-  p.add_argument('--no-augment', action='store_true')
-  p.add_argument('--trials', type=int, default=d.trials)
-  p.add_argument('--seed', type=int, default=d.seed)
-  p.add_argument('--eval-batch-size', type=int, default=d.eval_batch_size)
-  p.add_argument('--workdir', default=d.workdir)
-  p.add_argument(
-    '--resume', action='store_true', help='continue the runs checkpointed in --workdir'
-  )
-  p.add_argument(
-    '--no-checkpoint', action='store_true', help='do not save a checkpoint after every epoch'
-  )
-  p.add_argument(
-    '--vmap-trials',
-    action='store_true',
-    help='run the trials of each optimizer at once with jax.vmap '
-    '(no checkpoints; slower than sequential on CPU)',
-  )
-  g = p.add_argument_group(
-    'multi-host',
-    'run one process per host, each with the same flags but '
-    '--process-id; all processes join through jax.distributed.initialize',
-  )
-  g.add_argument('--coordinator-address', default=None, help='host:port of process 0')
-  g.add_argument('--num-processes', type=int, default=None)
-  g.add_argument('--process-id', type=int, default=None)
-  a = p.parse_args(argv)
-  if a.coordinator_address is not None:
-    if a.num_processes is None or a.process_id is None:
-      p.error('--coordinator-address needs --num-processes and --process-id')
+  run = flags.run
+  multi_host = (run.coordinator_address, run.num_processes, run.process_id)
+  if any(x is not None for x in multi_host) and any(x is None for x in multi_host):
+    print(
+      'error: multi-host runs need --coordinator-address, --num-processes and --process-id',
+      file=sys.stderr,
+    )
+    raise SystemExit(2)
+  if run.coordinator_address is not None:
     import jax  # pylint: disable=g-import-not-at-top
 
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(a.coordinator_address, a.num_processes, a.process_id)
-  return (
-    a.resume,
-    not a.no_checkpoint,
-    a.vmap_trials,
-    dataclasses.replace(
-      d,
-      dataset=a.dataset,
-      data_dir=a.data_dir,
-      download=not a.no_download,
-      model=a.model,
-      optimizers=tuple(o.strip() for o in a.optimizers.split(',') if o.strip()),
-      epochs=a.epochs,
-      batch_size=a.batch_size,
-      learning_rate=a.learning_rate,
-      end_learning_rate=a.end_learning_rate,
-      momentum=a.momentum,
-      weight_decay=a.weight_decay,
-      alpha=a.alpha,
-      lam=a.lam,
-      probability=a.probability,
-      scale_by_count=a.scale_by_count,
-      magnitude=a.magnitude,
-      group=a.group,
-      count_dtype=a.count_dtype,
-      sbs_momentum=a.sbs_momentum,
-      dropout_rate=a.dropout_rate,
-      depth_dropout=a.depth_dropout,
-      esgd_inner_steps=a.esgd_inner_steps,
-      esgd_inner_learning_rate=a.esgd_inner_learning_rate,
-      esgd_gamma=a.esgd_gamma,
-      esgd_noise=a.esgd_noise,
-      asgd_kappa=a.asgd_kappa,
-      asgd_xi=a.asgd_xi,
-      train_fraction=a.train_fraction,
-      augment=not a.no_augment,
-      trials=a.trials,
-      seed=a.seed,
-      eval_batch_size=a.eval_batch_size,
-      workdir=a.workdir,
-    ),
-  )
+    jax.distributed.initialize(run.coordinator_address, run.num_processes, run.process_id)
+  config = Config(**{f.name: getattr(flags.config, f.name) for f in dataclasses.fields(Config)})
+  return run, config
 
 
 def progress_bar(optimizer, trial, epochs):
@@ -171,8 +113,11 @@ def progress_bar(optimizer, trial, epochs):
 
 
 def main(argv=None) -> int:
-  resume, checkpoint, vmap_trials, config = parse_args(sys.argv[1:] if argv is None else argv)
-  checkpoint = checkpoint and not vmap_trials
+  try:
+    run, config = parse_args(sys.argv[1:] if argv is None else argv)
+  except SystemExit as e:  # --help, or a malformed command line (message printed)
+    return 0 if e.code is None else int(e.code)
+  checkpoint = run.checkpoint and not run.vmap_trials
   # Heavy imports after argument parsing, so --help is instant.
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -195,8 +140,8 @@ def main(argv=None) -> int:
       data,
       progress_factory=lambda o, t: progress_bar(o, t, config.epochs),
       checkpoint=checkpoint,
-      resume=resume,
-      vectorized=vmap_trials,
+      resume=run.resume,
+      vectorized=run.vmap_trials,
     )
   except (input_pipeline.DataError, train.ConfigError, checkpointing.ResumeError) as e:
     print(f'error: {e}', file=sys.stderr)

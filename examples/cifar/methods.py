@@ -3,18 +3,24 @@
 A method is a model option (dropout variants regularise the model) and an
 optimizer factory. Adding a method is adding one entry to ``METHODS``; the
 training program, its flags and the benchmarks read the registry.
+
+The factories import JAX, Optax and optax_sbs when they run, not when this
+module loads: the command line reads the registry's names and descriptions,
+and ``--help`` stays instant.
 """
+
+from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+from typing import TYPE_CHECKING
 from typing import Any
 
-import jax
-import optax
-
-import optax_sbs
-
 from configs.default import Config
+
+if TYPE_CHECKING:
+  import jax
+  import optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +45,20 @@ class Method:
 
 
 def _sgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+  import optax  # pylint: disable=g-import-not-at-top
+
   del config, key
   return optax.sgd(lr, momentum=momentum or None)
 
 
 def sbs_options(config: Config) -> dict[str, Any]:
   """The SBS keyword arguments a configuration asks for."""
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
   return dict(
     alpha=config.alpha,
     lam=config.lam,
+    global_normalization=config.global_normalization,
     probability=config.probability,
     scale_by_count=config.scale_by_count,
     magnitude=config.magnitude,
@@ -57,6 +68,10 @@ def sbs_options(config: Config) -> dict[str, Any]:
 
 
 def _sbs(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
   sgd = _sgd(config, lr, momentum, key)
   if config.sbs_momentum == 'frozen':
     # Algorithm 2: a waiting element keeps its value and momentum trace.
@@ -66,6 +81,8 @@ def _sbs(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
 
 
 def _esgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
   return optax_sbs.baselines.entropy_sgd(
     lr,
     key=key,
@@ -82,6 +99,8 @@ def _esgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
 
 
 def _asgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
   del momentum, key  # Accelerated SGD has its own momentum-like iterate.
   return optax_sbs.baselines.accelerated_sgd(lr, kappa=config.asgd_kappa, xi=config.asgd_xi)
 
@@ -109,6 +128,10 @@ METHODS: dict[str, Method] = {
   )
 }
 
-# Optimizer states that carry a PRNG key (replaced per trial when trials are
-# vectorised).
-KEYED_STATES = (optax_sbs.StochasticBatchSizeState, optax_sbs.baselines.ScaleByEntropySGDState)
+
+def keyed_states() -> tuple[type, ...]:
+  """Optimizer state types that carry a PRNG key (replaced per trial when
+  trials are vectorised)."""
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
+  return (optax_sbs.StochasticBatchSizeState, optax_sbs.baselines.ScaleByEntropySGDState)

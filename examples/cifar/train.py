@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import methods
 import numpy as np
 import optax
 
@@ -24,6 +23,7 @@ import checkpointing
 from configs.default import PAPER_MOMENTUM
 from configs.default import Config
 import input_pipeline
+import methods
 import models
 
 # The methods of the paper's comparison (§5.4), from the registry.
@@ -320,6 +320,51 @@ class Throughput:
     return self._all_images / (now - self._first)
 
 
+def epoch_batches(
+  config: Config,
+  data: input_pipeline.Dataset,
+  setups: list[TrialSetup],
+  mesh: Mesh,
+  vectorized: bool,
+):
+  """One epoch of training batches, ``(images, labels, num_images)``.
+
+  Every trial draws its own order and augmentation from its own generator.
+  Sequential (one setup): the batch sharded over the mesh, from every
+  process. Vectorised: the trials' batches stacked on a leading axis.
+  """
+  per_trial = [
+    input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, t.rng) for t in setups
+  ]
+  for batches in zip(*per_trial):
+    xs, ys = [], []
+    for (xb, yb), t in zip(batches, setups):
+      if config.augment:
+        xb = input_pipeline.augment(xb, t.rng, flip=data.flip)
+      xs.append(xb)
+      ys.append(yb)
+    if vectorized:
+      yield np.stack(xs), np.stack(ys), sum(len(x) for x in xs)
+    else:
+      yield *to_global(mesh, xs[0], ys[0]), len(xs[0])
+
+
+def train_epoch(train, state, batches, mean, std, compiles: bool):
+  """Runs ``train`` over ``batches``; returns the state, the epoch's mean
+  training loss and accuracy (%) (arrays over trials if vectorised) and
+  images/s (without the compiling step when ``compiles``)."""
+  throughput = Throughput(compiles=compiles)
+  losses, accs = [], []
+  for xb, yb, num_images in batches:
+    state, metrics = train(state, xb, yb, mean, std)
+    throughput.step(metrics, num_images)
+    losses.append(metrics['loss'])
+    accs.append(metrics['accuracy'])
+  train_loss = np.mean(jax.device_get(losses), axis=0)
+  train_acc = 100.0 * np.mean(jax.device_get(accs), axis=0)
+  return state, train_loss, train_acc, throughput.per_second()
+
+
 def _eval_batch_size(config: Config, mesh: Mesh) -> int:
   # Evaluation pads its last batch anyway: round up to a multiple of devices.
   return -(-config.eval_batch_size // mesh.size) * mesh.size
@@ -408,28 +453,19 @@ def run_trial(
   train, evaluate = make_steps(mesh)
   mean, std = replicate((t.mean, t.std), mesh)
   eval_batch_size = _eval_batch_size(config, mesh)
-  rng, steps_per_epoch = t.rng, t.steps_per_epoch
   rows = []
   if checkpointer is not None:
     restored = checkpointer.restore(state)
     if restored is not None:
-      state, rows, rng.bit_generator.state = restored
+      state, rows, t.rng.bit_generator.state = restored
       for row in rows if progress is not None else ():
         progress(row)
   first_epoch = len(rows) + 1
   for epoch in range(first_epoch, config.epochs + 1):
-    throughput = Throughput(compiles=epoch == first_epoch)
-    losses, accs = [], []
-    for xb, yb in input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, rng):
-      if config.augment:
-        xb = input_pipeline.augment(xb, rng, flip=data.flip)
-      state, metrics = train(state, *to_global(mesh, xb, yb), mean, std)
-      throughput.step(metrics, len(xb))
-      losses.append(metrics['loss'])
-      accs.append(metrics['accuracy'])
-    train_loss = float(np.mean(jax.device_get(losses)))
-    train_acc = 100.0 * float(np.mean(jax.device_get(accs)))
-    images_per_sec = throughput.per_second()
+    batches = epoch_batches(config, data, [t], mesh, vectorized=False)
+    state, train_loss, train_acc, images_per_sec = train_epoch(
+      train, state, batches, mean, std, compiles=epoch == first_epoch
+    )
     val_loss, val_acc = evaluate_dataset(
       evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
     )
@@ -438,7 +474,7 @@ def run_trial(
       optimizer,
       trial,
       epoch,
-      steps_per_epoch,
+      t.steps_per_epoch,
       train_loss,
       train_acc,
       val_loss,
@@ -450,7 +486,7 @@ def run_trial(
       row['params_sha256'] = params_digest(state.params)
     rows.append(row)
     if checkpointer is not None:
-      checkpointer.save(epoch, state, rows, rng.bit_generator.state)
+      checkpointer.save(epoch, state, rows, t.rng.bit_generator.state)
     if progress is not None:
       progress(row)
   return rows
@@ -459,7 +495,8 @@ def run_trial(
 def _with_optimizer_key(opt_state, key):
   """The optimizer state with its PRNG key (SBS masks, Entropy-SGD noise)
   replaced; a no-op for optimisers without one."""
-  keyed = lambda x: isinstance(x, methods.KEYED_STATES)
+  types = methods.keyed_states()
+  keyed = lambda x: isinstance(x, types)
   return jax.tree.map(lambda n: n._replace(key=key) if keyed(n) else n, opt_state, is_leaf=keyed)
 
 
@@ -500,25 +537,10 @@ def run_trials_vectorized(
   eval_batch_size = _eval_batch_size(config, mesh)
   rows = []
   for epoch in range(1, config.epochs + 1):
-    throughput = Throughput(compiles=epoch == 1)
-    losses, accs = [], []
-    epoch_batches = [
-      input_pipeline.train_batches(t.x_train, t.y_train, config.batch_size, t.rng) for t in setups
-    ]
-    for batches in zip(*epoch_batches):
-      xs, ys = [], []
-      for (xb, yb), t in zip(batches, setups):
-        if config.augment:
-          xb = input_pipeline.augment(xb, t.rng, flip=data.flip)
-        xs.append(xb)
-        ys.append(yb)
-      state, metrics = train(state, np.stack(xs), np.stack(ys), mean, std)
-      throughput.step(metrics, config.trials * config.batch_size)
-      losses.append(metrics['loss'])
-      accs.append(metrics['accuracy'])
-    train_loss = np.mean(jax.device_get(losses), axis=0)
-    train_acc = 100.0 * np.mean(jax.device_get(accs), axis=0)
-    images_per_sec = throughput.per_second()
+    batches = epoch_batches(config, data, setups, mesh, vectorized=True)
+    state, train_loss, train_acc, images_per_sec = train_epoch(
+      train, state, batches, mean, std, compiles=epoch == 1
+    )
     val_loss, val_acc = evaluate_dataset(
       evaluate, state, data.x_test, data.y_test, eval_batch_size, mesh, mean, std
     )
