@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -190,7 +191,7 @@ def main(argv=None):
   workdir = args.workdir or os.path.join(
     ROOT, 'benchmarks', 'results', 'trials', f'overfit_{args.regime}'
   )
-  command = 'python benchmarks/overfit.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+  command = 'python benchmarks/overfit.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
   try:
     data = input_pipeline.load(args.dataset, args.data_dir)
   except input_pipeline.DataError as e:

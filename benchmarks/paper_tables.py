@@ -35,11 +35,10 @@ share a table (each trial is claimed by a lock file). Writes ``benchmarks/result
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 
@@ -49,13 +48,13 @@ sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 import optax
-from scipy import stats
 
 import optax_sbs
 
 from configs.default import Config
 import input_pipeline
 import train as train_lib
+import trial_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,44 +252,8 @@ ADDED_FIELDS = {'global_normalization': 'std'}
 
 
 def cell_key(config: Config) -> str:
-  """The cache key of a cell's configuration: where the data and the cache
-  lie does not enter it (the dataset by file name), so a cache committed
-  from one checkout is found from another."""
-  fields = dataclasses.asdict(config)
-  for where in ('workdir', 'data_dir'):
-    fields.pop(where)
-  for name, default in ADDED_FIELDS.items():
-    if fields[name] == default:
-      fields.pop(name)
-  fields['dataset'] = os.path.basename(config.dataset)
-  text = json.dumps(fields, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _claim(lock: str) -> bool:
-  """Claims a trial for this process (False if a live process holds it), so
-  several processes can share one table's trials."""
-  os.makedirs(os.path.dirname(lock), exist_ok=True)
-  for _ in range(2):
-    try:
-      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      try:
-        with open(lock) as f:
-          os.kill(int(f.read() or 0), 0)  # raises if that process is gone
-        return False
-      except (ProcessLookupError, ValueError, FileNotFoundError):
-        try:
-          os.remove(lock)  # left by a process that died: take it over
-        except FileNotFoundError:
-          pass
-        continue
-      except PermissionError:
-        return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(str(os.getpid()))
-    return True
-  return False
+  """The cache key of a cell's configuration (``trial_cache.config_key``)."""
+  return trial_cache.config_key(config, added_fields=ADDED_FIELDS)
 
 
 def run_cell(config: Config, data, workdir: str, train: bool = True) -> tuple[list[dict], float]:
@@ -304,32 +267,13 @@ def run_cell(config: Config, data, workdir: str, train: bool = True) -> tuple[li
   render it at the end with ``--cached-only``. With ``train=False``, only
   the cached trials.
   """
-  rows, seconds = [], 0.0
-  for trial in range(config.trials):
-    path = os.path.join(workdir, f'{cell_key(config)}_trial{trial}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        cached = json.load(f)
-    elif not train or not _claim(path + '.lock'):
-      continue  # not to train here, or another process is training it
-    else:
-      single = dataclasses.replace(config, trials=1, seed=config.seed + trial)
-      start = time.perf_counter()
-      trial_rows = [dict(r, trial=trial) for r in train_lib.run(single, data)]
-      cached = {
-        'config': dataclasses.asdict(config),
-        'trial': trial,
-        'rows': trial_rows,
-        'seconds': time.perf_counter() - start,
-      }
-      os.makedirs(workdir, exist_ok=True)
-      with open(path + '.tmp', 'w') as f:
-        json.dump(cached, f)
-      os.replace(path + '.tmp', path)
-      os.remove(path + '.lock')
-    rows += cached['rows']
-    seconds += cached['seconds']
-  return rows, seconds
+  return trial_cache.run_trials(
+    config,
+    cell_key(config),
+    lambda single: train_lib.run(single, data),
+    workdir,
+    train=train,
+  )
 
 
 def per_trial(rows: list[dict], epochs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -367,23 +311,8 @@ def sbs_statistics(rows: list[dict]) -> str:
   return f'{np.mean(fractions):.3f} / {np.mean(counts):.2f}'
 
 
-def mean_std(values: np.ndarray) -> str:
-  """``mean ± std`` over trials; the mean alone for one trial."""
-  if len(values) < 2:
-    return f'{np.mean(values):.2f}'
-  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, int]:
-  """Mean of a - b, its 95% t confidence interval, and how often a > b."""
-  d = a - b
-  mean, wins = float(d.mean()), int(np.sum(d > 0))
-  if len(d) < 2:
-    return mean, float('nan'), float('nan'), wins
-  if np.all(d == d[0]):  # no spread: the interval is the point (scipy warns)
-    return mean, mean, mean, wins
-  interval = stats.ttest_rel(a, b).confidence_interval(0.95)
-  return mean, float(interval.low), float(interval.high), wins
+mean_std = trial_cache.mean_std
+paired_difference = trial_cache.paired_difference
 
 
 def best_rates(todo: list[Cell], results: dict, base: Config, epochs: int) -> list[str]:
@@ -537,7 +466,9 @@ def main(argv=None):
   workdir = args.workdir or os.path.join(
     ROOT, 'benchmarks', 'results', 'trials', f'paper_tables_{args.scale}'
   )
-  command = 'python benchmarks/paper_tables.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+  command = 'python benchmarks/paper_tables.py ' + shlex.join(
+    sys.argv[1:] if argv is None else argv
+  )
 
   try:
     data = input_pipeline.load(args.dataset, args.data_dir)

@@ -15,6 +15,7 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import paper_tables  # noqa: E402
+import trial_cache  # noqa: E402
 
 
 def test_paper_tables_trial_alone_equals_trial_in_a_run(tiny, tiny_data):
@@ -82,11 +83,11 @@ def test_cell_key_ignores_where_the_data_and_the_cache_lie():
 
 def test_a_trial_is_claimed_by_one_live_process(tmp_path):
   lock = str(tmp_path / 'cell_trial0.json.lock')
-  assert paper_tables._claim(lock)  # pylint: disable=protected-access
-  assert not paper_tables._claim(lock)  # held by this live process
+  assert trial_cache._claim(lock)  # pylint: disable=protected-access
+  assert not trial_cache._claim(lock)  # held by this live process
   with open(lock, 'w') as f:  # left by a process that died
     f.write('999999999')
-  assert paper_tables._claim(lock)  # pylint: disable=protected-access
+  assert trial_cache._claim(lock)  # pylint: disable=protected-access
 
 
 def test_paired_difference_confidence_interval():

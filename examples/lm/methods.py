@@ -1,0 +1,139 @@
+"""The compared methods: AdamW and update masks around it, one registry entry each.
+
+Every method is an optimizer factory ``(config, learning_rate, key) ->
+optax.GradientTransformation``; the training program clips the gradient
+before it (``--clip-norm``). Adding a method is adding one entry to
+``METHODS``; the flags and the benchmark read the registry.
+
+The factories import JAX, Optax and optax_sbs when they run, not when this
+module loads, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+from typing import TYPE_CHECKING
+
+from configs.default import Config
+
+if TYPE_CHECKING:
+  import jax
+  import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One method of the comparison.
+
+  Attributes:
+    name: the name used on the command line and in results.
+    description: one line for ``--help``.
+    optimizer: ``(config, learning_rate, key) -> optimizer``, where
+      ``learning_rate`` is the warm-up + cosine schedule and ``key`` the
+      trial's optimizer key (the masks' randomness).
+  """
+
+  name: str
+  description: str
+  optimizer: Callable[[Config, optax.Schedule, jax.Array], optax.GradientTransformation]
+
+
+def _decay_mask(params):
+  """Weight decay on matrices and embeddings, not on biases and norm scales."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _adamw(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  del key
+  return optax.adamw(
+    lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=_decay_mask
+  )
+
+
+def _masked_updates(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
+  return optax_sbs.masked_updates(
+    _adamw(config, lr, key),
+    key,
+    probability=config.probability,
+    rescale=True,
+    granularity=config.granularity,
+  )
+
+
+def _lr_dropout(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
+  # Learning-Rate Dropout (Lin et al., 2019): each coordinate's step is
+  # dropped with probability 1 - p, kept steps are not rescaled.
+  return optax_sbs.masked_updates(
+    _adamw(config, lr, key),
+    key,
+    probability=config.probability,
+    rescale=False,
+    granularity='element',
+  )
+
+
+def _magma(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
+  return optax_sbs.magma(
+    _adamw(config, lr, key),
+    key,
+    probability=config.probability,
+    tau=config.tau,
+    score_decay=config.score_decay,
+    momentum_decay=config.momentum_decay,
+    granularity=config.granularity,
+  )
+
+
+def _sbs(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax_sbs  # pylint: disable=g-import-not-at-top
+
+  return optax_sbs.with_stochastic_batch_size(
+    _adamw(config, lr, key),
+    key,
+    alpha=config.alpha,
+    lam=config.lam,
+    probability=config.sbs_probability,
+    group_fn=optax_sbs.parameter_type,
+  )
+
+
+METHODS: dict[str, Method] = {
+  m.name: m
+  for m in (
+    Method('adamw', 'AdamW, warm-up + cosine learning rate (--b1 --b2 --weight-decay)', _adamw),
+    Method(
+      'masked_updates',
+      'AdamW whose updates are kept with probability p and rescaled by 1/p, its state '
+      'dense (SkipUpdate; --probability --granularity)',
+      _masked_updates,
+    ),
+    Method(
+      'lr_dropout',
+      'Learning-Rate Dropout: AdamW steps dropped per element with probability 1 - p, '
+      'not rescaled (--probability)',
+      _lr_dropout,
+    ),
+    Method(
+      'magma',
+      'Magma: masked AdamW updates scaled by momentum-gradient alignment '
+      '(--probability --tau --score-decay --momentum-decay --granularity)',
+      _magma,
+    ),
+    Method(
+      'sbs',
+      'stochastic batch size around AdamW (Algorithm 2; --alpha --lam --sbs-probability)',
+      _sbs,
+    ),
+  )
+}

@@ -1,0 +1,355 @@
+"""Training and evaluation of the NNX transformer: steps, loop, trials, summary.
+
+The entry point is :func:`run` (every method x trial of a configuration);
+:func:`run_trial` trains one. The trial's seed fixes the model's
+initialisation, the training windows and the optimizer's key, so the methods
+of one trial differ only in the method (a paired comparison). Losses are
+cross-entropies in nats per character.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import json
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import checkpointing
+from configs.default import Config
+import input_pipeline
+import methods
+import models
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run, with a message saying why."""
+
+
+def validate(config: Config) -> None:
+  unknown = [m for m in config.methods if m not in methods.METHODS]
+  if unknown or not config.methods:
+    raise ConfigError(
+      f'unknown method {", ".join(unknown) or "(none)"}; choose from {", ".join(methods.METHODS)}'
+    )
+  for name in (
+    'num_layers',
+    'num_heads',
+    'embed_dim',
+    'mlp_ratio',
+    'context_length',
+    'batch_size',
+    'steps',
+    'eval_interval',
+    'eval_batches',
+    'trials',
+  ):
+    if getattr(config, name) < 1:
+      raise ConfigError(f'{name} must be at least 1, got {getattr(config, name)}')
+  if config.embed_dim % config.num_heads:
+    raise ConfigError(f'num_heads {config.num_heads} does not divide embed_dim {config.embed_dim}')
+  if not 0 <= config.warmup_steps < config.steps:
+    raise ConfigError(f'warmup_steps must lie in [0, steps), got {config.warmup_steps}')
+  if not config.learning_rate > 0:
+    raise ConfigError(f'learning_rate must be positive, got {config.learning_rate}')
+  for name in ('end_learning_rate_ratio', 'probability', 'score_decay'):
+    if not 0.0 <= getattr(config, name) <= 1.0:
+      raise ConfigError(f'{name} must lie in [0, 1], got {getattr(config, name)}')
+  for name in ('b1', 'b2', 'momentum_decay'):
+    if not 0.0 <= getattr(config, name) < 1.0:
+      raise ConfigError(f'{name} must lie in [0, 1), got {getattr(config, name)}')
+  if config.sbs_probability is not None and not 0.0 <= config.sbs_probability <= 1.0:
+    raise ConfigError(f'sbs_probability must lie in [0, 1], got {config.sbs_probability}')
+  if not config.tau > 0:
+    raise ConfigError(f'tau must be positive, got {config.tau}')
+  if config.weight_decay < 0 or config.clip_norm < 0:
+    raise ConfigError('weight_decay and clip_norm must not be negative')
+  if config.granularity not in ('leaf', 'element'):
+    raise ConfigError(f"granularity must be 'leaf' or 'element', got {config.granularity!r}")
+
+
+def learning_rate_schedule(config: Config) -> optax.Schedule:
+  """Linear warm-up from 0 to ``learning_rate``, then a cosine down to
+  ``end_learning_rate_ratio * learning_rate`` at the last step."""
+  return optax.warmup_cosine_decay_schedule(
+    0.0,
+    config.learning_rate,
+    config.warmup_steps,
+    decay_steps=config.steps,
+    end_value=config.learning_rate * config.end_learning_rate_ratio,
+  )
+
+
+def build_optimizer(config: Config, method: str, key: jax.Array) -> optax.GradientTransformation:
+  """The method's optimizer (``methods.METHODS``) after gradient clipping."""
+  tx = methods.METHODS[method].optimizer(config, learning_rate_schedule(config), key)
+  if config.clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
+  return optax.chain(tx)
+
+
+def trial_seeds(config: Config, trial: int) -> tuple[jax.Array, jax.Array, np.random.Generator]:
+  """What trial ``trial`` fixes, for every method alike: the model's init key,
+  the optimizer's key and the Generator of the training windows."""
+  seed = config.seed + trial
+  model_key, optimizer_key = jax.random.split(jax.random.key(seed))
+  return model_key, optimizer_key, np.random.default_rng([seed, 1])
+
+
+# One optimizer per configuration and method, shared by its trials: the
+# trial's key goes into the state instead (``create``), so the trials run the
+# train step that nnx.jit compiled for the first one (it caches on the
+# optimizer object, and a new one per trial would compile again).
+_OPTIMIZERS: dict[tuple[str, str], optax.GradientTransformation] = {}
+# Fields that do not enter an optimizer (``methods``: the method is named apart).
+NOT_OPTIMIZER_FIELDS = (
+  'dataset',
+  'data_dir',
+  'download',
+  'methods',
+  'eval_interval',
+  'eval_batches',
+  'trials',
+  'seed',
+  'workdir',
+)
+
+
+def shared_optimizer(config: Config, method: str) -> optax.GradientTransformation:
+  """``build_optimizer`` with a placeholder key, one object for every trial."""
+  fields = dataclasses.asdict(config)
+  for name in NOT_OPTIMIZER_FIELDS:
+    fields.pop(name)
+  cache_key = (json.dumps(fields, sort_keys=True, default=str), method)
+  if cache_key not in _OPTIMIZERS:
+    _OPTIMIZERS[cache_key] = build_optimizer(config, method, jax.random.key(0))
+  return _OPTIMIZERS[cache_key]
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def create(config: Config, method: str, vocab_size: int, model_key, optimizer_key):
+  """A fresh ``(model, nnx.Optimizer)`` for one run.
+
+  The optimizer state's PRNG keys (the masks') are ``optimizer_key``: the
+  state that ``build_optimizer(config, method, optimizer_key)`` would start
+  from (the library's transformations use their key only in ``init``).
+  """
+  model = models.create_model(config, vocab_size, nnx.Rngs(params=model_key))
+  optimizer = nnx.Optimizer(model, shared_optimizer(config, method), wrt=nnx.Param)
+  state = nnx.state(optimizer)
+  nnx.update(optimizer, jax.tree.map(lambda x: optimizer_key if _is_key(x) else x, state))
+  # Committed to the device, as Orbax restores them: a resumed run then
+  # finds the train step compiled (nnx.jit tells the two apart).
+  device = jax.devices()[0]
+  for node in (model, optimizer):
+    nnx.update(node, jax.device_put(nnx.state(node), device))
+  return model, optimizer
+
+
+def loss_fn(model: models.Transformer, inputs, targets) -> jax.Array:
+  """Mean next-character cross-entropy (nats per character)."""
+  logits = model(inputs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+@nnx.jit
+def train_step(model: models.Transformer, optimizer: nnx.Optimizer, inputs, targets):
+  """One step on a batch of windows; returns the batch's loss (before the step)."""
+  loss, grads = nnx.value_and_grad(loss_fn)(model, inputs, targets)
+  optimizer.update(model, grads)
+  return loss
+
+
+@nnx.jit
+def eval_step(model: models.Transformer, inputs, targets):
+  """Summed cross-entropy over every character of the batch."""
+  logits = model(inputs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+
+def evaluate(model, windows: tuple[np.ndarray, np.ndarray], batch_size: int) -> float:
+  """Mean loss (nats per character) over fixed windows, ``batch_size`` at a time."""
+  inputs, targets = windows
+  total = 0.0
+  for start in range(0, len(inputs), batch_size):
+    total += float(
+      eval_step(model, inputs[start : start + batch_size], targets[start : start + batch_size])
+    )
+  return total / inputs.size
+
+
+class Throughput:
+  """Training tokens per second over an interval, leaving out the step that
+  compiled the program (the first step of a run or of a resumed run),
+  unless it was the only one."""
+
+  def __init__(self, compiles: bool):
+    self._compiles = compiles
+    self._start = self._first = time.perf_counter()
+    self._tokens = self._all_tokens = 0
+
+  def step(self, outputs, tokens: int) -> None:
+    self._all_tokens += tokens
+    if self._compiles:
+      jax.block_until_ready(outputs)
+      self._start = time.perf_counter()
+      self._compiles = False
+    else:
+      self._tokens += tokens
+
+  def per_second(self) -> float:
+    """Call after the interval's outputs are on the host."""
+    now = time.perf_counter()
+    if self._tokens:
+      return self._tokens / (now - self._start)
+    return self._all_tokens / (now - self._first)
+
+
+def run_trial(
+  config: Config,
+  data: input_pipeline.TextData,
+  method: str,
+  trial: int,
+  progress: Callable[[dict], None] | None = None,
+  checkpointer: checkpointing.RunCheckpointer | None = None,
+) -> list[dict]:
+  """Trains ``method`` for one trial; returns one row per evaluation.
+
+  A row: ``method, trial, step, train_loss`` (mean over the steps since the
+  previous row), ``val_loss`` (on fixed validation windows),
+  ``tokens_per_sec`` (without the compiling step), ``learning_rate`` (of
+  the row's last step); the last row adds ``test_loss`` (fixed test windows).
+
+  With a ``checkpointer``, the run starts from its latest checkpoint (if
+  any) and saves one after every evaluation, so a resumed run ends with the
+  rows of an uninterrupted one (timings aside).
+  """
+  model_key, optimizer_key, rng = trial_seeds(config, trial)
+  model, optimizer = create(config, method, data.vocab_size, model_key, optimizer_key)
+  schedule = learning_rate_schedule(config)
+  num_windows = config.eval_batches * config.batch_size
+  val_windows = input_pipeline.eval_windows(data.validation, num_windows, config.context_length)
+  rows: list[dict] = []
+  if checkpointer is not None:
+    restored = checkpointer.restore(model, optimizer)
+    if restored is not None:
+      rows, rng.bit_generator.state = restored
+      for row in rows if progress is not None else ():
+        progress(row)
+  step = rows[-1]['step'] if rows else 0
+  tokens_per_step = config.batch_size * config.context_length
+  compiles = True
+  while step < config.steps:
+    end = min(config.steps, (step // config.eval_interval + 1) * config.eval_interval)
+    throughput = Throughput(compiles)
+    compiles = False
+    losses = []
+    for _ in range(step, end):
+      inputs, targets = input_pipeline.train_batch(
+        data.train, config.batch_size, config.context_length, rng
+      )
+      loss = train_step(model, optimizer, inputs, targets)
+      throughput.step(loss, tokens_per_step)
+      losses.append(loss)
+    train_loss = float(np.mean(jax.device_get(losses)))
+    tokens_per_sec = throughput.per_second()
+    step = end
+    row = dict(
+      method=method,
+      trial=trial,
+      step=step,
+      train_loss=train_loss,
+      val_loss=evaluate(model, val_windows, config.batch_size),
+      tokens_per_sec=tokens_per_sec,
+      learning_rate=float(schedule(step - 1)),
+    )
+    if step == config.steps:
+      test_windows = input_pipeline.eval_windows(data.test, num_windows, config.context_length)
+      row['test_loss'] = evaluate(model, test_windows, config.batch_size)
+    rows.append(row)
+    if checkpointer is not None:
+      checkpointer.save(step, model, optimizer, rows, rng.bit_generator.state)
+    if progress is not None:
+      progress(row)
+  return rows
+
+
+def run(
+  config: Config,
+  data: input_pipeline.TextData,
+  progress_factory: Callable[[str, int], Callable[[dict], None]] | None = None,
+  checkpoint: bool = False,
+  resume: bool = False,
+) -> list[dict]:
+  """All methods x trials, trial-major so paired runs sit together.
+
+  Args:
+    config: the run's configuration.
+    data: the corpus.
+    progress_factory: ``(method, trial) -> callable(row)``, per run.
+    checkpoint: save an Orbax checkpoint after every evaluation of every run
+      in ``config.workdir``.
+    resume: continue from the checkpoints in ``config.workdir`` (made by the
+      same configuration); finished runs are not repeated.
+  """
+  validate(config)
+  input_pipeline.check_lengths(data, config.context_length)
+  if checkpoint or resume:
+    checkpointing.prepare_workdir(config.workdir, config, resume)
+  rows = []
+  for trial in range(config.trials):
+    for method in config.methods:
+      progress = progress_factory(method, trial) if progress_factory else None
+      checkpointer = (
+        checkpointing.RunCheckpointer(config.workdir, method, trial)
+        if checkpoint or resume
+        else None
+      )
+      try:
+        rows += run_trial(config, data, method, trial, progress, checkpointer)
+      finally:
+        if checkpointer is not None:
+          checkpointer.close()
+  return rows
+
+
+def final_rows(rows: list[dict], method: str) -> list[dict]:
+  """The last row of every trial of ``method``, by trial."""
+  last: dict[int, dict] = {}
+  for r in rows:
+    if r['method'] == method and r['step'] >= last.get(r['trial'], {'step': -1})['step']:
+      last[r['trial']] = r
+  return [last[t] for t in sorted(last)]
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+  """Per method: final validation (and test) loss per trial, mean and std over
+  trials; against 'adamw' (when both ran), the paired differences."""
+  summary = {}
+  for method in dict.fromkeys(r['method'] for r in rows):
+    last = final_rows(rows, method)
+    val = [r['val_loss'] for r in last]
+    test = [r['test_loss'] for r in last if 'test_loss' in r]
+    summary[method] = dict(
+      trials=len(val),
+      val_loss_mean=float(np.mean(val)),
+      val_loss_std=float(np.std(val, ddof=1)) if len(val) > 1 else 0.0,
+      per_trial_val_loss=val,
+      test_loss_mean=float(np.mean(test)) if test else None,
+      tokens_per_sec=float(np.mean([r['tokens_per_sec'] for r in rows if r['method'] == method])),
+    )
+  if 'adamw' in summary:
+    base = np.asarray(summary['adamw']['per_trial_val_loss'])
+    for method, s in summary.items():
+      values = np.asarray(s['per_trial_val_loss'])
+      if method == 'adamw' or len(values) != len(base):
+        continue
+      diff = values - base
+      s['vs_adamw'] = dict(diff=float(diff.mean()), wins=int(np.sum(diff < 0)), trials=len(diff))
+  return summary

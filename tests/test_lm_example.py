@@ -1,0 +1,475 @@
+"""The character-level transformer example (examples/lm) and benchmarks/lm.py.
+
+examples/cifar has modules of the same names (main, train, models, ...) and
+conftest.py puts it on sys.path, so the LM modules are imported in
+isolation: the ``lm`` fixture takes the CIFAR entries out of ``sys.modules``
+and ``sys.path``, imports the LM modules, and puts everything back after the
+last test of this file.
+"""
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import types
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+import optax_sbs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LM_DIR = os.path.join(ROOT, 'examples', 'lm')
+SHARED_TEXT = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
+# Module names the LM example shares with the CIFAR example.
+SHARED_NAMES = (
+  'main',
+  'train',
+  'models',
+  'input_pipeline',
+  'methods',
+  'checkpointing',
+  'results',
+  'configs',
+  'configs.default',
+)
+
+
+@pytest.fixture(scope='module')
+def lm():
+  """The LM example's modules (and benchmarks/lm.py as ``benchmark``)."""
+  saved_path = list(sys.path)
+  saved = {name: sys.modules.pop(name) for name in SHARED_NAMES if name in sys.modules}
+  sys.path.insert(0, LM_DIR)
+  try:
+    mods = {
+      name.replace('configs.default', 'default_config'): importlib.import_module(name)
+      for name in SHARED_NAMES
+      if name != 'configs'
+    }
+    spec = importlib.util.spec_from_file_location(
+      'lm_benchmark', os.path.join(ROOT, 'benchmarks', 'lm.py')
+    )
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    yield types.SimpleNamespace(**mods, Config=mods['default_config'].Config, benchmark=benchmark)
+  finally:
+    for name in SHARED_NAMES:
+      sys.modules.pop(name, None)
+    sys.modules.update(saved)
+    sys.path[:] = saved_path
+
+
+def _corpus(n: int = 4000) -> str:
+  """A small learnable text: a few lines repeated in a random order."""
+  lines = [
+    'to be or not to be, that is the question.\n',
+    'all the world is a stage.\n',
+    'now is the winter of our discontent.\n',
+    'what light through yonder window breaks?\n',
+  ]
+  rng = np.random.default_rng(0)
+  text = ''
+  while len(text) < n:
+    text += lines[rng.integers(len(lines))]
+  return text[:n]
+
+
+@pytest.fixture(scope='module')
+def corpus_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('lm') / 'corpus.txt'
+  path.write_text(_corpus(), encoding='utf-8')
+  return str(path)
+
+
+def tiny(lm, **overrides):
+  """A Config for runs of a few seconds: the benchmark's smoke scale (so runs
+  of the same method and rate share one compiled step), one trial, rate 1e-2."""
+  base = lm.benchmark.base_config(lm.benchmark.SCALES['smoke'], 'unused.txt', None)
+  return dataclasses.replace(base, **{'learning_rate': 1e-2, 'trials': 1, **overrides})
+
+
+def without_timing(rows):
+  return [{k: v for k, v in r.items() if k != 'tokens_per_sec'} for r in rows]
+
+
+# Model.
+
+
+def test_changing_a_future_token_leaves_earlier_logits_unchanged(lm):
+  model = lm.models.create_model(tiny(lm, num_layers=2), 11, nnx.Rngs(0))
+  tokens = np.random.default_rng(0).integers(0, 11, (3, 12))
+  changed = tokens.copy()
+  changed[:, 7] = (tokens[:, 7] + 1) % 11
+  forward = nnx.jit(lambda model, tokens: model(tokens))
+  before, after = np.asarray(forward(model, tokens)), np.asarray(forward(model, changed))
+  assert before.shape == (3, 12, 11)
+  np.testing.assert_allclose(after[:, :7], before[:, :7], rtol=0, atol=1e-6)
+  # Position 7 and later see the change.
+  assert np.abs(after[:, 7:] - before[:, 7:]).min(axis=-1).max() > 1e-4
+  with pytest.raises(ValueError, match='exceed the context length'):
+    model(np.zeros((1, 17), np.int32))
+
+
+def test_parameters_group_by_type_and_tied_head_reuses_the_embedding(lm):
+  model = lm.models.create_model(tiny(lm), 11, nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  types_ = {
+    jax.tree_util.keystr(p): optax_sbs.parameter_type(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  assert types_["['token_embed']['embedding']"] == 'embedding'
+  assert types_["['position_embed']['embedding']"] == 'embedding'
+  assert types_["['blocks'][0]['ln_1']['scale']"] == 'norm'
+  assert types_["['ln_f']['bias']"] == 'norm'
+  assert types_["['blocks'][0]['attention']['qkv']['kernel']"] == 'dense'
+  assert types_["['blocks'][0]['mlp']['fc']['bias']"] == 'bias'
+  assert types_["['head']['kernel']"] == 'dense'
+  tied = lm.models.create_model(tiny(lm, tie_embeddings=True), 11, nnx.Rngs(0))
+  assert lm.models.count_params(model) - lm.models.count_params(tied) == 16 * 11
+  assert lm.models.num_params(tiny(lm), 11) == lm.models.count_params(model)
+
+
+# Data.
+
+
+def _tfds_builder_splits(monkeypatch, tmp_path, text):
+  """The splits TFDS's own tiny_shakespeare builder makes of ``text``
+  (TensorFlow's file API replaced by Python's, as it is not installed)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  builder_cls = tfds.builder_cls('tiny_shakespeare')
+  module = sys.modules[builder_cls.__module__]
+  gfile = types.SimpleNamespace(
+    isdir=os.path.isdir,
+    GFile=lambda path, mode: open(path, mode, encoding='utf-8', newline=''),
+  )
+  monkeypatch.setattr(module, 'tf', types.SimpleNamespace(io=types.SimpleNamespace(gfile=gfile)))
+  path = tmp_path / 'input.txt'
+  path.write_text(text, encoding='utf-8')
+
+  class DownloadManager:
+    def download(self, url):
+      assert url.endswith('input.txt')
+      return str(path)
+
+  builder = builder_cls(data_dir=str(tmp_path / 'tfds'))
+  generators = builder._split_generators(DownloadManager())
+  out = {}
+  for generator in generators:
+    ((_, example),) = builder._generate_examples(**generator.gen_kwargs)
+    out[str(generator.name)] = example['text']
+  return out
+
+
+@pytest.mark.parametrize('n', [1001, 1237])
+def test_local_file_splits_as_the_tfds_builder_does(lm, monkeypatch, tmp_path, n):
+  # Characters, not bytes: 'é' is two bytes in UTF-8.
+  text = ''.join(np.random.default_rng(n).choice(list('abcé \n'), n))
+  want = _tfds_builder_splits(monkeypatch, tmp_path, text)
+  path = tmp_path / 'local.txt'
+  path.write_text(text, encoding='utf-8')
+  data = lm.input_pipeline.load(str(path))
+  got = {
+    'train': data.decode(data.train),
+    'validation': data.decode(data.validation),
+    'test': data.decode(data.test),
+  }
+  assert got == want
+  assert sum(map(len, got.values())) == n
+  assert data.vocab == ''.join(sorted(set(want['train'])))
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_TEXT), reason='no shared tinyshakespeare.txt')
+def test_shared_tiny_shakespeare_splits(lm):
+  data = lm.input_pipeline.load(SHARED_TEXT)
+  assert (len(data.train), len(data.validation), len(data.test)) == (1003854, 55770, 55770)
+  assert data.vocab_size == 65 and data.unknown_id is None
+  assert data.decode(data.train[:14]) == 'First Citizen:'
+
+
+def test_tfds_loader_with_mock_data(lm, tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
+    data = lm.input_pipeline.load('tiny_shakespeare', data_dir=str(tmp_path), download=False)
+    want = {}
+    for split in ('train', 'validation', 'test'):
+      source = tfds.data_source('tiny_shakespeare', split=split, data_dir=str(tmp_path))
+      want[split] = ''.join(str(source[i]['text']) for i in range(len(source)))
+  assert data.name == 'tiny_shakespeare'
+  assert data.decode(data.train) == want['train'] and len(data.train) > 0
+  assert data.decode(data.validation) == want['validation']
+  assert data.decode(data.test) == want['test']
+  assert data.train.dtype == np.int32
+
+
+def test_unseen_characters_get_the_unknown_id(lm):
+  data = lm.input_pipeline.from_splits('t', 'abcab', 'abz', 'ca')
+  assert data.vocab == 'abc' and data.unknown_id == 3 and data.vocab_size == 4
+  np.testing.assert_array_equal(data.validation, [0, 1, 3])
+  assert lm.input_pipeline.from_splits('t', 'abc', 'ab', 'c').unknown_id is None
+
+
+def test_data_errors(lm, tmp_path):
+  ip = lm.input_pipeline
+  with pytest.raises(ip.DataError, match='no such text file'):
+    ip.load(str(tmp_path / 'missing.txt'))
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  with pytest.raises(ip.DataError, match='the file is empty'):
+    ip.load(str(empty))
+  binary = tmp_path / 'binary.txt'
+  binary.write_bytes(b'\xff\xfe\x00abc')
+  with pytest.raises(ip.DataError, match='not UTF-8'):
+    ip.load(str(binary))
+  short = tmp_path / 'short.txt'
+  short.write_text('x' * 100)  # 90 / 5 / 5 characters
+  data = ip.load(str(short))
+  ip.check_lengths(data, 4)
+  with pytest.raises(ip.DataError, match='validation split has 5 characters, too short'):
+    ip.check_lengths(data, 8)
+  with pytest.raises(ip.DataError, match="unknown dataset 'ptb'"):
+    ip.load('ptb')
+  # Nothing prepared in data_dir and no download: TFDS fails, the message says what to do.
+  pytest.importorskip('tensorflow_datasets')
+  with pytest.raises(
+    ip.DataError, match='(?s)TFDS could not load its train split.*tinyshakespeare.txt'
+  ):
+    ip.load('tiny_shakespeare', data_dir=str(tmp_path / 'tfds'), download=False)
+
+
+def test_windows(lm):
+  ip = lm.input_pipeline
+  tokens = np.arange(100, dtype=np.int32)
+  x, y = ip.train_batch(tokens, 5, 8, np.random.default_rng(0))
+  assert x.shape == y.shape == (5, 8)
+  np.testing.assert_array_equal(y, x + 1)  # next character, contiguous
+  np.testing.assert_array_equal(np.diff(x, axis=1), 1)
+  a, b = ip.train_batch(tokens, 5, 8, np.random.default_rng(0)), (x, y)
+  np.testing.assert_array_equal(a[0], b[0])  # the generator fixes the batch
+  x, y = ip.eval_windows(tokens, 4, 8)
+  np.testing.assert_array_equal(x[:, 0], [0, 30, 61, 91])  # evenly spread, first and last
+  assert y[-1, -1] == 99
+
+
+# Training.
+
+
+def test_trials_share_the_optimizer_but_not_its_key(lm):
+  """``create`` reuses one optimizer per configuration (one compiled step for
+  all trials) and puts the trial's key into its state: the state that the
+  optimizer built with that key starts from."""
+  config = tiny(lm, methods=('magma',))
+  model_key, optimizer_key, _ = lm.train.trial_seeds(config, 1)
+  model, optimizer = lm.train.create(config, 'magma', 11, model_key, optimizer_key)
+  direct = nnx.Optimizer(
+    model, lm.train.build_optimizer(config, 'magma', optimizer_key), wrt=nnx.Param
+  )
+  got, want = jax.tree.leaves(nnx.state(optimizer)), jax.tree.leaves(nnx.state(direct))
+  keys = [
+    jax.random.key_data(x) for x in got if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+  ]
+  assert len(keys) == 1
+  for a, b in zip(got, want):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  _, other = lm.train.create(config, 'magma', 11, *lm.train.trial_seeds(config, 2)[:2])
+  assert other.tx is optimizer.tx
+  (other_key,) = [
+    x
+    for x in jax.tree.leaves(nnx.state(other))
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+  ]
+  assert not np.array_equal(jax.random.key_data(other_key), keys[0])
+
+
+def test_tiny_run_learns_and_probability_one_masks_give_adamw(lm, corpus_file):
+  """masked_updates(adamw, p=1) is AdamW bit for bit: the same rows."""
+  data = lm.input_pipeline.load(corpus_file)
+  adamw = lm.train.run(tiny(lm, methods=('adamw',)), data)
+  masked = lm.train.run(tiny(lm, methods=('masked_updates',), probability=1.0), data)
+  assert [r['step'] for r in adamw] == [10, 20]
+  # From about log(vocabulary) (uniform guessing) down, and on down.
+  assert adamw[-1]['val_loss'] < adamw[0]['val_loss'] - 0.1
+  assert adamw[-1]['val_loss'] < np.log(data.vocab_size) - 0.5
+  assert 'test_loss' in adamw[-1] and 'test_loss' not in adamw[0]
+  assert all(r['tokens_per_sec'] > 0 for r in adamw + masked)
+  assert without_timing(masked) == [dict(r, method='masked_updates') for r in without_timing(adamw)]
+  summary = lm.train.summarize(adamw + masked)
+  assert summary['masked_updates']['vs_adamw'] == dict(diff=0.0, wins=0, trials=1)
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(
+  lm, corpus_file, tmp_path, monkeypatch
+):
+  data = lm.input_pipeline.load(corpus_file)
+  # Masks drawn from a typed key in the optimizer state (restored by Orbax).
+  options = dict(methods=('masked_updates',), **lm.benchmark.OPTIONS['masked_updates'])
+  assert options['probability'] < 1
+  whole = lm.train.run(tiny(lm, **options, workdir=str(tmp_path / 'whole')), data, checkpoint=True)
+  config = tiny(lm, **options, workdir=str(tmp_path / 'cut'))
+
+  class Interrupt(Exception):
+    pass
+
+  def stop_after_first_row(method, trial):
+    def progress(row):
+      raise Interrupt
+
+    return progress
+
+  with pytest.raises(Interrupt):
+    lm.train.run(config, data, progress_factory=stop_after_first_row, checkpoint=True)
+  steps = []
+  real_step = lm.train.train_step
+  monkeypatch.setattr(lm.train, 'train_step', lambda *a: steps.append(1) or real_step(*a))
+  resumed = lm.train.run(config, data, checkpoint=True, resume=True)
+  assert len(steps) == config.steps - config.eval_interval  # it went on from the first row
+  assert without_timing(resumed) == without_timing(whole)
+  assert whole[0]['val_loss'] != whole[-1]['val_loss']
+  with pytest.raises(lm.checkpointing.ResumeError, match='different configuration; steps'):
+    lm.train.run(dataclasses.replace(config, steps=30), data, checkpoint=True, resume=True)
+
+
+# The command line.
+
+
+def test_main_writes_results_and_refuses_another_config_on_resume(
+  lm, corpus_file, tmp_path, capsys
+):
+  config = tiny(lm, methods=('adamw',))
+  common = ['--dataset', corpus_file, '--methods', 'adamw', '--workdir', str(tmp_path)]
+  for name in (
+    'num_layers',
+    'num_heads',
+    'embed_dim',
+    'context_length',
+    'batch_size',
+    'steps',
+    'warmup_steps',
+    'eval_interval',
+    'eval_batches',
+    'learning_rate',
+  ):
+    common += ['--' + name.replace('_', '-'), str(getattr(config, name))]
+  assert lm.main.main(common) == 0
+  out = capsys.readouterr().out
+  assert 'adamw trial 0 step 20/20' in out and '| adamw |' in out
+  for name in ('config.json', 'history.json', 'history.csv', 'summary.md', 'curves.png'):
+    assert os.path.isfile(tmp_path / name), name
+  history = json.load(open(tmp_path / 'history.json'))
+  assert [r['step'] for r in history['rows']] == [10, 20]
+  assert open(tmp_path / 'curves.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  assert lm.main.main(common + ['--resume']) == 0  # finished: nothing to redo
+  assert lm.main.main(common + ['--resume', '--learning-rate', '0.02']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: --resume:') and 'learning_rate' in err
+
+
+@pytest.mark.parametrize(
+  'args,match',
+  [
+    (['--dataset', '/nonexistent/text.txt'], 'no such text file: /nonexistent/text.txt'),
+    (['--dataset', 'imdb'], "unknown dataset 'imdb'"),
+    (['--num-heads', '3'], 'num_heads 3 does not divide embed_dim 128'),
+    (['--methods', 'sgd'], "invalid choice 'sgd' for argument '--methods'"),
+    (['--granularity', 'row'], "invalid choice 'row' for argument '--granularity'"),
+    (['--steps', 'many'], "'many'"),
+  ],
+)
+def test_cli_errors_exit_2_with_error_message(lm, args, match, capsys):
+  assert lm.main.main(args + ['--workdir', '/tmp/unused']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1, err
+  assert match in err
+
+
+def test_help_lists_every_config_field(lm, capsys, monkeypatch):
+  monkeypatch.setenv('COLUMNS', '200')
+  assert lm.main.main(['--help']) == 0
+  out = ' '.join(capsys.readouterr().out.split())
+  for field in dataclasses.fields(lm.Config):
+    assert '--' + field.name.replace('_', '-') in out, field.name
+  for name, method in lm.methods.METHODS.items():
+    assert f'{name}: {method.description}' in out
+  assert '{leaf,element}' in out and '--resume' in out and '--no-checkpoint' in out
+
+
+def test_flags_become_the_config(lm):
+  run, config = lm.main.parse_args(['--methods', 'adamw', 'sbs', '--lam', '0', '--no-checkpoint'])
+  assert config == lm.Config(methods=('adamw', 'sbs'), lam=0.0)
+  assert type(config) is lm.Config
+  assert not run.checkpoint and not run.resume
+
+
+# The benchmark.
+
+
+def _check_benchmark_json(path, methods, trials):
+  cells = json.load(open(path))['cells']
+  assert [c['method'] for c in cells] == list(methods)
+  for cell in cells:
+    assert set(cell) == {'name', 'method', 'options', 'trials', 'val_loss', 'vs_adamw'}
+    assert cell['name'].startswith(cell['method'])
+    assert cell['trials'] == trials and np.isfinite(cell['val_loss'])
+    assert cell['options']['learning_rate'] in lm_rates()
+    if cell['method'] == 'adamw':
+      assert cell['vs_adamw'] is None
+    else:
+      versus = cell['vs_adamw']
+      lo, hi = versus['ci95']
+      assert lo <= versus['diff'] <= hi and 0 <= versus['wins'] <= trials
+  return cells
+
+
+def lm_rates():
+  return (3e-3, 1e-2)  # the smoke scale's sweep
+
+
+def test_benchmark_smoke_writes_markdown_json_and_resumes_from_cache(lm, corpus_file, tmp_path):
+  bench = lm.benchmark
+  assert bench.SCALES['smoke'].learning_rates == lm_rates()
+  methods = ('adamw', 'masked_updates')
+  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
+  args += ['--out', str(tmp_path / 'lm.md'), '--methods', *methods]
+  bench.main(args)
+  cells = _check_benchmark_json(tmp_path / 'lm.json', methods, trials=2)
+  md = open(tmp_path / 'lm.md').read()
+  for text in (
+    '- machine:',
+    '- versions:',
+    '- command: `python benchmarks/lm.py --scale smoke',
+    '| masked_updates',
+  ):
+    assert text in md
+  assert open(tmp_path / 'lm_curves.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  assert len(os.listdir(tmp_path / 'trials')) == 2 * 2 * 2  # methods x rates x trials
+  # From the cache alone: the same cells, nothing trained.
+  os.remove(tmp_path / 'lm.json')
+  bench.main(args + ['--cached-only'])
+  assert json.load(open(tmp_path / 'lm.json'))['cells'] == cells
+  # A method with no cached trial is listed as not run yet.
+  bench.main(args[:-3] + ['--methods', 'adamw', 'sbs', '--cached-only'])
+  assert 'sbs (alpha=0.1, lam=-4.0) | not run yet' in open(tmp_path / 'lm.md').read()
+  assert [c['method'] for c in json.load(open(tmp_path / 'lm.json'))['cells']] == ['adamw']
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_all_methods(lm, corpus_file, tmp_path):
+  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
+  lm.benchmark.main(args + ['--out', str(tmp_path / 'lm.md')])
+  _check_benchmark_json(tmp_path / 'lm.json', lm.benchmark.METHODS, trials=2)
+
+
+def test_benchmark_cache_key_ignores_where_things_lie(lm):
+  bench = lm.benchmark
+  base = bench.base_config(bench.SCALES['smoke'], '/a/tinyshakespeare.txt', None)
+  moved = dataclasses.replace(base, dataset='/b/tinyshakespeare.txt', workdir='/x', data_dir='/d')
+  assert bench.cell_key(base) == bench.cell_key(moved)
+  assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, learning_rate=0.5))
+  config = bench.run_config(base, 'magma', 1e-2)
+  assert config.methods == ('magma',) and config.tau == 2.0 and config.learning_rate == 1e-2
