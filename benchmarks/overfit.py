@@ -259,7 +259,7 @@ def main(argv=None):
     test_last, test_max = paper_tables.per_trial(rows, epochs)
     train_acc = paper_tables.last_epoch(rows, 'train_accuracy')
     versus, vs_json = '(baseline) | |', None
-    if cell != sgd and baseline is not None:
+    if cell.method != 'sgd' and baseline is not None:
       # Against SGD at the same rate (the learning-rate check's own SGD).
       rate = dict(cell.options).get('learning_rate')
       reference = run(with_rate(sgd, rate)) if rate else baseline

@@ -12,7 +12,6 @@ from configs.default import Config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import overfit  # noqa: E402
-
 import paper_tables  # noqa: E402
 
 
@@ -83,6 +82,7 @@ def test_report_from_cache_pairs_cells_and_checks_rates(tmp_path, tiny_data):
   # A rate cell is paired with SGD at its own rate.
   sbs_double = cells[f'{best_sbs.name}, lr=0.2']
   assert sbs_double['vs_sgd']['diff'] == 5.0 and sbs_double['options']['learning_rate'] == 0.2
+  assert cells['SGD, lr=0.2']['vs_sgd'] is None  # SGD at a rate is that rate's baseline
   text = out.read_text()
   assert f'{best_sbs.name} 0.05: 20.00, 0.1: ' in text
   assert 'The SBS cell at its best rate (0.2) vs SGD at its best (0.2), paired: +5.00' in text
