@@ -517,3 +517,19 @@ def test_throughput_leaves_out_the_compiling_step(monkeypatch):
   later.step(jnp.zeros(()), 16)
   later.step(jnp.zeros(()), 16)
   assert later.per_second() == 8.0
+
+
+@pytest.mark.parametrize(
+  'field,value,match',
+  [
+    ('sbs_momentum', 'both', 'sbs_momentum must be one of frozen, chain'),
+    ('group', 'layer', "group must be 'type' or 'single'"),
+    ('global_normalization', 'median', "global_normalization must be 'std' or 'mean'"),
+    ('model', 'vgg19', "unknown model 'vgg19'"),
+    ('optimizers', ('adam',), 'unknown optimizer adam'),
+  ],
+)
+def test_validate_names_a_bad_programmatic_config(field, value, match):
+  """Configs built in Python (not from flags) are checked before training."""
+  with pytest.raises(train.ConfigError, match=match):
+    train.validate(dataclasses.replace(Config(), **{field: value}), 1)

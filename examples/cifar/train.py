@@ -74,6 +74,10 @@ def validate(config: Config, num_devices: int) -> None:
     )
   if config.group not in ('type', 'single'):
     raise ConfigError(f"group must be 'type' or 'single', got {config.group!r}")
+  if config.global_normalization not in ('std', 'mean'):
+    raise ConfigError(
+      f"global_normalization must be 'std' or 'mean', got {config.global_normalization!r}"
+    )
   for name in ('dropout_rate', 'depth_dropout'):
     if not 0.0 <= getattr(config, name) < 1.0:
       raise ConfigError(f'{name} must lie in [0, 1), got {getattr(config, name)}')
