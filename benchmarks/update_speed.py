@@ -4,16 +4,22 @@ In one process, side by side, with params and state donated and the median
 of many repetitions after warm-up:
 
 1. the optimizer-only step (``update`` + ``apply_updates``) on parameter
-   trees shaped like the example's small CNN, VGG11, ResNet-18 and ResNet-50,
-   for optax.sgd, sgd(momentum=0.9), adam, MultiSteps(sgd, 4) and SBS
-   (default, and the low-memory uint8-count / bf16-CMA variant), with compile
-   time and optimizer-state bytes per parameter;
+   trees shaped like the example's small CNN, VGG11, ResNet-18 and ResNet-50
+   and a GPT-style transformer, for optax.sgd, sgd(momentum=0.9), adam,
+   MultiSteps(sgd, 4), SBS (default, and the low-memory uint8-count /
+   bf16-CMA variant), ``with_stochastic_batch_size(adam)``,
+   ``masked_updates(adam)`` and ``magma(adam)``: the time interleaved and
+   back-to-back, compile time, optimizer-state bytes per parameter and the
+   number of kernels of the compiled step;
 2. how the update time grows with the parameter count (1M -> 25M);
 3. the full training step (forward, backward, update) of the small CNN and
    ResNet-18 at batch 16 and 128, SGD vs SBS.
 
-  python benchmarks/update_speed.py            # everything (CPU: ~15 min)
+  python benchmarks/update_speed.py            # everything (CPU: ~25 min)
   python benchmarks/update_speed.py --quick    # fewer reps, no batch-128 ResNet-18
+  python benchmarks/update_speed.py --smoke --out /tmp/speed.md   # tiny, seconds
+  python benchmarks/update_speed.py --trees resnet18,transformer --sections 1,3 \\
+      --train-cases resnet18:128                # what benchmarks/device_check.sh runs
 
 Writes ``benchmarks/results/update_speed_<platform>.md``.
 """
@@ -21,6 +27,8 @@ Writes ``benchmarks/results/update_speed_<platform>.md``.
 import argparse
 import os
 import platform
+import re
+import shlex
 import sys
 import time
 
@@ -48,10 +56,44 @@ def optimizers():
     'sbs uint8 count, bf16 cma': lambda: optax_sbs.sbs(
       0.1, key=0, count_dtype='uint8', cma_dtype='bfloat16'
     ),
+    'with_stochastic_batch_size(adam)': lambda: optax_sbs.with_stochastic_batch_size(
+      optax.adam(1e-3), key=0
+    ),
+    'masked_updates(adam)': lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
+    'magma(adam)': lambda: optax_sbs.magma(optax.adam(1e-3), key=0),
   }
 
 
-def model_params(name):
+def transformer_params(layers: int, width: int, vocab: int, context: int):
+  """Shapes of a GPT-style decoder: token and position embeddings, per block
+  two LayerNorms, a fused QKV and an output projection, a 4x MLP, all with
+  biases; a final LayerNorm (the head tied to the token embedding)."""
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  norm = lambda: {'scale': f32(width), 'bias': f32(width)}
+  dense = lambda i, o: {'kernel': f32(i, o), 'bias': f32(o)}
+  params = {'wte': {'embedding': f32(vocab, width)}, 'wpe': {'embedding': f32(context, width)}}
+  for i in range(layers):
+    params[f'block_{i}'] = {
+      'ln_1': norm(),
+      'attn': {'qkv': dense(width, 3 * width), 'out': dense(width, width)},
+      'ln_2': norm(),
+      'mlp': {'fc': dense(width, 4 * width), 'proj': dense(4 * width, width)},
+    }
+  params['ln_f'] = norm()
+  return params
+
+
+TRANSFORMERS = {
+  # 8 blocks of width 512, 8k vocabulary: 29.6M parameters in 100 leaves.
+  'transformer': dict(layers=8, width=512, vocab=8192, context=1024),
+  'transformer_tiny': dict(layers=2, width=64, vocab=256, context=64),
+}
+
+
+def tree_shapes(name):
+  """Parameter shapes of a CIFAR model of the example, or a transformer."""
+  if name in TRANSFORMERS:
+    return transformer_params(**TRANSFORMERS[name])
   model = models.create_model(name, 10)
   variables = jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -85,8 +127,43 @@ def interleaved_medians(runs, reps, warmup=3):
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def back_to_back_median(run, reps, warmup=3):
+  """Median seconds of ``run`` called ``reps`` times in a row, after warm-up:
+  the step as a training loop runs it (its buffers donated from the previous
+  call, caches warm with its own data)."""
+  for _ in range(warmup):
+    run()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+# Entry-computation instructions that launch no work of their own.
+_NOT_KERNELS = frozenset(
+  ('parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'after-all', 'opt-barrier')
+)
+
+
+def kernel_count(compiled) -> int:
+  """Instructions of the compiled program's entry computation that run as
+  kernels (fusions, copies, library calls, loops), i.e. launches per step on
+  a GPU; parameters, constants, tuples and bitcasts excluded."""
+  text = compiled.as_text()
+  entry = text[text.index('\nENTRY') :]
+  entry = entry[: entry.index('\n}')]
+  count = 0
+  for line in entry.splitlines()[1:]:
+    match = re.search(r'=\s.*?\s([a-z][a-z0-9-]*)\(', line)
+    if match and match.group(1) not in _NOT_KERNELS:
+      count += 1
+  return count
+
+
 def optimizer_step(tx, params, grads):
-  """(step callable, compile seconds, state bytes per parameter)."""
+  """(step callable, compile seconds, state bytes per parameter, kernels)."""
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
@@ -108,7 +185,7 @@ def optimizer_step(tx, params, grads):
     box[0], box[1] = compiled(box[0], box[1], grads)
     jax.block_until_ready(box[0])
 
-  return run, compile_s, state_bytes / n
+  return run, compile_s, state_bytes / n, kernel_count(compiled)
 
 
 def train_step(model_name, tx, batch):
@@ -135,14 +212,59 @@ def train_step(model_name, tx, batch):
   return run, compile_s
 
 
-def main():
+def parse_cases(text: str) -> list[tuple[str, int]]:
+  """``'small_cnn:16,resnet18:128'`` -> ``[('small_cnn', 16), ('resnet18', 128)]``."""
+  cases = []
+  for item in filter(None, text.split(',')):
+    name, _, batch = item.partition(':')
+    if name not in models.MODELS or not batch.isdigit():
+      raise argparse.ArgumentTypeError(f'bad training case {item!r}: want MODEL:BATCH')
+    cases.append((name, int(batch)))
+  return cases
+
+
+def parse_trees(text: str) -> list[str]:
+  trees = [t for t in text.split(',') if t]
+  for t in trees:
+    if t not in models.MODELS and t not in TRANSFORMERS:
+      raise argparse.ArgumentTypeError(
+        f'unknown tree {t!r}; choose from {", ".join(sorted(models.MODELS) + sorted(TRANSFORMERS))}'
+      )
+  return trees
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--quick', action='store_true', help='5 repetitions, no batch-128 ResNet-18')
+  parser.add_argument(
+    '--smoke', action='store_true', help='tiny trees and steps: checks the script in seconds'
+  )
+  parser.add_argument('--trees', type=parse_trees, default=None, help='comma-separated trees')
+  parser.add_argument(
+    '--sections', default='1,2,3', help='which sections to run, e.g. 1,3 (default all)'
+  )
+  parser.add_argument(
+    '--train-cases', type=parse_cases, default=None, help='section 3: MODEL:BATCH,...'
+  )
+  parser.add_argument('--reps', type=int, default=None, help='repetitions per measurement')
   parser.add_argument('--out', default=None)
-  args = parser.parse_args()
-  reps = 5 if args.quick else 20
+  args = parser.parse_args(argv)
+  if args.smoke:
+    trees, cases, reps, sizes = ['small_cnn', 'transformer_tiny'], [('small_cnn', 16)], 3, (1,)
+  else:
+    trees = ['small_cnn', 'vgg11', 'resnet18', 'resnet50', 'transformer']
+    cases = [('small_cnn', 16), ('small_cnn', 128), ('resnet18', 16)]
+    if not args.quick:
+      cases.append(('resnet18', 128))
+    reps, sizes = (5 if args.quick else 20), (1, 5, 10, 25)
+  trees = args.trees or trees
+  cases = args.train_cases if args.train_cases is not None else cases
+  reps = args.reps or reps
+  sections = set(args.sections.split(','))
   dev = jax.devices()[0]
-  command = 'python benchmarks/update_speed.py' + (' --quick' if args.quick else '')
+  command = shlex.join(
+    ['python', 'benchmarks/update_speed.py'] + list(sys.argv[1:] if argv is None else argv)
+  )
   lines = [
     f'# SBS update cost vs plain Optax ({dev.platform})',
     '',
@@ -151,9 +273,12 @@ def main():
     f'{dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)',
     f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
     f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
-    f'- median of {reps} repetitions after warm-up, candidates interleaved within '
-    'each repetition; params and state donated; ratios are against `optax.sgd` '
-    'in the same run.',
+    f'- medians of {reps} repetitions after warm-up, params and state donated. '
+    '"interleaved": the candidates timed in turn within each repetition (the same background '
+    'load for all); "back-to-back": each candidate timed in a row, as a training loop runs it. '
+    'Ratios are of back-to-back times, against `optax.sgd` and `optax.adam` in the same run.',
+    "- kernels: instructions of the compiled step's entry computation that launch work "
+    '(fusions, copies, library calls, loops).',
     '',
   ]
 
@@ -162,73 +287,72 @@ def main():
     print(line, flush=True)
 
   print('\n'.join(lines), flush=True)
-  emit('## 1. Optimizer-only step (update + apply_updates)')
-  emit()
-  emit(
-    '| tree | params | leaves | optimizer | step (ms) | / sgd | compile (s) '
-    '| / adam compile | state bytes / param |'
-  )
-  emit('|---|---|---|---|---|---|---|---|---|')
-  for name in ('small_cnn', 'vgg11', 'resnet18', 'resnet50'):
-    params = materialize(model_params(name))
-    grads = materialize(params, seed=1)
-    n = sum(x.size for x in jax.tree.leaves(params))
-    steps = {
-      opt_name: optimizer_step(make(), params, grads) for opt_name, make in optimizers().items()
-    }
-    times = interleaved_medians({k: v[0] for k, v in steps.items()}, reps)
-    base, adam_compile = times['sgd'], steps['adam'][1]
-    for opt_name, (_, c, b) in steps.items():
-      t = times[opt_name]
+  if '1' in sections:
+    emit('## 1. Optimizer-only step (update + apply_updates)')
+    emit()
+    emit(
+      '| tree | params | leaves | optimizer | interleaved (ms) | back-to-back (ms) | / sgd '
+      '| / adam | compile (s) | / adam compile | state bytes / param | kernels |'
+    )
+    emit('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for name in trees:
+      params = materialize(tree_shapes(name))
+      grads = materialize(params, seed=1)
+      n = sum(x.size for x in jax.tree.leaves(params))
+      steps = {
+        opt_name: optimizer_step(make(), params, grads) for opt_name, make in optimizers().items()
+      }
+      interleaved = interleaved_medians({k: v[0] for k, v in steps.items()}, reps)
+      b2b = {k: back_to_back_median(v[0], reps) for k, v in steps.items()}
+      sgd, adam, adam_compile = b2b['sgd'], b2b['adam'], steps['adam'][1]
+      for opt_name, (_, c, b, kernels) in steps.items():
+        t = b2b[opt_name]
+        emit(
+          f'| {name} | {n / 1e6:.2f}M | {len(jax.tree.leaves(params))} | {opt_name} | '
+          f'{1e3 * interleaved[opt_name]:.2f} | {1e3 * t:.2f} | {t / sgd:.1f}x | '
+          f'{t / adam:.1f}x | {c:.2f} | {c / adam_compile:.1f}x | {b:.1f} | {kernels} |'
+        )
+      del steps, params, grads
+
+  if '2' in sections:
+    emit()
+    emit('## 2. Update time vs parameter count (one 2-D leaf per 1M, sgd vs sbs, back-to-back)')
+    emit()
+    emit('| params | sgd (ms) | sbs (ms) | sbs / sgd |')
+    emit('|---|---|---|---|')
+    for millions in sizes:
+      params = {f'w{i}': jnp.full((1000, 1000), 0.01) for i in range(millions)}
+      grads = materialize(params, seed=2)
+      t_sgd = back_to_back_median(optimizer_step(optax.sgd(0.1), params, grads)[0], reps)
+      t_sbs = back_to_back_median(optimizer_step(optax_sbs.sbs(0.1, key=0), params, grads)[0], reps)
+      emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | {t_sbs / t_sgd:.1f}x |')
+
+  if '3' in sections:
+    emit()
+    emit('## 3. Full training step (forward, backward, update; interleaved)')
+    emit()
+    emit(
+      '| model | batch | sgd (ms) | sbs (ms) | sbs overhead | sgd compile (s) | sbs compile (s) |'
+    )
+    emit('|---|---|---|---|---|---|---|')
+    for model_name, batch in cases:
+      step_reps = max(3, reps // (2 if model_name.startswith('resnet') else 1))
+      run_sgd, c_sgd = train_step(model_name, optax.sgd(0.1), batch)
+      run_sbs, c_sbs = train_step(model_name, optax_sbs.sbs(0.1, key=0), batch)
+      times = interleaved_medians({'sgd': run_sgd, 'sbs': run_sbs}, step_reps, warmup=2)
+      t_sgd, t_sbs = times['sgd'], times['sbs']
       emit(
-        f'| {name} | {n / 1e6:.2f}M | {len(jax.tree.leaves(params))} | '
-        f'{opt_name} | {1e3 * t:.2f} | {t / base:.1f}x | {c:.2f} | '
-        f'{c / adam_compile:.1f}x | {b:.1f} |'
+        f'| {model_name} | {batch} | {1e3 * t_sgd:.1f} | {1e3 * t_sbs:.1f} | '
+        f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |'
       )
 
-  emit()
-  emit('## 2. Update time vs parameter count (one 2-D leaf per 1M, sgd vs sbs)')
-  emit()
-  emit('| params | sgd (ms) | sbs (ms) | sbs / sgd |')
-  emit('|---|---|---|---|')
-  for millions in (1, 5, 10, 25):
-    params = {f'w{i}': jnp.full((1000, 1000), 0.01) for i in range(millions)}
-    grads = materialize(params, seed=2)
-    times = interleaved_medians(
-      {
-        'sgd': optimizer_step(optax.sgd(0.1), params, grads)[0],
-        'sbs': optimizer_step(optax_sbs.sbs(0.1, key=0), params, grads)[0],
-      },
-      reps,
-    )
-    t_sgd, t_sbs = times['sgd'], times['sbs']
-    emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | {t_sbs / t_sgd:.1f}x |')
-
-  emit()
-  emit('## 3. Full training step (forward, backward, update)')
-  emit()
-  emit('| model | batch | sgd (ms) | sbs (ms) | sbs overhead | sgd compile (s) | sbs compile (s) |')
-  emit('|---|---|---|---|---|---|---|')
-  cases = [('small_cnn', 16), ('small_cnn', 128), ('resnet18', 16)]
-  if not args.quick:
-    cases.append(('resnet18', 128))
-  for model_name, batch in cases:
-    step_reps = max(5, reps // (2 if model_name == 'resnet18' else 1))
-    run_sgd, c_sgd = train_step(model_name, optax.sgd(0.1), batch)
-    run_sbs, c_sbs = train_step(model_name, optax_sbs.sbs(0.1, key=0), batch)
-    times = interleaved_medians({'sgd': run_sgd, 'sbs': run_sbs}, step_reps, warmup=2)
-    t_sgd, t_sbs = times['sgd'], times['sbs']
-    emit(
-      f'| {model_name} | {batch} | {1e3 * t_sgd:.1f} | {1e3 * t_sbs:.1f} | '
-      f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |'
-    )
-
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print(f'\nwritten to {out}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

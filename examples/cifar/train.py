@@ -496,7 +496,7 @@ def run_trial(
   return rows
 
 
-def _with_optimizer_key(opt_state, key):
+def with_optimizer_key(opt_state, key):
   """The optimizer state with its PRNG key (SBS masks, Entropy-SGD noise)
   replaced; a no-op for optimisers without one."""
   types = methods.keyed_states()
@@ -530,7 +530,7 @@ def run_trials_vectorized(
   tx = build_optimizer(config, optimizer, first.total_steps, first.sbs_key)
   states = [create_state(model, tx, first.x_train.shape[1:], t.model_key) for t in setups]
   states = [
-    s.replace(opt_state=_with_optimizer_key(s.opt_state, t.sbs_key)) for s, t in zip(states, setups)
+    s.replace(opt_state=with_optimizer_key(s.opt_state, t.sbs_key)) for s, t in zip(states, setups)
   ]
   stack = lambda *xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)
   state = replicate(stack(*states), mesh)

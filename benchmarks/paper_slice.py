@@ -1,0 +1,367 @@
+"""Table 4's ResNet-18 slice on an accelerator: SGD vs SBS, 1/8 of CIFAR-10, batch 128.
+
+The paper's Table 4 trains ResNet-18 on fractions of CIFAR-10; this is its
+batch-128, 1/8 cell (6,250 images) for SGD and SBS (the paper's alpha = 0.1,
+lam = -4, momentum 0.9 at batch 128), with the example's optimizers, model,
+sigmoid learning-rate schedule and per-trial setup
+(``examples/cifar/train.py``: trial t has its own class-balanced subset,
+normalisation, init and SBS key, the same for both methods, so the trials are
+paired). Built for a GPU, where the example's host loop would idle it:
+
+* the training subsets live on the device (uint8, normalised in the step);
+* one ``lax.scan`` per epoch runs every step of every trial, the trials
+  ``jax.vmap``-ed (one program for all of them), with the state donated;
+* the order of each epoch is a permutation drawn on the device from
+  ``fold_in(key(seed + trial), epoch)`` (the same for both methods);
+* the test set is evaluated in batches by ``lax.map``, every trial at once.
+
+No augmentation (the paper names none, as in our CPU tables). Reported: the
+test accuracy of the last epoch and its mean over the last 10% of epochs,
+mean ± std over trials, SBS minus SGD paired per trial with a 95% t interval,
+the train accuracy, and the time per step of each method (the ratio is the
+step overhead of SBS inside a real training step).
+
+  python benchmarks/paper_slice.py --dataset ../shared/data/cifar10.npz   # GPU
+  python benchmarks/paper_slice.py --smoke --out /tmp/slice.md             # CPU, seconds
+
+Writes ``benchmarks/results/paper_slice_<platform>.md`` and ``.json`` (after
+each method, so a run stopped by a time limit keeps what finished).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
+
+import jax  # pylint: disable=g-import-not-at-top
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_sbs
+
+from configs.default import Config
+import input_pipeline
+import train as train_lib
+import trial_cache
+
+METHODS = ('sgd', 'sbs')
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  model: str
+  fraction: float
+  batch_size: int
+  epochs: int
+  trials: int
+  eval_batch_size: int
+
+
+SLICES = {
+  # Table 4's batch-128 row at 1/8 (the paper: 100 epochs, 10 trials).
+  'paper': Slice('resnet18', 1 / 8, 128, 100, 3, 1000),
+  # The same program on a CPU in seconds (synthetic data unless --dataset).
+  'smoke': Slice('small_cnn', 1 / 4, 16, 2, 2, 50),
+}
+
+
+def synthetic_dataset(n_train=256, n_test=100, hw=32, num_classes=4, seed=0):
+  """Learnable tiny data: the class sets the mean colour."""
+  rng = np.random.default_rng(seed)
+  y_train, y_test = np.arange(n_train) % num_classes, np.arange(n_test) % num_classes
+
+  def images(y):
+    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
+    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
+
+  return input_pipeline.from_arrays(
+    'synthetic', images(y_train), y_train, images(y_test), y_test, flip=False
+  )
+
+
+def export_subset(data, fraction: float, test_examples: int, path: str) -> None:
+  """Writes class-balanced subsets of the training and test sets (seed 0)."""
+  rng = np.random.default_rng(0)
+  train = input_pipeline.class_balanced_subset(data.y_train, fraction, rng)
+  test = input_pipeline.class_balanced_subset(
+    data.y_test, min(1.0, test_examples / len(data.y_test)), rng
+  )
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez_compressed(
+    path,
+    x_train=data.x_train[train],
+    y_train=data.y_train[train],
+    x_test=data.x_test[test],
+    y_test=data.y_test[test],
+  )
+  print(f'{path}: {len(train)} training and {len(test)} test images')
+
+
+def make_config(sl: Slice, learning_rate: float) -> Config:
+  return dataclasses.replace(
+    Config(),
+    model=sl.model,
+    train_fraction=sl.fraction,
+    batch_size=sl.batch_size,
+    epochs=sl.epochs,
+    trials=sl.trials,
+    eval_batch_size=sl.eval_batch_size,
+    learning_rate=learning_rate,
+    augment=False,
+  )
+
+
+def initial_states(config: Config, method: str, data, setups):
+  """The stacked train states of every trial, and the shared train step."""
+  first = setups[0]
+  model = train_lib.create_method_model(config, method, data.num_classes)
+  # One optimizer for all trials; each trial's SBS key goes into its state.
+  tx = train_lib.build_optimizer(config, method, first.total_steps, first.sbs_key)
+  states = [train_lib.create_state(model, tx, first.x_train.shape[1:], t.model_key) for t in setups]
+  states = [
+    s.replace(opt_state=train_lib.with_optimizer_key(s.opt_state, t.sbs_key))
+    for s, t in zip(states, setups)
+  ]
+  return jax.tree.map(lambda *x: jnp.stack(x), *states)
+
+
+def make_epoch(steps: int, batch_size: int):
+  """``epoch(state, x, y, mean, std, keys) -> (state, loss, accuracy)``,
+  jitted with the state donated; arrays carry a leading trial axis."""
+  step = jax.vmap(train_lib.train_step)
+
+  def epoch(state, x, y, mean, std, keys):
+    n = x.shape[1]
+    order = jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
+    order = order[:, : steps * batch_size].reshape(-1, steps, batch_size).swapaxes(0, 1)
+
+    def body(state, idx):  # idx: [trials, batch]
+      images = jax.vmap(lambda a, i: a[i])(x, idx)
+      labels = jax.vmap(lambda a, i: a[i])(y, idx)
+      state, metrics = step(state, images, labels, mean, std)
+      return state, (metrics['loss'], metrics['accuracy'])
+
+    state, (loss, accuracy) = lax.scan(body, state, order)
+    return state, loss.mean(0), 100.0 * accuracy.mean(0)
+
+  return jax.jit(epoch, donate_argnums=0)
+
+
+def make_evaluate(eval_batch_size: int):
+  """``evaluate(state, x, y, mask, mean, std) -> (loss, accuracy)`` per
+  trial over a test set padded to whole batches (``mask`` marks the real
+  examples); every trial at once, the batches by ``lax.map``."""
+  step = jax.vmap(train_lib.eval_step, in_axes=(0, None, None, None, 0, 0))
+
+  def evaluate(state, x, y, mask, mean, std):
+    batches = (
+      x.reshape(-1, eval_batch_size, *x.shape[1:]),
+      y.reshape(-1, eval_batch_size),
+      mask.reshape(-1, eval_batch_size),
+    )
+    out = lax.map(lambda b: step(state, b[0], b[1], b[2], mean, std), batches)
+    count = jnp.sum(mask)
+    return out['loss'].sum(0) / count, 100.0 * out['correct'].sum(0) / count
+
+  return jax.jit(evaluate)
+
+
+def padded_test_set(data, eval_batch_size: int):
+  n = len(data.x_test)
+  total = math.ceil(n / eval_batch_size) * eval_batch_size
+  pad = total - n
+  x = np.concatenate([data.x_test, np.zeros((pad,) + data.x_test.shape[1:], np.uint8)])
+  y = np.concatenate([data.y_test, np.zeros(pad, data.y_test.dtype)])
+  mask = np.arange(total) < n
+  return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
+
+
+def run_method(config: Config, method: str, data, log=print) -> dict:
+  """Trains every trial of one method; per-epoch curves and timings."""
+  setups = [train_lib.setup_trial(config, data, t) for t in range(config.trials)]
+  if len({len(t.x_train) for t in setups}) > 1:
+    raise ValueError('the trials need training subsets of one size')
+  steps = setups[0].steps_per_epoch
+  x = jnp.asarray(np.stack([t.x_train for t in setups]))
+  y = jnp.asarray(np.stack([t.y_train for t in setups]).astype(np.int32))
+  mean = jnp.asarray(np.stack([t.mean for t in setups]), jnp.float32)
+  std = jnp.asarray(np.stack([t.std for t in setups]), jnp.float32)
+  x_test, y_test, mask = padded_test_set(data, config.eval_batch_size)
+  state = initial_states(config, method, data, setups)
+  epoch_fn, evaluate = make_epoch(steps, config.batch_size), make_evaluate(config.eval_batch_size)
+  base_keys = [jax.random.key(config.seed + t) for t in range(config.trials)]
+
+  curves = {k: [] for k in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')}
+  epoch_seconds, compile_seconds = [], 0.0
+  for epoch in range(1, config.epochs + 1):
+    keys = jnp.stack([jax.random.fold_in(k, epoch) for k in base_keys])
+    start = time.perf_counter()
+    state, loss, acc = epoch_fn(state, x, y, mean, std, keys)
+    loss, acc = np.asarray(loss), np.asarray(acc)  # waits for the epoch
+    seconds = time.perf_counter() - start
+    if epoch == 1:
+      compile_seconds = seconds  # compilation and one epoch
+    else:
+      epoch_seconds.append(seconds)
+    test_loss, test_acc = (np.asarray(v) for v in evaluate(state, x_test, y_test, mask, mean, std))
+    for name, value in zip(curves, (loss, acc, test_loss, test_acc)):
+      curves[name].append([float(v) for v in value])
+    log(
+      f'  {method} epoch {epoch}/{config.epochs}: train {acc.mean():.1f}% '
+      f'test {test_acc.mean():.1f}% ({seconds:.2f} s)'
+    )
+  step_ms = 1e3 * float(np.median(epoch_seconds)) / steps if epoch_seconds else float('nan')
+  return dict(
+    method=method,
+    steps_per_epoch=steps,
+    train_examples=int(x.shape[1]),
+    curves=curves,
+    step_ms=step_ms,
+    first_epoch_seconds=compile_seconds,
+  )
+
+
+def summary_rows(results: dict, epochs: int) -> list[str]:
+  last = max(1, math.ceil(0.1 * epochs))
+  per_method = {}
+  for method, r in results.items():
+    test = np.asarray(r['curves']['test_accuracy'])  # [epochs, trials]
+    per_method[method] = dict(
+      final=test[-1],
+      last10=test[-last:].mean(0),
+      train=np.asarray(r['curves']['train_accuracy'])[-1],
+      train_loss=np.asarray(r['curves']['train_loss'])[-1],
+    )
+  rows = [
+    '| method | trials | test, last epoch | test, last 10% | vs SGD (points) | 95% CI | '
+    'wins | train acc | train loss | step (ms) | step / SGD |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  base = per_method.get('sgd')
+  for method, m in per_method.items():
+    r = results[method]
+    diff = ci = wins = '—'
+    if base is not None and method != 'sgd' and len(base['last10']) == len(m['last10']):
+      d, lo, hi, w = trial_cache.paired_difference(m['last10'], base['last10'])
+      diff, ci, wins = f'{d:+.2f}', f'[{lo:+.2f}, {hi:+.2f}]', f'{w}/{len(m["last10"])}'
+    ratio = r['step_ms'] / results['sgd']['step_ms'] if 'sgd' in results else float('nan')
+    rows.append(
+      f'| {method} | {len(m["final"])} | {trial_cache.mean_std(m["final"])} | '
+      f'{trial_cache.mean_std(m["last10"])} | {diff} | {ci} | {wins} | '
+      f'{trial_cache.mean_std(m["train"])} | {trial_cache.mean_std(m["train_loss"], 3)} | '
+      f'{r["step_ms"]:.2f} | {ratio:.2f}x |'
+    )
+  return rows
+
+
+def write(out: str, header: list[str], results: dict, config: Config, sl: Slice) -> None:
+  lines = header + summary_rows(results, config.epochs)
+  lines += [
+    '',
+    f'Test accuracy in %, mean ± std over trials; "last 10%" is the mean over the last '
+    f"{max(1, math.ceil(0.1 * config.epochs))} epoch(s), the paper's reading; the difference "
+    'is paired per trial (same subset, order and init). Step times: median epoch time after '
+    'the first (which compiles) over the steps of an epoch, all trials at once.',
+  ]
+  with open(out, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  payload = dict(
+    slice=dataclasses.asdict(sl),
+    config=dataclasses.asdict(config),
+    results=results,
+  )
+  with open(os.path.splitext(out)[0] + '.json', 'w') as f:
+    json.dump(payload, f, indent=1)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--smoke', action='store_true', help='tiny sizes for a CPU (seconds)')
+  parser.add_argument('--dataset', default=None, help='a .npz path or TFDS name (smoke: synthetic)')
+  parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
+  parser.add_argument('--epochs', type=int, default=None, help="the slice's epochs instead")
+  parser.add_argument('--trials', type=int, default=None, help="the slice's trials instead")
+  parser.add_argument('--learning-rate', type=float, default=0.1)
+  parser.add_argument(
+    '--train-fraction',
+    type=float,
+    default=None,
+    help="the slice's fraction of the training set instead (1 for a file that is the subset)",
+  )
+  parser.add_argument(
+    '--export-subset',
+    default=None,
+    metavar='NPZ',
+    help='write a class-balanced subset of --dataset (the fraction of the training set, '
+    '--export-test test images) to NPZ and exit: the data to carry to a machine without it',
+  )
+  parser.add_argument('--export-test', type=int, default=5000)
+  parser.add_argument('--out', default=None, help='markdown path (the .json goes beside it)')
+  args = parser.parse_args(argv)
+  sl = SLICES['smoke' if args.smoke else 'paper']
+  sl = dataclasses.replace(
+    sl,
+    epochs=sl.epochs if args.epochs is None else args.epochs,
+    trials=sl.trials if args.trials is None else args.trials,
+    fraction=sl.fraction if args.train_fraction is None else args.train_fraction,
+  )
+  if not 0 < sl.fraction <= 1:
+    parser.error('--train-fraction must be in (0, 1]')
+  if sl.epochs < 1 or sl.trials < 1:
+    parser.error('--epochs and --trials must be >= 1')
+  if args.dataset is None and not args.smoke:
+    parser.error('--dataset is required (a CIFAR-10 .npz or cifar10 with --data-dir)')
+  if args.dataset is None:
+    data = synthetic_dataset()
+  else:
+    try:
+      data = input_pipeline.load(args.dataset, args.data_dir, download=False)
+    except input_pipeline.DataError as e:
+      parser.exit(2, f'error: {e}\n')
+  if args.export_subset:
+    export_subset(data, sl.fraction, args.export_test, args.export_subset)
+    return 0
+  config = make_config(sl, args.learning_rate)
+  dev = jax.devices()[0]
+  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'paper_slice_{dev.platform}.md')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  command = shlex.join(
+    ['python', 'benchmarks/paper_slice.py'] + list(sys.argv[1:] if argv is None else argv)
+  )
+  header = [
+    f'# Table 4 slice: {sl.model}, {sl.fraction:g} of the training set, batch {sl.batch_size} '
+    f'({dev.platform})',
+    '',
+    f'- command: `{command}`',
+    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} '
+    f'({dev.device_kind}), {jax.device_count()} device(s)',
+    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
+    f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    f'- data: {data.name}, {sl.epochs} epochs, {sl.trials} paired trials, learning rate '
+    f'{config.learning_rate} -> {config.end_learning_rate} (sigmoid), momentum '
+    f"{train_lib.default_momentum(sl.batch_size)} (the paper's pairing with batch {sl.batch_size}), "
+    f'SBS alpha={config.alpha}, lam={config.lam}',
+    '',
+  ]
+  print('\n'.join(header), flush=True)
+  results = {}
+  for method in METHODS:
+    results[method] = run_method(config, method, data, log=lambda s: print(s, flush=True))
+    write(out, header, results, config, sl)
+  print('\n'.join(summary_rows(results, config.epochs)))
+  print(f'\nwritten to {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
