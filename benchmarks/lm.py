@@ -14,7 +14,7 @@ validation loss (nats per character), its 95% t interval
 lower. The rate is chosen on the validation loss that is reported, so the
 table also gives the test loss of the same runs.
 
-  python benchmarks/lm.py                       # scale cpu: ~1.5 h on 2 CPU cores
+  python benchmarks/lm.py                       # scale cpu: ~1 h on 2 CPU cores
   python benchmarks/lm.py --cached-only         # tables from the cached trials
   python benchmarks/lm.py --scale smoke --workdir /tmp/t --out /tmp/lm.md  # seconds
 
@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 
@@ -38,16 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # modules of the same names.
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'lm'))
 
-import flax  # pylint: disable=g-import-not-at-top
-import jax
 import numpy as np
-import optax
-
-import optax_sbs
 
 from configs.default import Config
 import input_pipeline
 import models
+import provenance
 import results as results_lib
 import train as train_lib
 import trial_cache
@@ -73,11 +68,12 @@ class Scale:
 
 
 SCALES = {
-  # 2 CPU cores (shared with another benchmark when measured): one run of
-  # 1000 steps takes 1.5-2 min, compilation included, so the 5 methods x 3
-  # rates x 3 trials = 45 runs take about 1.5 h. The model (2 blocks, width
-  # 64, ~110k parameters) sees 2M characters, 2 passes over the train split.
-  'cpu': Scale(2, 4, 64, 64, 32, 1000, 50, 100, 8, 3, (3e-3, 1e-2, 3e-2)),
+  # 2 CPU cores: one run of 1000 steps takes about a minute, compilation
+  # included, so the 5 methods x 4 rates x 3 trials = 60 runs take about 1 h
+  # (0.71 h for the first 45, before 0.1 was added: four methods were best
+  # at 0.03, the edge). The model (2 blocks, width 64, ~110k parameters)
+  # sees 2M characters, 2 passes over the train split.
+  'cpu': Scale(2, 4, 64, 64, 32, 1000, 50, 100, 8, 3, (3e-3, 1e-2, 3e-2, 1e-1)),
   # Seconds: for the tests (which train their other tiny runs at this scale too).
   'smoke': Scale(1, 2, 16, 16, 8, 20, 2, 10, 2, 2, (3e-3, 1e-2)),
 }
@@ -224,7 +220,7 @@ def main(argv=None):
     val, test = final_losses(rows), final_losses(rows, 'test_loss')
     versus, cols = None, '(baseline) | | '
     if method != 'adamw' and base_val is not None:
-      diff, lo, hi, wins = results_lib.paired_difference(val, base_val)
+      diff, lo, hi, wins = trial_cache.paired_difference(val, base_val, better='lower')
       ci95 = None if np.isnan(lo) else [lo, hi]  # one trial: no interval
       versus = {'diff': diff, 'ci95': ci95, 'wins': wins}
       cols = f'{diff:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {wins}/{len(val)}'
@@ -257,7 +253,6 @@ def main(argv=None):
     ]
     sweep.append(f'| {method} | ' + ' | '.join(entries) + ' |')
 
-  dev = jax.devices()[0]
   n_params = models.num_params(base, data.vocab_size)
   lines = [
     f'# AdamW vs update masks on a character-level transformer, scale "{args.scale}"',
@@ -282,9 +277,7 @@ def main(argv=None):
     + f'; {scale.trials} paired trials per method and rate',
     f'- evaluation: loss in nats per character on {scale.eval_batches * scale.batch_size} fixed'
     ' windows of each split, after the last step',
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} ({dev.device_kind})',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__}, flax'
-    f' {flax.__version__}, optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    *provenance.machine_and_versions('flax'),
     f'- training time of all runs (sum over their cached trials): {total_seconds / 3600:.2f} h',
     '',
     'Each method at its best peak rate (lowest mean final validation loss over the sweep). '

@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -40,15 +39,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
-import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-import optax
-
-import optax_sbs
 
 from configs.default import Config
 import input_pipeline
 import paper_tables
+import provenance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +310,6 @@ def main(argv=None):
   else:
     rate_text = ['Learning-rate check: not finished yet.', '']
 
-  dev = jax.devices()[0]
   lines = [
     '# SBS in the overfitting regime',
     '',
@@ -325,10 +320,7 @@ def main(argv=None):
     f"- regime: {regime.model}, batch {regime.batch_size} (momentum 0 by the paper's pairing), "
     f'{epochs} epochs, sigmoid learning rate {regime.learning_rate:g} -> 0.001, '
     f'{regime.trials} paired trials per cell',
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-    f'{dev.platform} ({dev.device_kind})',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-    f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    *provenance.machine_and_versions(),
     f'- training time of all cells (sum over their cached trials): {run.seconds / 3600:.2f} h',
     '',
     'Test accuracy: mean ± std over trials of the mean over the last 10% of epochs and of '

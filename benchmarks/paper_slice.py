@@ -33,7 +33,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -45,12 +44,10 @@ import jax  # pylint: disable=g-import-not-at-top
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
-import optax
-
-import optax_sbs
 
 from configs.default import Config
 import input_pipeline
+import provenance
 import train as train_lib
 import trial_cache
 
@@ -343,10 +340,7 @@ def main(argv=None):
     f'({dev.platform})',
     '',
     f'- command: `{command}`',
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} '
-    f'({dev.device_kind}), {jax.device_count()} device(s)',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-    f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    *provenance.machine_and_versions(),
     f'- data: {data.name}, {sl.epochs} epochs, {sl.trials} paired trials, learning rate '
     f'{config.learning_rate} -> {config.end_learning_rate} (sigmoid), momentum '
     f"{train_lib.default_momentum(sl.batch_size)} (the paper's pairing with batch {sl.batch_size}), "

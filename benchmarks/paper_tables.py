@@ -36,7 +36,6 @@ share a table (each trial is claimed by a lock file). Writes ``benchmarks/result
 import argparse
 import dataclasses
 import os
-import platform
 import re
 import shlex
 import sys
@@ -45,14 +44,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
 
-import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-import optax
-
-import optax_sbs
 
 from configs.default import Config
 import input_pipeline
+import provenance
 import train as train_lib
 import trial_cache
 
@@ -516,7 +512,6 @@ def main(argv=None):
     else:  # --cached-only: reported as unfinished
       unfinished[key] = finished
 
-  dev = jax.devices()[0]
   lines = [
     f'# The paper\'s Tables 3-5, scale "{args.scale}"',
     '',
@@ -543,10 +538,7 @@ def main(argv=None):
       if subset
       else f'all {len(data.y_test)} test images'
     ),
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-    f'{dev.platform} ({dev.device_kind})',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__},'
-    f' optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    *provenance.machine_and_versions(),
     f'- training time of all cells (sum over their cached trials): {total_seconds / 3600:.2f} h',
     '',
     'Accuracy columns: mean ± std over trials of (a) the mean over the last '

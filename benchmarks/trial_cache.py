@@ -126,10 +126,17 @@ def run_trials(
   return rows, seconds
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, int]:
-  """Mean of a - b, its 95% t confidence interval, and how often a > b."""
-  d = np.asarray(a) - np.asarray(b)
-  mean, wins = float(d.mean()), int(np.sum(d > 0))
+def paired_difference(
+  a: np.ndarray, b: np.ndarray, better: str = 'higher'
+) -> tuple[float, float, float, int]:
+  """Mean of a - b, its 95% t confidence interval, and in how many pairs a
+  wins: a > b (``better='higher'``: accuracies) or a < b (``'lower'``:
+  losses)."""
+  if better not in ('higher', 'lower'):
+    raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  mean = float(d.mean())
+  wins = int(np.sum(d > 0)) if better == 'higher' else int(np.sum(d < 0))
   if len(d) < 2:
     return mean, float('nan'), float('nan'), wins
   if np.all(d == d[0]):  # no spread: the interval is the point (scipy warns)

@@ -10,7 +10,6 @@ Median over repetitions after warm-up; both in the same process.
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -24,6 +23,7 @@ import optax
 
 from configs.default import Config
 import models
+import provenance
 import train
 
 
@@ -70,11 +70,7 @@ def main():
     '',
     f'- command: `python benchmarks/trials_vmap.py --trials {k} --batch-size {bs} '
     f'--model {args.model} --reps {args.reps}`',
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-    f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}), '
-    f'{len(jax.devices())} device(s)',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-    f'optax {optax.__version__}',
+    *provenance.machine_and_versions(),
     f'- median of {args.reps} steps after warm-up, in one process',
     '',
     f'| optimizer | {k} sequential steps (ms) | one vmapped step (ms) | vmapped / sequential |',

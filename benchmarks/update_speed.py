@@ -13,7 +13,10 @@ of many repetitions after warm-up:
    number of kernels of the compiled step;
 2. how the update time grows with the parameter count (1M -> 25M);
 3. the full training step (forward, backward, update) of the small CNN and
-   ResNet-18 at batch 16 and 128, SGD vs SBS.
+   ResNet-18 at batch 16 and 128, SGD vs SBS;
+4. where SBS's time goes on the ResNet-18 tree: the generator (replaced by
+   a 2-instruction hash), the statistics (a fixed probability), and the page
+   faults per step (fresh memory for XLA's temporaries).
 
   python benchmarks/update_speed.py            # everything (CPU: ~25 min)
   python benchmarks/update_speed.py --quick    # fewer reps, no batch-128 ResNet-18
@@ -25,8 +28,8 @@ Writes ``benchmarks/results/update_speed_<platform>.md``.
 """
 
 import argparse
+import math
 import os
-import platform
 import re
 import shlex
 import sys
@@ -36,13 +39,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
 
 import jax  # pylint: disable=g-import-not-at-top
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_sbs
+from optax_sbs import _threefry
 
 import models
+import provenance
 import train as train_lib
 
 
@@ -212,6 +218,59 @@ def train_step(model_name, tx, batch):
   return run, compile_s
 
 
+def page_faults() -> int:
+  """Minor page faults of this process so far (0 where not reported)."""
+  try:
+    import resource  # noqa: PLC0415  (POSIX only)
+  except ImportError:
+    return 0
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def cheap_bits(key, offset, shape):
+  """A stand-in for the threefry bits: one multiply-xorshift of the counter
+  (statistically poor; only to measure what the generator costs)."""
+  counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + np.uint32(offset)
+  x = (counter ^ jax.random.key_data(key)[0]) * np.uint32(0x9E3779B1)
+  return x ^ (x >> np.uint32(15))
+
+
+def breakdown(tree: str, reps: int) -> list[str]:
+  """Where the SBS step's time goes: back-to-back times and page faults per
+  step of SBS, SBS at a fixed probability (no statistics), each with the
+  threefry generator replaced by a 2-instruction hash, next to sgd and adam."""
+  params = materialize(tree_shapes(tree))
+  grads = materialize(params, seed=1)
+  variants = {
+    'sgd': (optax.sgd(0.1), False),
+    'adam': (optax.adam(1e-3), False),
+    'sbs': (optax_sbs.sbs(0.1, key=0), False),
+    'sbs, threefry replaced': (optax_sbs.sbs(0.1, key=0), True),
+    'sbs p=0.5': (optax_sbs.sbs(0.1, key=0, probability=0.5), False),
+    'sbs p=0.5, threefry replaced': (optax_sbs.sbs(0.1, key=0, probability=0.5), True),
+    'masked_updates(sgd)': (optax_sbs.masked_updates(optax.sgd(0.1), key=0), False),
+  }
+  rows = []
+  original = _threefry.random_bits
+  try:
+    for name, (tx, replace) in variants.items():
+      _threefry.random_bits = cheap_bits if replace else original
+      run, _, _, kernels = optimizer_step(tx, params, grads)
+      t = back_to_back_median(run, reps)
+      before = page_faults()
+      for _ in range(reps):
+        run()
+      faults = (page_faults() - before) / reps
+      rows.append((name, t, faults, kernels))
+  finally:
+    _threefry.random_bits = original
+  sgd = rows[0][1]
+  return [
+    f'| {name} | {1e3 * t:.2f} | {t / sgd:.1f}x | {faults:.0f} | {kernels} |'
+    for name, t, faults, kernels in rows
+  ]
+
+
 def parse_cases(text: str) -> list[tuple[str, int]]:
   """``'small_cnn:16,resnet18:128'`` -> ``[('small_cnn', 16), ('resnet18', 128)]``."""
   cases = []
@@ -241,7 +300,7 @@ def main(argv=None):
   )
   parser.add_argument('--trees', type=parse_trees, default=None, help='comma-separated trees')
   parser.add_argument(
-    '--sections', default='1,2,3', help='which sections to run, e.g. 1,3 (default all)'
+    '--sections', default='1,2,3,4', help='which sections to run, e.g. 1,3 (default all)'
   )
   parser.add_argument(
     '--train-cases', type=parse_cases, default=None, help='section 3: MODEL:BATCH,...'
@@ -269,10 +328,7 @@ def main(argv=None):
     f'# SBS update cost vs plain Optax ({dev.platform})',
     '',
     f'- command: `{command}`',
-    f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-    f'{dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)',
-    f'- versions: python {platform.python_version()}, jax {jax.__version__}, '
-    f'optax {optax.__version__}, optax_sbs {optax_sbs.__version__}',
+    *provenance.machine_and_versions(),
     f'- medians of {reps} repetitions after warm-up, params and state donated. '
     '"interleaved": the candidates timed in turn within each repetition (the same background '
     'load for all); "back-to-back": each candidate timed in a row, as a training loop runs it. '
@@ -326,6 +382,16 @@ def main(argv=None):
       t_sgd = back_to_back_median(optimizer_step(optax.sgd(0.1), params, grads)[0], reps)
       t_sbs = back_to_back_median(optimizer_step(optax_sbs.sbs(0.1, key=0), params, grads)[0], reps)
       emit(f'| {millions}M | {1e3 * t_sgd:.2f} | {1e3 * t_sbs:.2f} | {t_sbs / t_sgd:.1f}x |')
+
+  if '4' in sections:
+    tree = 'resnet18' if not args.smoke else 'small_cnn'
+    emit()
+    emit(f"## 4. Where the SBS step's time goes ({tree} tree, back-to-back)")
+    emit()
+    emit('| variant | step (ms) | / sgd | page faults / step | kernels |')
+    emit('|---|---|---|---|---|')
+    for row in breakdown(tree, reps):
+      emit(row)
 
   if '3' in sections:
     emit()

@@ -98,6 +98,11 @@ def test_paired_difference_confidence_interval():
   assert mean == pytest.approx(1.0)
   assert (lo, hi) == pytest.approx((1 - half, 1 + half), rel=1e-6)
   assert wins == 4
+  # Losses: a wins where it is lower.
+  assert trial_cache.paired_difference(a, b, better='lower')[3] == 0
+  assert trial_cache.paired_difference(b, a, better='lower')[:3] == pytest.approx((-1, -hi, -lo))
+  with pytest.raises(ValueError, match='better'):
+    trial_cache.paired_difference(a, b, better='smaller')
 
 
 def test_paper_tables_smoke_run_writes_table_and_caches(tmp_path):
