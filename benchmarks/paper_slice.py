@@ -24,8 +24,10 @@ step overhead of SBS inside a real training step).
   python benchmarks/paper_slice.py --dataset ../shared/data/cifar10.npz   # GPU
   python benchmarks/paper_slice.py --smoke --out /tmp/slice.md             # CPU, seconds
 
-Writes ``benchmarks/results/paper_slice_<platform>.md`` and ``.json`` (after
-each method, so a run stopped by a time limit keeps what finished).
+The methods advance an epoch each in turn; with ``--time-budget`` both stop
+after the last epoch that fits (paired, the learning rate then not fully
+decayed: the table says so). Writes ``benchmarks/results/paper_slice_<platform>.md``
+and ``.json`` after every epoch, so a run killed by a time limit keeps what finished.
 """
 
 import argparse
@@ -183,56 +185,112 @@ def padded_test_set(data, eval_batch_size: int):
   return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
 
 
-def run_method(config: Config, method: str, data, log=print) -> dict:
-  """Trains every trial of one method; per-epoch curves and timings."""
-  setups = [train_lib.setup_trial(config, data, t) for t in range(config.trials)]
-  if len({len(t.x_train) for t in setups}) > 1:
-    raise ValueError('the trials need training subsets of one size')
-  steps = setups[0].steps_per_epoch
-  x = jnp.asarray(np.stack([t.x_train for t in setups]))
-  y = jnp.asarray(np.stack([t.y_train for t in setups]).astype(np.int32))
-  mean = jnp.asarray(np.stack([t.mean for t in setups]), jnp.float32)
-  std = jnp.asarray(np.stack([t.std for t in setups]), jnp.float32)
-  x_test, y_test, mask = padded_test_set(data, config.eval_batch_size)
-  state = initial_states(config, method, data, setups)
-  epoch_fn, evaluate = make_epoch(steps, config.batch_size), make_evaluate(config.eval_batch_size)
-  base_keys = [jax.random.key(config.seed + t) for t in range(config.trials)]
+class MethodRun:
+  """Every trial of one method, advanced an epoch at a time."""
 
-  curves = {k: [] for k in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')}
-  epoch_seconds, compile_seconds = [], 0.0
-  for epoch in range(1, config.epochs + 1):
-    keys = jnp.stack([jax.random.fold_in(k, epoch) for k in base_keys])
+  def __init__(self, config: Config, method: str, data):
+    setups = [train_lib.setup_trial(config, data, t) for t in range(config.trials)]
+    if len({len(t.x_train) for t in setups}) > 1:
+      raise ValueError('the trials need training subsets of one size')
+    self.config, self.method = config, method
+    self.steps = setups[0].steps_per_epoch
+    self.x = jnp.asarray(np.stack([t.x_train for t in setups]))
+    self.y = jnp.asarray(np.stack([t.y_train for t in setups]).astype(np.int32))
+    self.mean = jnp.asarray(np.stack([t.mean for t in setups]), jnp.float32)
+    self.std = jnp.asarray(np.stack([t.std for t in setups]), jnp.float32)
+    self.test = padded_test_set(data, config.eval_batch_size)
+    self.state = initial_states(config, method, data, setups)
+    self.epoch_fn = make_epoch(self.steps, config.batch_size)
+    self.evaluate = make_evaluate(config.eval_batch_size)
+    self.base_keys = [jax.random.key(config.seed + t) for t in range(config.trials)]
+    self.curves: dict[str, list] = {
+      k: [] for k in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+    }
+    self.epoch_seconds: list[float] = []
+    self.first_epoch_seconds = 0.0
+
+  def run_epoch(self, epoch: int) -> float:
+    """Trains epoch ``epoch`` (1-based) of every trial, evaluates; seconds."""
+    keys = jnp.stack([jax.random.fold_in(k, epoch) for k in self.base_keys])
     start = time.perf_counter()
-    state, loss, acc = epoch_fn(state, x, y, mean, std, keys)
+    self.state, loss, acc = self.epoch_fn(self.state, self.x, self.y, self.mean, self.std, keys)
     loss, acc = np.asarray(loss), np.asarray(acc)  # waits for the epoch
     seconds = time.perf_counter() - start
     if epoch == 1:
-      compile_seconds = seconds  # compilation and one epoch
+      self.first_epoch_seconds = seconds  # compilation and one epoch
     else:
-      epoch_seconds.append(seconds)
-    test_loss, test_acc = (np.asarray(v) for v in evaluate(state, x_test, y_test, mask, mean, std))
-    for name, value in zip(curves, (loss, acc, test_loss, test_acc)):
-      curves[name].append([float(v) for v in value])
-    log(
-      f'  {method} epoch {epoch}/{config.epochs}: train {acc.mean():.1f}% '
-      f'test {test_acc.mean():.1f}% ({seconds:.2f} s)'
+      self.epoch_seconds.append(seconds)
+    out = self.evaluate(self.state, *self.test, self.mean, self.std)
+    test_loss, test_acc = (np.asarray(v) for v in out)
+    for name, value in zip(self.curves, (loss, acc, test_loss, test_acc)):
+      self.curves[name].append([float(v) for v in value])
+    return time.perf_counter() - start
+
+  def result(self) -> dict:
+    step_ms = (
+      1e3 * float(np.median(self.epoch_seconds)) / self.steps
+      if self.epoch_seconds
+      else float('nan')
     )
-  step_ms = 1e3 * float(np.median(epoch_seconds)) / steps if epoch_seconds else float('nan')
-  return dict(
-    method=method,
-    steps_per_epoch=steps,
-    train_examples=int(x.shape[1]),
-    curves=curves,
-    step_ms=step_ms,
-    first_epoch_seconds=compile_seconds,
-  )
+    return dict(
+      method=self.method,
+      epochs=len(self.curves['test_accuracy']),
+      steps_per_epoch=self.steps,
+      train_examples=int(self.x.shape[1]),
+      curves=self.curves,
+      step_ms=step_ms,
+      first_epoch_seconds=self.first_epoch_seconds,
+    )
 
 
-def summary_rows(results: dict, epochs: int) -> list[str]:
-  last = max(1, math.ceil(0.1 * epochs))
+def run_method(config: Config, method: str, data, log=print) -> dict:
+  """Trains every trial of one method for ``config.epochs`` epochs."""
+  run = MethodRun(config, method, data)
+  for epoch in range(1, config.epochs + 1):
+    seconds = run.run_epoch(epoch)
+    log(
+      f'  {method} epoch {epoch}/{config.epochs}: '
+      f'test {np.mean(run.curves["test_accuracy"][-1]):.1f}% ({seconds:.2f} s)'
+    )
+  return run.result()
+
+
+def run_methods(config: Config, data, budget_seconds: float | None, log=print, on_epoch=None):
+  """All methods, an epoch of each in turn, so that a time budget stops them
+  after the same epoch (paired); ``on_epoch(results)`` after every epoch."""
+  runs = {m: MethodRun(config, m, data) for m in METHODS}
+  start = time.perf_counter()
+  results = {}
+  for epoch in range(1, config.epochs + 1):
+    for method, run in runs.items():
+      seconds = run.run_epoch(epoch)
+      log(
+        f'  epoch {epoch}/{config.epochs} {method}: train '
+        f'{np.mean(run.curves["train_accuracy"][-1]):.1f}% test '
+        f'{np.mean(run.curves["test_accuracy"][-1]):.1f}% ({seconds:.2f} s)'
+      )
+    results = {m: r.result() for m, r in runs.items()}
+    if on_epoch is not None:
+      on_epoch(results)
+    elapsed = time.perf_counter() - start
+    per_epoch = (
+      elapsed / epoch
+      if epoch == 1
+      else sum(float(np.median(r.epoch_seconds)) for r in runs.values())
+    )
+    if (
+      budget_seconds is not None and epoch < config.epochs and elapsed + per_epoch > budget_seconds
+    ):
+      log(f'  time budget of {budget_seconds:g} s reached: stopped after epoch {epoch}')
+      break
+  return results
+
+
+def summary_rows(results: dict) -> list[str]:
   per_method = {}
   for method, r in results.items():
     test = np.asarray(r['curves']['test_accuracy'])  # [epochs, trials]
+    last = max(1, math.ceil(0.1 * len(test)))
     per_method[method] = dict(
       final=test[-1],
       last10=test[-last:].mean(0),
@@ -262,11 +320,18 @@ def summary_rows(results: dict, epochs: int) -> list[str]:
 
 
 def write(out: str, header: list[str], results: dict, config: Config, sl: Slice) -> None:
-  lines = header + summary_rows(results, config.epochs)
+  done = min(r['epochs'] for r in results.values())
+  lines = header + summary_rows(results)
+  if done < config.epochs:
+    lines += [
+      '',
+      f'**Stopped by the time budget after epoch {done} of {config.epochs}**: the learning '
+      'rate had not finished its decay; both methods stopped after the same epoch (paired).',
+    ]
   lines += [
     '',
     f'Test accuracy in %, mean ± std over trials; "last 10%" is the mean over the last '
-    f"{max(1, math.ceil(0.1 * config.epochs))} epoch(s), the paper's reading; the difference "
+    f"{max(1, math.ceil(0.1 * done))} epoch(s) run, the paper's reading; the difference "
     'is paired per trial (same subset, order and init). Step times: median epoch time after '
     'the first (which compiles) over the steps of an epoch, all trials at once.',
   ]
@@ -303,6 +368,13 @@ def main(argv=None):
     '--export-test test images) to NPZ and exit: the data to carry to a machine without it',
   )
   parser.add_argument('--export-test', type=int, default=5000)
+  parser.add_argument(
+    '--time-budget',
+    type=float,
+    default=None,
+    metavar='SECONDS',
+    help='stop both methods after the last epoch that fits (results are written every epoch)',
+  )
   parser.add_argument('--out', default=None, help='markdown path (the .json goes beside it)')
   args = parser.parse_args(argv)
   sl = SLICES['smoke' if args.smoke else 'paper']
@@ -348,11 +420,14 @@ def main(argv=None):
     '',
   ]
   print('\n'.join(header), flush=True)
-  results = {}
-  for method in METHODS:
-    results[method] = run_method(config, method, data, log=lambda s: print(s, flush=True))
-    write(out, header, results, config, sl)
-  print('\n'.join(summary_rows(results, config.epochs)))
+  results = run_methods(
+    config,
+    data,
+    args.time_budget,
+    log=lambda s: print(s, flush=True),
+    on_epoch=lambda results: write(out, header, results, config, sl),
+  )
+  print('\n'.join(summary_rows(results)))
   print(f'\nwritten to {out}')
   return 0
 

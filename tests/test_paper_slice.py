@@ -43,10 +43,11 @@ def test_vmapped_trials_equal_trials_run_alone(data):
 
 
 def test_training_learns_and_report_pairs_the_trials(data, tmp_path):
-  results = {
-    m: paper_slice.run_method(config(2, epochs=3), m, data, log=lambda s: None)
-    for m in paper_slice.METHODS
-  }
+  written = []
+  results = paper_slice.run_methods(
+    config(2, epochs=3), data, None, log=lambda s: None, on_epoch=written.append
+  )
+  assert len(written) == 3 and sorted(results) == sorted(paper_slice.METHODS)
   for r in results.values():
     train = np.asarray(r['curves']['train_loss'])
     assert np.all(train[-1] < train[0]), train
@@ -60,6 +61,14 @@ def test_training_learns_and_report_pairs_the_trials(data, tmp_path):
   sbs = np.asarray(results['sbs']['curves']['test_accuracy'])[-1]
   assert f'{np.mean(sbs - sgd):+.2f}' in sbs_row  # 3 epochs: the last 10% is the last epoch
   assert (tmp_path / 'slice.json').exists()
+
+
+def test_time_budget_stops_both_methods_after_the_same_epoch(data, tmp_path):
+  results = paper_slice.run_methods(config(1, epochs=50), data, 1e-3, log=lambda s: None)
+  assert {r['epochs'] for r in results.values()} == {1}
+  out = tmp_path / 'slice.md'
+  paper_slice.write(str(out), [], results, config(1, epochs=50), paper_slice.SLICES['smoke'])
+  assert 'Stopped by the time budget after epoch 1 of 50' in out.read_text()
 
 
 def test_export_subset_is_class_balanced(data, tmp_path):
