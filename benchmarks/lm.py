@@ -4,8 +4,9 @@ Runs the training program of ``examples/lm`` (a small Flax NNX transformer on
 Tiny Shakespeare) for five methods: AdamW, ``masked_updates(AdamW)``
 (SkipUpdate: updates kept with probability p, rescaled by 1/p),
 ``magma(AdamW)``, Learning-Rate Dropout (``masked_updates`` per element,
-not rescaled) and SBS (``with_stochastic_batch_size`` around AdamW). Every
-method runs at every peak learning rate of a small sweep on the same paired
+not rescaled) and SBS (``with_stochastic_batch_size`` around AdamW, with the
+paper's settings and without its global term, lam = 0). Every cell (a method
+and its options) runs at every peak learning rate of a small sweep on the same paired
 trials (trial t: same init, same training windows, same optimizer key); each
 method is reported at its own best rate (lowest mean final validation loss),
 against AdamW at its best rate, with the paired difference of the final
@@ -49,7 +50,6 @@ import trial_cache
 
 # The shared offline copy of the file TFDS's tiny_shakespeare downloads.
 SHARED_TEXT = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
-METHODS = ('adamw', 'masked_updates', 'magma', 'lr_dropout', 'sbs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +78,24 @@ SCALES = {
   'smoke': Scale(1, 2, 16, 16, 8, 20, 2, 10, 2, 2, (3e-3, 1e-2)),
 }
 
-# Every method's options (the paper's or the library's defaults), beside the rate.
-OPTIONS = {
-  'adamw': {},
-  'masked_updates': {'probability': 0.5, 'granularity': 'leaf'},
-  'magma': {'probability': 0.5, 'tau': 2.0, 'granularity': 'leaf'},
-  'lr_dropout': {'probability': 0.5},
-  'sbs': {'alpha': 0.1, 'lam': -4.0},
+# Every cell: its method and options (the paper's or the library's defaults),
+# beside the rate. A cell is named by its method, or by method and reading.
+CELLS = {
+  'adamw': ('adamw', {}),
+  'masked_updates': ('masked_updates', {'probability': 0.5, 'granularity': 'leaf'}),
+  'magma': ('magma', {'probability': 0.5, 'tau': 2.0, 'granularity': 'leaf'}),
+  'lr_dropout': ('lr_dropout', {'probability': 0.5}),
+  'sbs': ('sbs', {'alpha': 0.1, 'lam': -4.0}),
+  # The README's advice for SBS: no global term (it froze the head above).
+  'sbs_lam0': ('sbs', {'alpha': 0.1, 'lam': 0.0}),
 }
+OPTIONS = {cell: options for cell, (_, options) in CELLS.items()}
 
 
-def cell_name(method: str) -> str:
-  options = ', '.join(f'{k}={v}' for k, v in OPTIONS[method].items())
-  return f'{method} ({options})' if options else method
+def cell_name(cell: str) -> str:
+  method, options = CELLS[cell]
+  text = ', '.join(f'{k}={v}' for k, v in options.items())
+  return f'{method} ({text})' if text else method
 
 
 def base_config(scale: Scale, dataset: str, data_dir: str | None) -> Config:
@@ -111,10 +116,9 @@ def base_config(scale: Scale, dataset: str, data_dir: str | None) -> Config:
   )
 
 
-def run_config(base: Config, method: str, learning_rate: float) -> Config:
-  return dataclasses.replace(
-    base, methods=(method,), learning_rate=learning_rate, **OPTIONS[method]
-  )
+def run_config(base: Config, cell: str, learning_rate: float) -> Config:
+  method, options = CELLS[cell]
+  return dataclasses.replace(base, methods=(method,), learning_rate=learning_rate, **options)
 
 
 def cell_key(config: Config) -> str:
@@ -150,7 +154,9 @@ def main(argv=None):
     'default: the shared offline copy if present',
   )
   parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
-  parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+  parser.add_argument(
+    '--methods', nargs='+', default=list(CELLS), choices=list(CELLS), help='cells to run'
+  )
   parser.add_argument('--trials', type=int, default=None, help="the scale's trials instead")
   parser.add_argument('--workdir', default=None, help='the trial cache')
   parser.add_argument('--out', default=None, help='markdown path (.json and _curves.png beside)')
@@ -174,7 +180,7 @@ def main(argv=None):
   except input_pipeline.DataError as e:
     parser.exit(2, f'error: {e}\n')
   base = base_config(scale, args.dataset, args.data_dir)
-  methods = [m for m in METHODS if m in args.methods]
+  methods = [m for m in CELLS if m in args.methods]  # cells, in CELLS' order
 
   # Every method at every rate, trial by trial (cached).
   runs: dict[tuple[str, float], list[dict]] = {}
@@ -229,7 +235,7 @@ def main(argv=None):
     cells.append(
       {
         'name': cell_name(method),
-        'method': method,
+        'method': CELLS[method][0],
         'options': dict(OPTIONS[method], learning_rate=lr),
         'trials': len(val),
         'val_loss': float(val.mean()),
@@ -243,7 +249,7 @@ def main(argv=None):
       f'| {cell_name(method)} | {lr:g}{edge} | {mean_std(val)} | {mean_std(test)} | {cols} | '
       f'{tokens_per_sec:.0f} |'
     )
-    curves[f'{method}, lr {lr:g}'] = results_lib.curves(rows, method)
+    curves[f'{cell_name(method)}, lr {lr:g}'] = results_lib.curves(rows, CELLS[method][0])
 
   sweep = []
   for method in methods:

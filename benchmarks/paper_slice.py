@@ -273,11 +273,8 @@ def run_methods(config: Config, data, budget_seconds: float | None, log=print, o
     if on_epoch is not None:
       on_epoch(results)
     elapsed = time.perf_counter() - start
-    per_epoch = (
-      elapsed / epoch
-      if epoch == 1
-      else sum(float(np.median(r.epoch_seconds)) for r in runs.values())
-    )
+    # The first epoch compiles: what an epoch costs is known from the second.
+    per_epoch = 0.0 if epoch == 1 else sum(float(np.median(r.epoch_seconds)) for r in runs.values())
     if (
       budget_seconds is not None and epoch < config.epochs and elapsed + per_epoch > budget_seconds
     ):
