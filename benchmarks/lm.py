@@ -158,6 +158,20 @@ def main(argv=None):
     '--methods', nargs='+', default=list(CELLS), choices=list(CELLS), help='cells to run'
   )
   parser.add_argument('--trials', type=int, default=None, help="the scale's trials instead")
+  parser.add_argument(
+    '--learning-rates',
+    type=float,
+    nargs='+',
+    default=None,
+    help="the scale's sweep instead (e.g. one rate, to confirm a finding on fresh seeds)",
+  )
+  parser.add_argument(
+    '--seed',
+    type=int,
+    default=0,
+    help='trial t uses seed + t; another seed gives trials independent of the sweep that '
+    'chose the rates',
+  )
   parser.add_argument('--workdir', default=None, help='the trial cache')
   parser.add_argument('--out', default=None, help='markdown path (.json and _curves.png beside)')
   parser.add_argument(
@@ -169,6 +183,8 @@ def main(argv=None):
   scale = SCALES[args.scale]
   if args.trials:
     scale = dataclasses.replace(scale, trials=args.trials)
+  if args.learning_rates:
+    scale = dataclasses.replace(scale, learning_rates=tuple(args.learning_rates))
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'lm_{args.scale}.md')
   workdir = args.workdir or os.path.join(
     ROOT, 'benchmarks', 'results', 'trials', f'lm_{args.scale}'
@@ -180,6 +196,8 @@ def main(argv=None):
   except input_pipeline.DataError as e:
     parser.exit(2, f'error: {e}\n')
   base = base_config(scale, args.dataset, args.data_dir)
+  if args.seed:  # seed 0 is the default: the keys of the cached trials stay
+    base = dataclasses.replace(base, seed=args.seed)
   methods = [m for m in CELLS if m in args.methods]  # cells, in CELLS' order
 
   # Every method at every rate, trial by trial (cached).
@@ -244,7 +262,12 @@ def main(argv=None):
     )
     tokens_per_sec = np.mean([r['tokens_per_sec'] for r in rows])
     # A best rate at the edge of the sweep may not be the method's best.
-    edge = '*' if lr in (min(scale.learning_rates), max(scale.learning_rates)) else ''
+    edge = (
+      '*'
+      if len(scale.learning_rates) > 1
+      and lr in (min(scale.learning_rates), max(scale.learning_rates))
+      else ''
+    )
     table.append(
       f'| {cell_name(method)} | {lr:g}{edge} | {mean_std(val)} | {mean_std(test)} | {cols} | '
       f'{tokens_per_sec:.0f} |'
@@ -280,7 +303,8 @@ def main(argv=None):
     f' {scale.warmup_steps} steps then cosine to {base.end_learning_rate_ratio}x, gradient'
     f' clipping at norm {base.clip_norm}; peak rates swept: '
     + ', '.join(f'{lr:g}' for lr in scale.learning_rates)
-    + f'; {scale.trials} paired trials per method and rate',
+    + f'; {scale.trials} paired trials per method and rate (seeds {base.seed}..'
+    f'{base.seed + scale.trials - 1})',
     f'- evaluation: loss in nats per character on {scale.eval_batches * scale.batch_size} fixed'
     ' windows of each split, after the last step',
     *provenance.machine_and_versions('flax'),

@@ -338,9 +338,16 @@ def main(argv=None):
     '',
   ]
 
+  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
   def emit(line=''):
+    """Prints a line and rewrites the file: a run stopped by a time limit
+    keeps every row it measured."""
     lines.append(line)
     print(line, flush=True)
+    with open(out, 'w') as f:
+      f.write('\n'.join(lines) + '\n')
 
   print('\n'.join(lines), flush=True)
   if '1' in sections:
@@ -412,10 +419,6 @@ def main(argv=None):
         f'{100 * (t_sbs / t_sgd - 1):+.1f}% | {c_sgd:.1f} | {c_sbs:.1f} |'
       )
 
-  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
   print(f'\nwritten to {out}')
   return 0
 

@@ -45,6 +45,8 @@ def lm():
   saved_path = list(sys.path)
   saved = {name: sys.modules.pop(name) for name in SHARED_NAMES if name in sys.modules}
   sys.path.insert(0, LM_DIR)
+  # As `python benchmarks/lm.py` has it: the benchmarks' shared modules.
+  sys.path.insert(1, os.path.join(ROOT, 'benchmarks'))
   try:
     mods = {
       name.replace('configs.default', 'default_config'): importlib.import_module(name)
@@ -475,3 +477,19 @@ def test_benchmark_cache_key_ignores_where_things_lie(lm):
   assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, learning_rate=0.5))
   config = bench.run_config(base, 'magma', 1e-2)
   assert config.methods == ('magma',) and config.tau == 2.0 and config.learning_rate == 1e-2
+
+
+def test_benchmark_confirmation_run_takes_its_rates_and_fresh_seeds(lm, corpus_file, tmp_path):
+  """--learning-rates and --seed: one rate on trials independent of the sweep."""
+  bench = lm.benchmark
+  out = tmp_path / 'confirm.md'
+  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
+  args += ['--methods', 'adamw', '--learning-rates', '0.01', '--trials', '1', '--seed', '5']
+  bench.main(args + ['--out', str(out)])
+  text = out.read_text()
+  assert 'peak rates swept: 0.01;' in text and '(seeds 5..5)' in text
+  assert '| adamw | 0.01 |' in text  # one rate: no edge marker
+  (cell,) = json.load(open(tmp_path / 'confirm.json'))['cells']
+  assert cell['options']['learning_rate'] == 0.01 and cell['trials'] == 1
+  base = bench.base_config(bench.SCALES['smoke'], corpus_file, None)
+  assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, seed=5))
