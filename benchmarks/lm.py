@@ -88,7 +88,15 @@ CELLS = {
   'sbs': ('sbs', {'alpha': 0.1, 'lam': -4.0}),
   # The README's advice for SBS: no global term (it froze the head above).
   'sbs_lam0': ('sbs', {'alpha': 0.1, 'lam': 0.0}),
+  # Controls for what SBS lam = 0 does (run on the confirmation seeds only):
+  # random delays at a fixed p, and a deterministic average of 2 batches.
+  'sbs_p05': ('sbs', {'sbs_probability': 0.5}),
+  'adamw_accumulate2': ('adamw_accumulate', {'accumulate_steps': 2}),
 }
+# The cells of the main comparison (the rest are controls, run by name).
+MAIN_CELLS = ('adamw', 'masked_updates', 'magma', 'lr_dropout', 'sbs', 'sbs_lam0')
+# Config fields added after trials were cached, at their defaults.
+ADDED_FIELDS = {'accumulate_steps': 2}
 OPTIONS = {cell: options for cell, (_, options) in CELLS.items()}
 
 
@@ -123,7 +131,9 @@ def run_config(base: Config, cell: str, learning_rate: float) -> Config:
 
 def cell_key(config: Config) -> str:
   """The cache key of a configuration (``trial_cache.config_key``)."""
-  return trial_cache.config_key(config, ignore=('workdir', 'data_dir', 'download'))
+  return trial_cache.config_key(
+    config, ignore=('workdir', 'data_dir', 'download'), added_fields=ADDED_FIELDS
+  )
 
 
 def run_cell(config: Config, data, workdir: str, train: bool = True) -> tuple[list[dict], float]:
@@ -155,7 +165,11 @@ def main(argv=None):
   )
   parser.add_argument('--data-dir', default=None, help='TFDS data_dir')
   parser.add_argument(
-    '--methods', nargs='+', default=list(CELLS), choices=list(CELLS), help='cells to run'
+    '--methods',
+    nargs='+',
+    default=list(MAIN_CELLS),
+    choices=list(CELLS),
+    help='cells to run (default: the main comparison)',
   )
   parser.add_argument('--trials', type=int, default=None, help="the scale's trials instead")
   parser.add_argument(

@@ -17,6 +17,7 @@ import types
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -464,8 +465,9 @@ def test_benchmark_smoke_writes_markdown_json_and_resumes_from_cache(lm, corpus_
 def test_benchmark_smoke_all_methods(lm, corpus_file, tmp_path):
   args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
   lm.benchmark.main(args + ['--out', str(tmp_path / 'lm.md')])
+  bench = lm.benchmark
   _check_benchmark_json(
-    tmp_path / 'lm.json', [method for method, _ in lm.benchmark.CELLS.values()], trials=2
+    tmp_path / 'lm.json', [bench.CELLS[c][0] for c in bench.MAIN_CELLS], trials=2
   )
 
 
@@ -493,3 +495,27 @@ def test_benchmark_confirmation_run_takes_its_rates_and_fresh_seeds(lm, corpus_f
   assert cell['options']['learning_rate'] == 0.01 and cell['trials'] == 1
   base = bench.base_config(bench.SCALES['smoke'], corpus_file, None)
   assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, seed=5))
+
+
+def test_adamw_accumulate_is_adamw_on_the_mean_of_k_gradients(lm):
+  """The control: k steps of adamw_accumulate == one AdamW step on the mean
+  gradient, with the rate AdamW has at that outer step."""
+  import optax  # noqa: PLC0415
+
+  config = lm.Config(accumulate_steps=3, weight_decay=0.1)
+  schedule = lambda step: 0.01 * (1.0 + step)  # noqa: E731  (the outer step's rate)
+  acc = lm.methods.METHODS['adamw_accumulate'].optimizer(config, schedule, None)
+  params = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3)}
+  grads = [jax.tree.map(lambda x, i=i: (i + 1.0) * jnp.ones_like(x) - x, params) for i in range(6)]
+  state, p = acc.init(params), params
+  for g in grads:
+    u, state = acc.update(g, state, p)
+    p = optax.apply_updates(p, u)
+  adamw = lm.methods.METHODS['adamw'].optimizer(config, lambda c: schedule(3 * c), None)
+  q, s = params, adamw.init(params)
+  for i in (0, 3):
+    mean = jax.tree.map(lambda *g: sum(g) / 3, *grads[i : i + 3])
+    u, s = adamw.update(mean, s, q)
+    q = optax.apply_updates(q, u)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)

@@ -108,6 +108,15 @@ def _sbs(config: Config, lr: optax.Schedule, key: jax.Array):
   )
 
 
+def _adamw_accumulate(config: Config, lr: optax.Schedule, key: jax.Array):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  k = config.accumulate_steps
+  # The inner AdamW counts its own updates (one per k steps): its schedule
+  # reads the outer step, so warm-up and decay end where AdamW's do.
+  return optax.MultiSteps(_adamw(config, lambda count: lr(count * k), key), every_k_schedule=k)
+
+
 METHODS: dict[str, Method] = {
   m.name: m
   for m in (
@@ -134,6 +143,12 @@ METHODS: dict[str, Method] = {
       'sbs',
       'stochastic batch size around AdamW (Algorithm 2; --alpha --lam --sbs-probability)',
       _sbs,
+    ),
+    Method(
+      'adamw_accumulate',
+      'AdamW on the mean gradient of k batches (optax.MultiSteps; --accumulate-steps): the '
+      'control for the larger batches SBS gives',
+      _adamw_accumulate,
     ),
   )
 }

@@ -46,6 +46,7 @@ def validate(config: Config) -> None:
     'eval_interval',
     'eval_batches',
     'trials',
+    'accumulate_steps',
   ):
     if getattr(config, name) < 1:
       raise ConfigError(f'{name} must be at least 1, got {getattr(config, name)}')

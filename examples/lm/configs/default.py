@@ -77,6 +77,8 @@ class Config:
   """'sbs': slope of the across-layer term of the update probability (eq. 19)."""
   sbs_probability: float | None = None
   """'sbs': a fixed update probability instead of the adaptive one."""
+  accumulate_steps: int = 2
+  """'adamw_accumulate': batches whose mean gradient each AdamW update uses (optax.MultiSteps)."""
 
   # Protocol.
   eval_interval: int = 100
