@@ -28,7 +28,6 @@ and ``lm_<scale>_curves.png``.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ import numpy as np
 from configs.default import Config
 import input_pipeline
 import models
-import provenance
+import report
 import results as results_lib
 import train as train_lib
 import trial_cache
@@ -321,7 +320,7 @@ def main(argv=None):
     f'{base.seed + scale.trials - 1})',
     f'- evaluation: loss in nats per character on {scale.eval_batches * scale.batch_size} fixed'
     ' windows of each split, after the last step',
-    *provenance.machine_and_versions('flax'),
+    *report.machine_and_versions('flax'),
     f'- training time of all runs (sum over their cached trials): {total_seconds / 3600:.2f} h',
     '',
     'Each method at its best peak rate (lowest mean final validation loss over the sweep). '
@@ -350,10 +349,7 @@ def main(argv=None):
     lines.append(
       f'Learning curves (validation loss, each method at its best rate): `{os.path.basename(stem)}_curves.png`.'
     )
-  with open(out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  with open(stem + '.json', 'w') as f:
-    json.dump({'cells': cells}, f, indent=2)
+  report.write_results(out, lines, {'cells': cells}, indent=2)
   print('\n'.join(lines))
   print(f'written to {out} and {stem}.json')
   return out

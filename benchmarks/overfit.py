@@ -29,7 +29,6 @@ each other (``--out``).
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -44,7 +43,8 @@ import numpy as np
 from configs.default import Config
 import input_pipeline
 import paper_tables
-import provenance
+import report
+import trial_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,12 +260,12 @@ def main(argv=None):
       rate = dict(cell.options).get('learning_rate')
       reference = run(with_rate(sgd, rate)) if rate else baseline
       if reference is not None:
-        diff, lo, hi, wins = paper_tables.paired_difference(test_last, last_test(reference, epochs))
+        diff, lo, hi, wins = trial_cache.paired_difference(test_last, last_test(reference, epochs))
         versus = f'{diff:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(test_last)}'
         vs_json = {'diff': diff, 'ci95': [lo, hi], 'wins': wins}
     table.append(
-      f'| {cell.name} | {paper_tables.mean_std(test_last)} | '
-      f'{paper_tables.mean_std(test_max)} | {paper_tables.mean_std(train_acc)} | '
+      f'| {cell.name} | {trial_cache.mean_std(test_last)} | '
+      f'{trial_cache.mean_std(test_max)} | {trial_cache.mean_std(train_acc)} | '
       f'{versus} | {paper_tables.sbs_statistics(rows)} |'
     )
     json_cells.append(
@@ -298,7 +298,7 @@ def main(argv=None):
     rate_lines.append((reference, best, means))
   if len(rate_lines) == 2:
     (_, sgd_rate, sgd_means), (sbs_cell, sbs_rate, sbs_means) = rate_lines
-    diff, lo, hi, wins = paper_tables.paired_difference(sbs_means[sbs_rate], sgd_means[sgd_rate])
+    diff, lo, hi, wins = trial_cache.paired_difference(sbs_means[sbs_rate], sgd_means[sgd_rate])
     listing = lambda m: ', '.join(f'{r:g}: {a.mean():.2f}' for r, a in sorted(m.items()))
     rate_text = [
       f'Learning-rate check (test, last 10%, by base rate): SGD {listing(sgd_means)}; '
@@ -320,7 +320,7 @@ def main(argv=None):
     f"- regime: {regime.model}, batch {regime.batch_size} (momentum 0 by the paper's pairing), "
     f'{epochs} epochs, sigmoid learning rate {regime.learning_rate:g} -> 0.001, '
     f'{regime.trials} paired trials per cell',
-    *provenance.machine_and_versions(),
+    *report.machine_and_versions(),
     f'- training time of all cells (sum over their cached trials): {run.seconds / 3600:.2f} h',
     '',
     'Test accuracy: mean ± std over trials of the mean over the last 10% of epochs and of '
@@ -339,10 +339,7 @@ def main(argv=None):
   if curves:
     plot(curves, stem + '_curves.png')
     lines.append(f'Curves: `{os.path.basename(stem)}_curves.png`.')
-  with open(out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  with open(stem + '.json', 'w') as f:
-    json.dump({'cells': json_cells}, f, indent=1)
+  report.write_results(out, lines, {'cells': json_cells})
   print('\n'.join(lines))
   print(f'written to {out} and {stem}.json')
   return out

@@ -32,7 +32,6 @@ and ``.json`` after every epoch, so a run killed by a time limit keeps what fini
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -49,7 +48,7 @@ import numpy as np
 
 from configs.default import Config
 import input_pipeline
-import provenance
+import report
 import train as train_lib
 import trial_cache
 
@@ -243,22 +242,17 @@ class MethodRun:
     )
 
 
-def run_method(config: Config, method: str, data, log=print) -> dict:
-  """Trains every trial of one method for ``config.epochs`` epochs."""
-  run = MethodRun(config, method, data)
-  for epoch in range(1, config.epochs + 1):
-    seconds = run.run_epoch(epoch)
-    log(
-      f'  {method} epoch {epoch}/{config.epochs}: '
-      f'test {np.mean(run.curves["test_accuracy"][-1]):.1f}% ({seconds:.2f} s)'
-    )
-  return run.result()
-
-
-def run_methods(config: Config, data, budget_seconds: float | None, log=print, on_epoch=None):
-  """All methods, an epoch of each in turn, so that a time budget stops them
+def run_methods(
+  config: Config,
+  data,
+  budget_seconds: float | None,
+  log=print,
+  on_epoch=None,
+  methods: tuple[str, ...] = METHODS,
+):
+  """The methods, an epoch of each in turn, so that a time budget stops them
   after the same epoch (paired); ``on_epoch(results)`` after every epoch."""
-  runs = {m: MethodRun(config, m, data) for m in METHODS}
+  runs = {m: MethodRun(config, m, data) for m in methods}
   start = time.perf_counter()
   results = {}
   for epoch in range(1, config.epochs + 1):
@@ -332,15 +326,8 @@ def write(out: str, header: list[str], results: dict, config: Config, sl: Slice)
     'is paired per trial (same subset, order and init). Step times: median epoch time after '
     'the first (which compiles) over the steps of an epoch, all trials at once.',
   ]
-  with open(out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  payload = dict(
-    slice=dataclasses.asdict(sl),
-    config=dataclasses.asdict(config),
-    results=results,
-  )
-  with open(os.path.splitext(out)[0] + '.json', 'w') as f:
-    json.dump(payload, f, indent=1)
+  payload = dict(slice=dataclasses.asdict(sl), config=dataclasses.asdict(config), results=results)
+  report.write_results(out, lines, payload)
 
 
 def main(argv=None):
@@ -400,7 +387,6 @@ def main(argv=None):
   config = make_config(sl, args.learning_rate)
   dev = jax.devices()[0]
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'paper_slice_{dev.platform}.md')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   command = shlex.join(
     ['python', 'benchmarks/paper_slice.py'] + list(sys.argv[1:] if argv is None else argv)
   )
@@ -409,7 +395,7 @@ def main(argv=None):
     f'({dev.platform})',
     '',
     f'- command: `{command}`',
-    *provenance.machine_and_versions(),
+    *report.machine_and_versions(),
     f'- data: {data.name}, {sl.epochs} epochs, {sl.trials} paired trials, learning rate '
     f'{config.learning_rate} -> {config.end_learning_rate} (sigmoid), momentum '
     f"{train_lib.default_momentum(sl.batch_size)} (the paper's pairing with batch {sl.batch_size}), "

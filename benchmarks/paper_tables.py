@@ -48,7 +48,7 @@ import numpy as np
 
 from configs.default import Config
 import input_pipeline
-import provenance
+import report
 import train as train_lib
 import trial_cache
 
@@ -307,10 +307,6 @@ def sbs_statistics(rows: list[dict]) -> str:
   return f'{np.mean(fractions):.3f} / {np.mean(counts):.2f}'
 
 
-mean_std = trial_cache.mean_std
-paired_difference = trial_cache.paired_difference
-
-
 def best_rates(todo: list[Cell], results: dict, base: Config, epochs: int) -> list[str]:
   """Table 3's learning-rate check: each method at its own best base rate.
 
@@ -334,7 +330,9 @@ def best_rates(todo: list[Cell], results: dict, base: Config, epochs: int) -> li
   if len(by_rate['sgd']) < 2 or len(by_rate['sbs']) < 2:
     return []
   best = {m: max(r, key=lambda lr: r[lr].mean()) for m, r in by_rate.items()}
-  mean, lo, hi, wins = paired_difference(by_rate['sbs'][best['sbs']], by_rate['sgd'][best['sgd']])
+  mean, lo, hi, wins = trial_cache.paired_difference(
+    by_rate['sbs'][best['sbs']], by_rate['sgd'][best['sgd']]
+  )
   rates = lambda m: ', '.join(f'{lr:g}: {a.mean():.2f}' for lr, a in sorted(by_rate[m].items()))
   return [
     f'Learning-rate check (last 10%, by base rate): SGD {rates("sgd")}; '
@@ -360,7 +358,7 @@ def frozen_vs_chain(todo: list[Cell], results: dict, base: Config, epochs: int) 
     if not all(k in results for k in keys):
       continue
     frozen_last, chain_last = (per_trial(results[k], epochs)[0] for k in keys)
-    mean, lo, hi, wins = paired_difference(frozen_last, chain_last)
+    mean, lo, hi, wins = trial_cache.paired_difference(frozen_last, chain_last)
     lines.append(
       f'- {cell.label.replace(" frozen", "")}: frozen - chain '
       f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], frozen '
@@ -538,7 +536,7 @@ def main(argv=None):
       if subset
       else f'all {len(data.y_test)} test images'
     ),
-    *provenance.machine_and_versions(),
+    *report.machine_and_versions(),
     f'- training time of all cells (sum over their cached trials): {total_seconds / 3600:.2f} h',
     '',
     'Accuracy columns: mean ± std over trials of (a) the mean over the last '
@@ -589,10 +587,10 @@ def main(argv=None):
       if cell.method == 'sgd' and cell.baseline() == Cell('', '', 'sgd', cell.overrides):
         versus = '(baseline) | | '
       else:
-        mean, lo, hi, wins = paired_difference(last, base_last)
+        mean, lo, hi, wins = trial_cache.paired_difference(last, base_last)
         versus = f'{mean:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(last)}'
       lines.append(
-        f'| {cell.label} | {mean_std(last)} | {mean_std(best)} | {versus} | '
+        f'| {cell.label} | {trial_cache.mean_std(last)} | {trial_cache.mean_std(best)} | {versus} | '
         f'{final_train_loss(rows).mean():.3f} | {sbs_statistics(rows)} |'
       )
       if table in ('4', '5', 'm'):
@@ -612,8 +610,7 @@ def main(argv=None):
   if panels:
     plot(panels, plot_path)
     lines.append(f'Learning curves: `{os.path.basename(plot_path)}`.')
-  with open(out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  report.write_results(out, lines)
   print('\n'.join(lines))
   print(f'written to {out}')
   return out

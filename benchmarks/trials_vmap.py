@@ -23,7 +23,7 @@ import optax
 
 from configs.default import Config
 import models
-import provenance
+import report
 import train
 
 
@@ -70,7 +70,7 @@ def main():
     '',
     f'- command: `python benchmarks/trials_vmap.py --trials {k} --batch-size {bs} '
     f'--model {args.model} --reps {args.reps}`',
-    *provenance.machine_and_versions(),
+    *report.machine_and_versions(),
     f'- median of {args.reps} steps after warm-up, in one process',
     '',
     f'| optimizer | {k} sequential steps (ms) | one vmapped step (ms) | vmapped / sequential |',
@@ -104,11 +104,8 @@ def main():
     t_vec = median_time(run_vec, args.reps)
     lines.append(f'| {name} | {1e3 * t_seq:.1f} | {1e3 * t_vec:.1f} | {t_vec / t_seq:.2f} |')
     print(lines[-1], flush=True)
-  text = '\n'.join(lines) + '\n'
-  print(text)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    f.write(text)
+  print('\n'.join(lines))
+  report.write_results(args.out, lines)
 
 
 if __name__ == '__main__':

@@ -48,7 +48,7 @@ import optax_sbs
 from optax_sbs import _threefry
 
 import models
-import provenance
+import report
 import train as train_lib
 
 
@@ -328,7 +328,7 @@ def main(argv=None):
     f'# SBS update cost vs plain Optax ({dev.platform})',
     '',
     f'- command: `{command}`',
-    *provenance.machine_and_versions(),
+    *report.machine_and_versions(),
     f'- medians of {reps} repetitions after warm-up, params and state donated. '
     '"interleaved": the candidates timed in turn within each repetition (the same background '
     'load for all); "back-to-back": each candidate timed in a row, as a training loop runs it. '
@@ -339,15 +339,13 @@ def main(argv=None):
   ]
 
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
   def emit(line=''):
     """Prints a line and rewrites the file: a run stopped by a time limit
     keeps every row it measured."""
     lines.append(line)
     print(line, flush=True)
-    with open(out, 'w') as f:
-      f.write('\n'.join(lines) + '\n')
+    report.write_results(out, lines)
 
   print('\n'.join(lines), flush=True)
   if '1' in sections:

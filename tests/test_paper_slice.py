@@ -30,10 +30,11 @@ def config(trials, epochs=2):
 def test_vmapped_trials_equal_trials_run_alone(data):
   """Trial t of the one vmapped program is the run of seed + t on its own:
   the trials share nothing but the program."""
-  both = paper_slice.run_method(config(2), 'sbs', data, log=lambda s: None)
-  second = paper_slice.run_method(
-    dataclasses.replace(config(1), seed=1), 'sbs', data, log=lambda s: None
-  )
+
+  def sbs(cfg):
+    return paper_slice.run_methods(cfg, data, None, log=lambda s: None, methods=('sbs',))['sbs']
+
+  both, second = sbs(config(2)), sbs(dataclasses.replace(config(1), seed=1))
   for name, values in both['curves'].items():
     values = np.asarray(values)
     np.testing.assert_allclose(

@@ -92,7 +92,7 @@ def test_a_trial_is_claimed_by_one_live_process(tmp_path):
 
 def test_paired_difference_confidence_interval():
   a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 1.0, 2.5, 2.0])
-  mean, lo, hi, wins = paper_tables.paired_difference(a, b)
+  mean, lo, hi, wins = trial_cache.paired_difference(a, b)
   d = a - b  # 0.5, 1, 0.5, 2: mean 1, sd 0.7071, t(0.975, 3) = 3.1824
   half = 3.1824463 * np.std(d, ddof=1) / 2
   assert mean == pytest.approx(1.0)
@@ -260,13 +260,13 @@ def test_paired_interval_is_scipys_and_one_trial_has_none():
 
   rng = np.random.default_rng(0)
   a, b = rng.normal(45, 1, 5), rng.normal(44, 1, 5)
-  mean, lo, hi, _ = paper_tables.paired_difference(a, b)
+  mean, lo, hi, _ = trial_cache.paired_difference(a, b)
   d = a - b
   half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)  # by hand
   assert (lo, hi) == pytest.approx((mean - half, mean + half), rel=1e-12)
-  assert np.isnan(paper_tables.paired_difference(a[:1], b[:1])[1])
-  assert paper_tables.mean_std(np.array([41.0])) == '41.00'
-  assert paper_tables.mean_std(np.array([41.0, 43.0])) == '42.00 ± 1.41'
+  assert np.isnan(trial_cache.paired_difference(a[:1], b[:1])[1])
+  assert trial_cache.mean_std(np.array([41.0])) == '41.00'
+  assert trial_cache.mean_std(np.array([41.0, 43.0])) == '42.00 ± 1.41'
 
 
 @pytest.mark.parametrize('dataset', ['/nonexistent/cifar10.npz', 'imagenet2012'])

@@ -1,7 +1,9 @@
-"""The machine and versions every benchmark result states, in one place."""
+"""What every benchmark result states (machine, versions) and how it is written."""
 
+import json
 import os
 import platform
+from typing import Any
 
 import jax
 import optax
@@ -24,3 +26,14 @@ def machine_and_versions(*extra: str) -> list[str]:
     f'({dev.device_kind}), {jax.device_count()} device(s)',
     f'- versions: {", ".join(versions)}',
   ]
+
+
+def write_results(out: str, lines: list[str], payload: Any = None, indent: int = 1) -> None:
+  """Writes the markdown ``lines`` to ``out`` (its folder made if missing)
+  and, given a ``payload``, the JSON beside it (``out`` with ``.json``)."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  if payload is not None:
+    with open(os.path.splitext(out)[0] + '.json', 'w') as f:
+      json.dump(payload, f, indent=indent)
