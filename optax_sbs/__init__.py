@@ -5,6 +5,8 @@ from optax_sbs._alias import sbs
 from optax_sbs._diagnostics import layer_statistics
 from optax_sbs._keys import key_data_tree
 from optax_sbs._keys import wrap_key_data_tree
+from optax_sbs._layers import layers_from_axis_names
+from optax_sbs._layers import layers_under
 from optax_sbs._magma import MagmaState
 from optax_sbs._magma import magma
 from optax_sbs._masked_updates import MaskedUpdatesState
@@ -27,6 +29,8 @@ __all__ = (
   'find_state',
   'key_data_tree',
   'layer_statistics',
+  'layers_from_axis_names',
+  'layers_under',
   'magma',
   'MagmaState',
   'masked_updates',

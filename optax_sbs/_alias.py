@@ -5,6 +5,7 @@ from typing import Literal
 import jax
 import optax
 
+from optax_sbs import _layers
 from optax_sbs import _probability
 from optax_sbs import _wrapper
 
@@ -22,6 +23,7 @@ def sbs(
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
   group_fn: _probability.GroupFn | None = None,
+  layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
@@ -56,6 +58,8 @@ def sbs(
     scale_by_count: scale each update by its batch count ``k``.
     magnitude: ``'cma'`` or ``'gradient'``: which magnitudes set ``p``.
     group_fn: grouping of leaves for the global term.
+    layer_axes: the axes of each leaf that index stacked layers (see
+      :func:`stochastic_batch_size`).
     cma_dtype: dtype of the moving average.
     count_dtype: integer dtype of the counts.
 
@@ -87,6 +91,7 @@ def sbs(
     scale_by_count=scale_by_count,
     magnitude=magnitude,
     group_fn=group_fn,
+    layer_axes=layer_axes,
     cma_dtype=cma_dtype,
     count_dtype=count_dtype,
   )

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optax_sbs import _probability
+from optax_sbs import _paths
 from optax_sbs import _transform
 
 _FIELDS = frozenset(_transform.StochasticBatchSizeState._fields)
@@ -35,11 +35,7 @@ def _count_trees(node: Any, where: str = '') -> Iterator[tuple[str, Any]]:
 
 
 def _path_name(path: tuple[Any, ...]) -> str:
-  names = [_probability.key_name(entry) for entry in path]
-  # A Flax NNX variable holds its array in ``.value``: not part of the name.
-  if len(names) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and (names[-1] == 'value'):
-    names.pop()
-  return '/'.join(names)
+  return '/'.join(_paths.names(path))
 
 
 def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import optax
 
 from optax_sbs import _keys
+from optax_sbs import _layers
 from optax_sbs import _sampling
+from optax_sbs import _sharding
 from optax_sbs import _validation
 
 
@@ -24,9 +26,14 @@ class MagmaState(NamedTuple):
     inner_state: the wrapped optimizer's state, updated densely.
     momentum: per parameter, the EMA ``m`` of the raw gradients (float32,
       or the parameter's dtype if wider).
-    score: per block, the smoothed alignment score ``s``: a float32 scalar
-      per leaf (``granularity='leaf'``) or an array like the parameter
-      (``'element'``).
+    score: per block, the smoothed alignment score ``s``. With
+      ``granularity='leaf'`` one float32 vector with an entry per parameter
+      tensor (per slice of a stacked leaf), in the order of
+      ``jax.tree.leaves(params)``: not a tree like the params, since a
+      scalar per parameter cannot carry the parameter's sharding (Flax NNX
+      copies a parameter's sharding onto every state leaf in its place).
+      :meth:`score_tree` lays it out like the params. With ``'element'`` a
+      float32 array like each parameter.
     key: the typed PRNG key of the next step's masks.
   """
 
@@ -35,14 +42,60 @@ class MagmaState(NamedTuple):
   score: Any
   key: jax.Array
 
+  def score_tree(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
+    """The scores as a tree like the params.
 
-def _cosine(m, g, granularity):
-  """cos(m, g) per block: over the leaf, or per element (its sign); 0 where
-  either vector is zero."""
+    Args:
+      layer_axes: the ``layer_axes`` the transformation was built with.
+
+    Returns:
+      With ``granularity='leaf'``, per parameter a float32 scalar, or for a
+      stacked leaf an array of its statistics shape (one score per slice, 1
+      on every other axis); with ``'element'``, ``score`` itself.
+    """
+    if _is_element_tree(self):
+      return self.score
+    flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
+    axes = [_layers.leaf_axes(layer_axes, path, m, 'magma') for path, m in flat]
+    return jax.tree.unflatten(treedef, _split_scores(self.score, [m for _, m in flat], axes))
+
+
+def _is_element_tree(state: MagmaState) -> bool:
+  """Whether ``state.score`` is laid out like the params (``'element'``)."""
+  if jax.tree.structure(state.score) != jax.tree.structure(state.momentum):  # type: ignore[operator]
+    return False
+  shapes = [jnp.shape(x) for x in jax.tree.leaves(state.momentum)]
+  return [jnp.shape(x) for x in jax.tree.leaves(state.score)] == shapes
+
+
+def _split_scores(vector, leaves, axes):
+  """Per leaf, its entries of the score vector: a scalar, or one per slice."""
+  out, start = [], 0
+  for x, ax in zip(leaves, axes):
+    if ax:
+      shape = _layers.stat_shape(x.shape, ax)
+      n = _layers.num_slices(x.shape, ax)
+      part = vector[start : start + n].reshape(shape)
+      sharding = _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim)
+      out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
+      start += n
+    else:
+      out.append(vector[start])
+      start += 1
+  return out
+
+
+def _cosine(m, g, granularity, axes):
+  """cos(m, g) per block: over the leaf (or each slice along the stacked
+  ``axes``), or per element (its sign); 0 where either vector is zero."""
   if granularity == 'element':
     return jnp.sign(m * g)
-  dot = jnp.sum(m * g)
-  norms = jnp.sqrt(jnp.sum(m * m)) * jnp.sqrt(jnp.sum(g * g))
+  over = _layers.reduced_axes(m.ndim, axes) if axes else None
+  keep = bool(axes)
+  dot = jnp.sum(m * g, axis=over, keepdims=keep)
+  norms = jnp.sqrt(jnp.sum(m * m, axis=over, keepdims=keep)) * jnp.sqrt(
+    jnp.sum(g * g, axis=over, keepdims=keep)
+  )
   return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)
 
 
@@ -56,6 +109,7 @@ def magma(
   momentum_decay: jax.typing.ArrayLike = 0.9,
   granularity: _sampling.Granularity = 'leaf',
   initial_score: jax.typing.ArrayLike = 1.0,
+  layer_axes: _layers.LayerAxesFn | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Magma: masked updates scaled by momentum-gradient alignment (Joo et al., 2026).
 
@@ -98,6 +152,11 @@ def magma(
     granularity: ``'leaf'`` (one block per parameter tensor, the paper's) or
       ``'element'``.
     initial_score: the score ``s`` before the first step.
+    layer_axes: ``(path, leaf) -> tuple[int, ...]``, the axes of a leaf that
+      index stacked layers (e.g. :func:`layers_under`); with
+      ``granularity='leaf'`` every slice along them is a block: its own
+      cosine, score and mask draw, as the layers of the unrolled model
+      would have. ``None``: none.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -113,7 +172,7 @@ def magma(
     >>> params = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3)}
     >>> state = tx.init(params)
     >>> updates, state = tx.update({'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}, state, params)
-    >>> round(float(state.score['w']), 4)  # 0.9 * 1 + 0.1 * sigmoid(1 / 2)
+    >>> round(float(state.score_tree()['w']), 4)  # 0.9 * 1 + 0.1 * sigmoid(1 / 2)
     0.9622
 
   References:
@@ -131,13 +190,18 @@ def magma(
     raise ValueError(f'tau must be positive, got {tau}.')
   if isinstance(momentum_decay, (int, float)) and momentum_decay == 1:
     raise ValueError('momentum_decay must be below 1 (the momentum would never see a gradient).')
+  _layers.check_layer_axes(layer_axes)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params', who)
     momentum = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_compute_dtype(p.dtype)), params)
     if granularity == 'leaf':
-      score = jax.tree.map(lambda p: jnp.full((), initial_score, jnp.float32), params)
+      flat = jax.tree_util.tree_flatten_with_path(params)[0]
+      blocks = sum(
+        _layers.num_slices(p.shape, _layers.leaf_axes(layer_axes, path, p, who)) for path, p in flat
+      )
+      score = jnp.full((blocks,), initial_score, jnp.float32)
     else:
       score = jax.tree.map(lambda p: jnp.full_like(p, initial_score, jnp.float32), params)
     return MagmaState(inner.init(params), momentum, score, _keys.canonicalize_key(key))
@@ -146,28 +210,53 @@ def magma(
     _validation.check_same_structure(updates, state.momentum, 'updates', who)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     next_key, step_key = _sampling.split_step_key(state.key)
-    grads, treedef = jax.tree.flatten(updates)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    grads = [g for _, g in flat]
     us = treedef.flatten_up_to(inner_updates)
     momenta = treedef.flatten_up_to(state.momentum)
-    scores = treedef.flatten_up_to(state.score)
-    masks = _sampling.block_masks(step_key, grads, probability, granularity)
+    if granularity == 'leaf':
+      axes = [_layers.leaf_axes(layer_axes, path, g, who) for path, g in flat]
+      _check_score_size(state.score, grads, axes)
+      scores = _split_scores(state.score, grads, axes)
+    else:
+      axes = [()] * len(grads)
+      scores = treedef.flatten_up_to(state.score)
+    masks = _sampling.block_masks(step_key, grads, probability, granularity, axes)
     out, new_momenta, new_scores = [], [], []
-    for g, u, m, s, z in zip(grads, us, momenta, scores, masks):
+    for g, u, m, s, z, ax in zip(grads, us, momenta, scores, masks, axes):
       m_dtype = m.dtype
       g = g.astype(m_dtype)
       m = momentum_decay * m + (1 - momentum_decay) * g
-      cos = _cosine(m, g, granularity).astype(jnp.float32)
+      cos = _cosine(m, g, granularity, ax).astype(jnp.float32)
       s = score_decay * s + (1 - score_decay) * jax.nn.sigmoid(cos / tau)
       s = s.astype(jnp.float32)
-      scaled = (u.astype(_compute_dtype(u.dtype)) * s).astype(u.dtype)
-      out.append(jnp.where(z, scaled, jnp.zeros_like(u)))
+      scaled = (u.astype(_compute_dtype(u.dtype)) * _sharding.broadcast_like(s, u)).astype(u.dtype)
+      out.append(jnp.where(_sharding.broadcast_like(z, u), scaled, jnp.zeros_like(u)))
       new_momenta.append(m.astype(m_dtype))
       new_scores.append(s)
+    if granularity == 'leaf':
+      score = (
+        jnp.concatenate([_sharding.replicated(s).reshape(-1) for s in new_scores])
+        if new_scores
+        else state.score
+      )
+    else:
+      score = treedef.unflatten(new_scores)
     return treedef.unflatten(out), MagmaState(
       inner_state,
       treedef.unflatten(new_momenta),
-      treedef.unflatten(new_scores),
+      score,
       next_key,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_score_size(score, leaves, axes):
+  blocks = sum(_layers.num_slices(x.shape, ax) for x, ax in zip(leaves, axes))
+  if jnp.shape(score) != (blocks,):
+    raise ValueError(
+      f'magma: the state holds {jnp.shape(score)} scores where the updates have {blocks} '
+      'blocks (parameter tensors, or slices of stacked ones): was the state made by init with '
+      'the same params and layer_axes?'
+    )

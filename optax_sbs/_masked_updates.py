@@ -23,7 +23,9 @@ import numpy as np
 import optax
 
 from optax_sbs import _keys
+from optax_sbs import _layers
 from optax_sbs import _sampling
+from optax_sbs import _sharding
 from optax_sbs import _validation
 
 
@@ -50,6 +52,7 @@ def masked_updates(
   probability: jax.typing.ArrayLike = 0.5,
   rescale: bool = True,
   granularity: _sampling.Granularity = 'element',
+  layer_axes: _layers.LayerAxesFn | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keeps each update of ``inner`` with probability ``p``; the inner state stays dense.
 
@@ -76,6 +79,10 @@ def masked_updates(
     rescale: divide kept updates by ``p`` (unbiased), or keep them as they are.
     granularity: ``'element'`` (one draw per parameter element) or ``'leaf'``
       (one per parameter tensor).
+    layer_axes: ``(path, leaf) -> tuple[int, ...]``, the axes of a leaf that
+      index stacked layers (e.g. :func:`layers_under`); with
+      ``granularity='leaf'`` every slice along them gets its own draw, as
+      the layers of the unrolled model would. ``None``: none.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -103,6 +110,7 @@ def masked_updates(
   who = 'masked_updates'
   _validation.check_masking_arguments(who, inner, probability, granularity)
   _keys.check_key(key)
+  _layers.check_layer_axes(layer_axes)
   if not isinstance(rescale, (bool, np.bool_)):
     raise TypeError(f'rescale must be a bool, got {rescale!r}.')
   inner = optax.with_extra_args_support(inner)
@@ -114,13 +122,16 @@ def masked_updates(
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     next_key, step_key = _sampling.split_step_key(state.key)
     leaves, treedef = jax.tree.flatten(inner_updates)
-    masks = _sampling.block_masks(step_key, leaves, probability, granularity)
+    axes = None
+    if granularity == 'leaf':
+      axes = _layers.tree_axes(layer_axes, inner_updates, who)
+    masks = _sampling.block_masks(step_key, leaves, probability, granularity, axes)
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None
     out = []
     for u, z in zip(leaves, masks):
       kept = u if scale is None else (u.astype(_compute_dtype(u.dtype)) * scale).astype(u.dtype)
-      out.append(jnp.where(z, kept, jnp.zeros_like(u)))
+      out.append(jnp.where(_sharding.broadcast_like(z, u), kept, jnp.zeros_like(u)))
     return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

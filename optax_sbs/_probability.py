@@ -31,6 +31,7 @@ leaf ``mu~`` = 7.3 and ``p`` = 2e-13 at ``lam = -4``: it is never updated.
 from collections.abc import Callable
 from collections.abc import Hashable
 from collections.abc import Sequence
+import math
 import re
 from typing import Any
 from typing import Literal
@@ -38,6 +39,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optax_sbs import _layers
+from optax_sbs import _paths
+from optax_sbs import _sharding
 
 # Relative size below which a standard deviation is treated as zero.
 _STD_RTOL = 1e-5
@@ -55,35 +60,74 @@ _NORM_PATTERN = re.compile(r'norm|(^|[_./])(bn|ln|gn)(_?(\d+|f))?($|[_./])', re.
 _EMBED_PATTERN = re.compile(r'embed|(^|[_./])(wte|wpe)($|[_./])', re.IGNORECASE)
 
 
-def key_name(entry: Any) -> str:
-  """The name of one key-path entry (dict key, attribute name or index)."""
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+# Convolutions: Flax's Conv_0 / ConvTranspose_0 / ConvLocal_0, conv1,
+# stem_conv, downsample_conv, Mamba's conv1d.
+_CONV_PATTERN = re.compile(r'conv', re.IGNORECASE)
+# Dense-like projections: Flax's Dense_0 / DenseGeneral_0 / Einsum_0,
+# attention's query / key / value / out (Linen MultiHeadDotProductAttention,
+# NNX MultiHeadAttention), NNX Linear / LinearGeneral under the usual
+# attribute names (qkv, q_proj, o_proj, wq, fc1, mlp, ffn, head, ...).
+_DENSE_PATTERN = re.compile(
+  r'dense|linear|einsum|attn|attention|qkv|proj|mlp|ffn|feed_?forward|head|logits|'
+  r'^(query|key|value|out|q|k|v|o|kv|wq|wk|wv|wo|wi|wi_\d|fc\d*|c_fc|c_proj|c_attn|'
+  r'gate|up|down|w\d|lm_head)$',
+  re.IGNORECASE,
+)
+_BIAS_NAMES = frozenset({'bias', 'b', 'bias_hh', 'bias_ih'})
 
 
-def parameter_type(path: tuple[Any, ...], leaf: jax.Array) -> str:
-  """Default grouping: the parameter *type* of a leaf, from its path and shape.
+def _ndim(leaf: Any) -> int:
+  shape = getattr(leaf, 'shape', None)
+  return len(shape) if shape is not None else int(np.ndim(leaf))
+
+
+def parameter_type(path: tuple[Any, ...], leaf: Any) -> str:
+  """Default grouping: the parameter *type* of a leaf, from its path, then its shape.
 
   The paper normalises gradient magnitudes across layers of the same type
   (convolution, fully connected, bias, batch normalisation), because types
-  have different ranges of gradient magnitudes. The type is inferred as:
+  have different ranges of gradient magnitudes. The type is decided in this
+  order (the first rule that applies wins):
 
-  * ``'norm'``: any leaf under a path entry that names a normalisation layer
-    (contains ``norm``, case-insensitive, e.g. Flax's ``BatchNorm_0``,
-    ``LayerNorm_0``, ``RMSNorm``, Haiku's ``layer_norm``; or is
-    ``bn``/``bn1``/``..._bn``, GPT-style ``ln_1``/``ln_f``/``ln1``, or
-    ``gn``), whatever its shape;
-  * ``'embedding'``: a leaf whose path mentions ``embed`` or is GPT-2's
-    ``wte``/``wpe``;
-  * ``'conv'``: a leaf with 3 or more dimensions (convolution kernels);
-  * ``'dense'``: a 2-D leaf (fully connected kernels);
-  * ``'bias'``: every other leaf (1-D and scalar leaves).
+  1. ``'norm'``: every parameter of a normalisation layer, whatever its name
+     or shape: a path entry (other than the leaf's own name) containing
+     ``norm`` (Flax's ``LayerNorm_0``, ``BatchNorm_0``, ``RMSNorm_0``,
+     ``GroupNorm_0``, NNX attributes ``norm``, ``final_norm``, Llama's
+     ``input_layernorm``), or named ``bn``/``bn1``/``..._bn``, GPT-style
+     ``ln_1``/``ln_f``/``ln1``, or ``gn``;
+  2. ``'embedding'``: a path entry containing ``embed`` (``Embed_0``,
+     ``embedding``, ``tok_embeddings``, ``pos_embedding``) or GPT-2's
+     ``wte``/``wpe``;
+  3. ``'bias'``: a leaf named ``bias`` (or ``b``), whatever its shape (the
+     ``(heads, head_dim)`` biases of attention too), and any other leaf with
+     fewer than 2 dimensions;
+  4. kernels and other leaves of 2 or more dimensions: ``'conv'`` if a path
+     entry contains ``conv`` (``Conv_0``, ``ConvTranspose_0``, ``conv1``,
+     ``conv1d``); ``'dense'`` if one names a dense-like projection
+     (``Dense_0``, ``DenseGeneral_0``, ``Einsum_0``, attention's
+     ``query``/``key``/``value``/``out``, ``qkv``, ``q_proj``, ``mlp``,
+     ``fc1``, ``head``, ...); otherwise by shape: ``'dense'`` for 2 dimensions
+     and ``'conv'`` for 3 or more.
+
+  Where the default guesses: the last rule. A 3-D kernel under a name it does
+  not know (an ``nnx.LinearGeneral`` attribute called ``w_in``, say) is
+  grouped ``'conv'``; a 2-D kernel of a convolution not named ``conv`` is
+  grouped ``'dense'``. Flax Linen's automatic module names and the names of
+  Flax's attention modules are all covered. To decide otherwise, pass your
+  own ``group_fn`` that handles your names and falls back on this one::
+
+    def group_fn(path, leaf):
+      if 'w_in' in jax.tree_util.keystr(path):
+        return 'dense'
+      return optax_sbs.parameter_type(path, leaf)
+
+  With stacked layers (``layer_axes``) the leaf given is one slice (a
+  ``jax.ShapeDtypeStruct``), so a stacked Dense kernel is ``'dense'``.
 
   Args:
     path: the leaf's key path, as given by ``jax.tree_util`` (tuple of keys).
-    leaf: the leaf (only its ``ndim`` is used).
+    leaf: the leaf, or a ``jax.ShapeDtypeStruct`` (only its number of
+      dimensions is used).
 
   Returns:
     One of ``'norm'``, ``'embedding'``, ``'conv'``, ``'dense'``, ``'bias'``.
@@ -93,24 +137,30 @@ def parameter_type(path: tuple[Any, ...], leaf: jax.Array) -> str:
     >>> from optax_sbs import parameter_type
     >>> params = {'Conv_0': {'kernel': jnp.zeros((3, 3, 3, 8))},
     ...           'BatchNorm_0': {'scale': jnp.zeros(8)},
+    ...           'attn': {'query': {'kernel': jnp.zeros((8, 2, 4)),
+    ...                              'bias': jnp.zeros((2, 4))}},
     ...           'Dense_0': {'kernel': jnp.zeros((8, 10)), 'bias': jnp.zeros(10)}}
     >>> {jax.tree_util.keystr(p): parameter_type(p, x)
     ...  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     ... # doctest: +NORMALIZE_WHITESPACE
     {"['BatchNorm_0']['scale']": 'norm', "['Conv_0']['kernel']": 'conv',
-     "['Dense_0']['bias']": 'bias', "['Dense_0']['kernel']": 'dense'}
+     "['Dense_0']['bias']": 'bias', "['Dense_0']['kernel']": 'dense',
+     "['attn']['query']['bias']": 'bias', "['attn']['query']['kernel']": 'dense'}
   """
-  names = [key_name(entry) for entry in path]
+  names = _paths.names(path)
   if any(_NORM_PATTERN.search(name) for name in names[:-1]):
     return 'norm'
   if any(_EMBED_PATTERN.search(name) for name in names):
     return 'embedding'
-  ndim = jnp.ndim(leaf)
-  if ndim >= 3:
+  ndim = _ndim(leaf)
+  if (names and names[-1].lower() in _BIAS_NAMES) or ndim < 2:
+    return 'bias'
+  modules = names[:-1] if len(names) > 1 else names
+  if any(_CONV_PATTERN.search(name) for name in modules):
     return 'conv'
-  if ndim == 2:
+  if any(_DENSE_PATTERN.search(name) for name in modules):
     return 'dense'
-  return 'bias'
+  return 'dense' if ndim == 2 else 'conv'
 
 
 def single_group(path: tuple[Any, ...], leaf: jax.Array) -> Hashable:
@@ -126,22 +176,32 @@ def _standardize(x, mean, std):
   return jnp.where(degenerate, jnp.zeros_like(x), (x - mean) / safe_std)
 
 
-def layer_statistics(magnitude: jax.Array) -> tuple[jax.Array, jax.Array]:
+def layer_statistics(
+  magnitude: jax.Array, axes: tuple[int, ...] = ()
+) -> tuple[jax.Array, jax.Array]:
   """Mean and population standard deviation of one leaf's magnitudes.
 
   Args:
     magnitude: non-negative array (any shape, size >= 1).
+    axes: the leaf's stacked layer axes: the statistics are per slice.
 
   Returns:
-    ``(mean, std)`` as scalars, computed in two passes for accuracy.
+    ``(mean, std)``, computed in two passes for accuracy: scalars, or with
+    stacked ``axes`` arrays of the leaf's statistics shape (1 on every other
+    axis).
   """
-  mean = jnp.mean(magnitude)
-  std = jnp.sqrt(jnp.mean(jnp.square(magnitude - mean)))
+  if not axes:
+    mean = jnp.mean(magnitude)
+    std = jnp.sqrt(jnp.mean(jnp.square(magnitude - mean)))
+    return mean, std
+  over = _layers.reduced_axes(magnitude.ndim, axes)
+  mean = jnp.mean(magnitude, axis=over, keepdims=True)
+  std = jnp.sqrt(jnp.mean(jnp.square(magnitude - mean), axis=over, keepdims=True))
   return mean, std
 
 
 def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
-  """Per leaf, the index of its group (groups numbered by first appearance)."""
+  """Per member, the index of its group (groups numbered by first appearance)."""
   index: dict[Hashable, int] = {}
   ids = [index.setdefault(group, len(index)) for group in groups]
   return np.asarray(ids, np.int32), len(index)
@@ -153,39 +213,59 @@ def probability_coefficients(
   alpha: jax.typing.ArrayLike,
   lam: jax.typing.ArrayLike,
   global_normalization: GlobalNormalization = 'std',
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-leaf scalars ``(mean, scale, offset)`` of eq. 21.
+  layer_axes: Sequence[tuple[int, ...]] | None = None,
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+  """Per layer, the scalars ``(mean, scale, offset)`` of eq. 21.
 
-  For leaf ``l``, ``p = sigmoid((a - mean[l]) * scale[l] + offset[l])`` with
+  A layer is a leaf, or one slice of a leaf along its stacked axes. For
+  layer ``l``, ``p = sigmoid((a - mean[l]) * scale[l] + offset[l])`` with
   ``scale = alpha / sd_l`` (0 for a degenerate ``sd_l``) and
-  ``offset = lam * mu~_l``. Everything after the per-leaf reductions is
-  computed on vectors of length ``len(magnitudes)``, so the compiled program
+  ``offset = lam * mu~_l``. Everything after the per-layer reductions is
+  computed on one vector with an entry per layer, so the compiled program
   has a handful of scalar kernels however many leaves there are.
 
   Args:
     magnitudes: per leaf, the gradient magnitudes ``a`` (float).
-    groups: per leaf, the (hashable) group its global statistics use.
+    groups: per leaf, the (hashable) group its layers' global statistics
+      use.
     alpha: local slope (eq. 18).
     lam: global slope (eq. 20).
     global_normalization: ``'std'`` (eq. 19) or ``'mean'``, see the module
       docstring.
+    layer_axes: per leaf, its stacked axes (``()`` for an ordinary leaf);
+      ``None`` for none.
 
   Returns:
-    Three float vectors of length ``len(magnitudes)``.
+    Three lists with an entry per leaf: a scalar, or for a leaf with stacked
+    axes an array of its statistics shape (one value per slice).
   """
   if global_normalization not in GLOBAL_NORMALIZATIONS:
     raise ValueError(f"global_normalization must be 'std' or 'mean', got {global_normalization!r}.")
   if not magnitudes:  # an empty tree (no leaves, or only None leaves)
-    empty = jnp.zeros((0,), jnp.float32)
-    return empty, empty, empty
+    return [], [], []
+  if layer_axes is None:
+    layer_axes = [()] * len(magnitudes)
   dtype = jnp.result_type(*magnitudes)
-  stats = [layer_statistics(a) if a.size else (jnp.zeros((), a.dtype),) * 2 for a in magnitudes]
-  means = jnp.stack([m for m, _ in stats]).astype(dtype)
-  stds = jnp.stack([s for _, s in stats]).astype(dtype)
+  stat_shapes = [
+    _layers.stat_shape(a.shape, ax) if ax else () for a, ax in zip(magnitudes, layer_axes)
+  ]
+  counts = [math.prod(shape) for shape in stat_shapes]
+  stats = [
+    layer_statistics(a, ax) if a.size else (jnp.zeros(shape, a.dtype),) * 2
+    for a, ax, shape in zip(magnitudes, layer_axes, stat_shapes)
+  ]
+
+  def vector(parts):  # one entry per layer, replicated
+    return jnp.concatenate([_sharding.replicated(x).reshape(-1).astype(dtype) for x in parts])
+
+  means = vector([m for m, _ in stats])
+  stds = vector([s for _, s in stats])
 
   # Global statistics (eq. 19): element-count-weighted over each group.
-  group_of, num_groups = _group_index(groups)
-  sizes = np.asarray([a.size for a in magnitudes], np.float64)
+  group_of, num_groups = _group_index([g for g, n in zip(groups, counts) for _ in range(n)])
+  sizes = np.asarray(
+    [a.size // n if n else 0 for a, n in zip(magnitudes, counts) for _ in range(n)], np.float64
+  )
   totals = np.zeros(num_groups)
   np.add.at(totals, group_of, sizes)
   weights = np.divide(
@@ -209,7 +289,20 @@ def probability_coefficients(
   degenerate = stds <= _STD_RTOL * jnp.abs(means)
   scale = jnp.where(degenerate, 0, alpha / jnp.where(degenerate, 1, stds)).astype(dtype)
   offset = (lam * mu_tilde).astype(dtype)
-  return means, scale, offset
+
+  def per_leaf(x):
+    out, start = [], 0
+    for a, ax, shape, n in zip(magnitudes, layer_axes, stat_shapes, counts):
+      if ax:
+        part = x[start : start + n].reshape(shape)
+        sharding = _sharding.keep_axes(_sharding.explicit_sharding(a), ax, a.ndim)
+        out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
+      else:
+        out.append(x[start])
+      start += n
+    return out
+
+  return per_leaf(means), per_leaf(scale), per_leaf(offset)
 
 
 def probability_from_coefficients(
@@ -229,6 +322,7 @@ def update_probability(
   alpha: jax.typing.ArrayLike,
   lam: jax.typing.ArrayLike,
   global_normalization: GlobalNormalization = 'std',
+  layer_axes: Sequence[tuple[int, ...]] | None = None,
 ) -> list[jax.Array]:
   """Combined adaptive update probability (eq. 21) for a list of leaves.
 
@@ -242,6 +336,11 @@ def update_probability(
       paper's eq. 19, ``(mu_l - M) / S`` with the group's standard deviation
       ``S``) or ``'mean'`` (``(mu_l - M) / M``, relative). ``'std'`` turns
       any spread into unit size in small groups, see the module docstring.
+    layer_axes: per leaf, the axes that index stacked layers (``()`` for an
+      ordinary leaf), as the ``layer_axes`` callable of
+      :func:`stochastic_batch_size` returns them; ``None`` for none. Every
+      slice along them is a layer: its own local statistics and its own
+      member of its group's global statistics, weighted by its size.
 
   Returns:
     Per leaf, ``p = sigmoid(alpha * v + lam * mu~)`` with the leaf's shape.
@@ -253,10 +352,20 @@ def update_probability(
     >>> [round(float(x), 3) for x in p[0]]
     [0.227, 0.5, 0.773]
   """
+  if layer_axes is not None:
+    if len(layer_axes) != len(magnitudes):
+      raise ValueError(
+        f'update_probability: layer_axes has {len(layer_axes)} entries for '
+        f'{len(magnitudes)} leaves.'
+      )
+    layer_axes = [
+      _layers.normalize_axes(ax, tuple(a.shape), f'leaf {i}', 'update_probability')
+      for i, (a, ax) in enumerate(zip(magnitudes, layer_axes))
+    ]
   means, scales, offsets = probability_coefficients(
-    magnitudes, groups, alpha, lam, global_normalization
+    magnitudes, groups, alpha, lam, global_normalization, layer_axes
   )
   return [
-    probability_from_coefficients(a, means[i], scales[i], offsets[i])
-    for i, a in enumerate(magnitudes)
+    probability_from_coefficients(a, m, sc, o)
+    for a, m, sc, o in zip(magnitudes, means, scales, offsets)
   ]

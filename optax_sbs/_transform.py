@@ -10,9 +10,13 @@ import numpy as np
 import optax
 
 from optax_sbs import _keys
+from optax_sbs import _layers
 from optax_sbs import _probability
 from optax_sbs import _sampling
+from optax_sbs import _sharding
 from optax_sbs import _validation
+
+_WHO = 'stochastic_batch_size'
 
 
 class StochasticBatchSizeState(NamedTuple):
@@ -33,7 +37,7 @@ class StochasticBatchSizeState(NamedTuple):
   count: optax.Updates
   key: jax.Array
 
-  def update_fraction(self) -> Any:
+  def update_fraction(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """Per leaf, the fraction of elements updated at the last step.
 
     An element was updated at the last step exactly when its count is 1
@@ -41,24 +45,28 @@ class StochasticBatchSizeState(NamedTuple):
     Before the first step every count is 1 and this is 1.0. Size-0 leaves
     give 0.0.
 
-    Returns:
-      A pytree like the params of float32 scalars.
-    """
-    return jax.tree.map(
-      lambda k: jnp.mean(k == 1, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32),
-      self.count,
-    )
+    Args:
+      layer_axes: the transformation's ``layer_axes``: a stacked leaf then
+        gets one fraction per slice.
 
-  def mean_count(self) -> Any:
+    Returns:
+      A pytree like the params of float32 scalars, or for a stacked leaf
+      arrays with the shape of its stacked axes (``(num_layers,)``).
+    """
+    return _layers.tree_slice_means(lambda k: k == 1, self.count, layer_axes, 'update_fraction')
+
+  def mean_count(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """Per leaf, the mean stochastic batch size ``k`` (in batches).
 
+    Args:
+      layer_axes: the transformation's ``layer_axes``: a stacked leaf then
+        gets one mean per slice.
+
     Returns:
-      A pytree like the params of float32 scalars (0.0 for size-0 leaves).
+      A pytree like the params of float32 scalars (0.0 for size-0 leaves),
+      or for a stacked leaf arrays with the shape of its stacked axes.
     """
-    return jax.tree.map(
-      lambda k: jnp.mean(k, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32),
-      self.count,
-    )
+    return _layers.tree_slice_means(lambda k: k, self.count, layer_axes, 'mean_count')
 
 
 def _cma_dtype(param_dtype, cma_dtype):
@@ -77,6 +85,7 @@ def stochastic_batch_size(
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
   group_fn: _probability.GroupFn | None = None,
+  layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
@@ -131,7 +140,16 @@ def stochastic_batch_size(
       :func:`parameter_type` (conv, dense, bias, norm, embedding);
       :func:`single_group` puts all leaves in one group. Under
       ``optax.inject_hyperparams`` pass it in ``static_args`` (Optax treats
-      every callable as a schedule).
+      every callable as a schedule). With ``layer_axes`` it is called with
+      a ``jax.ShapeDtypeStruct`` of one slice.
+    layer_axes: ``(path, leaf) -> tuple[int, ...]``, the axes of a leaf that
+      index stacked layers (``nn.scan`` / ``nnx.scan``; ``()`` for an
+      ordinary leaf), e.g. :func:`layers_under`. ``None`` (default): none.
+      Every slice along them is a layer: its own local statistics (eq. 17)
+      and its own member of its group's global statistics (eq. 19),
+      weighted by its element count, so a scanned model gets the update
+      probabilities of the same model unrolled. Under
+      ``optax.inject_hyperparams`` pass it in ``static_args``.
     cma_dtype: dtype of the stored moving average. ``None`` (default) means
       float32, or the param dtype if that is wider (float64). Give dtypes as
       strings (``'bfloat16'``) under ``optax.inject_hyperparams``.
@@ -179,6 +197,7 @@ def stochastic_batch_size(
     group_fn = _probability.parameter_type
   elif not callable(group_fn):
     raise TypeError(f'group_fn must be callable, got {group_fn!r}.')
+  _layers.check_layer_axes(layer_axes)
   count_dtype = jnp.dtype(count_dtype)
   if not jnp.issubdtype(count_dtype, jnp.integer):
     raise TypeError(f'count_dtype must be an integer dtype, got {count_dtype}.')
@@ -219,13 +238,25 @@ def stochastic_batch_size(
         magnitudes = [jnp.abs(gt) for gt in g_tildes]
       else:
         magnitudes = [jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)]
-      groups = [group_fn(path, g) for path, g in zip(paths, grads)]
-      probs = _probability.update_probability(magnitudes, groups, alpha, lam, global_normalization)
+      axes = [_layers.leaf_axes(layer_axes, path, g, _WHO) for path, g in zip(paths, grads)]
+      groups = [
+        group_fn(path, _layers.slice_struct(g, ax) if ax else g)
+        for path, g, ax in zip(paths, grads, axes)
+      ]
+      means, scales, offsets = _probability.probability_coefficients(
+        magnitudes, groups, alpha, lam, global_normalization, axes
+      )
+      probs = [
+        _probability.probability_from_coefficients(a, m, sc, o)
+        for a, m, sc, o in zip(magnitudes, means, scales, offsets)
+      ]
     else:
       probs = [probability] * len(grads)
 
     next_key, step_key = _sampling.split_step_key(state.key)
-    chis = _sampling.bernoulli_masks(step_key, probs, [g.shape for g in grads])
+    chis = _sampling.bernoulli_masks(
+      step_key, probs, [g.shape for g in grads], [_sharding.explicit_sharding(g) for g in grads]
+    )
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):

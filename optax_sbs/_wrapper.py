@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_sbs import _layers
 from optax_sbs import _per_parameter
 from optax_sbs import _probability
 from optax_sbs import _transform
@@ -27,13 +28,13 @@ class WithStochasticBatchSizeState(NamedTuple):
   sbs_state: _transform.StochasticBatchSizeState
   inner_state: Any
 
-  def update_fraction(self) -> Any:
+  def update_fraction(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """See :meth:`StochasticBatchSizeState.update_fraction`."""
-    return self.sbs_state.update_fraction()
+    return self.sbs_state.update_fraction(layer_axes)
 
-  def mean_count(self) -> Any:
+  def mean_count(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """See :meth:`StochasticBatchSizeState.mean_count`."""
-    return self.sbs_state.mean_count()
+    return self.sbs_state.mean_count(layer_axes)
 
 
 def with_stochastic_batch_size(
@@ -47,6 +48,7 @@ def with_stochastic_batch_size(
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
   group_fn: _probability.GroupFn | None = None,
+  layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
 ) -> optax.GradientTransformationExtraArgs:
@@ -104,6 +106,8 @@ def with_stochastic_batch_size(
       gradients instead of their mean ``g~``.
     magnitude: ``'cma'`` or ``'gradient'``: which magnitudes set ``p``.
     group_fn: grouping of leaves for the global term.
+    layer_axes: the axes of each leaf that index stacked layers (see
+      :func:`stochastic_batch_size`).
     cma_dtype: dtype of the moving average.
     count_dtype: integer dtype of the counts.
 
@@ -143,6 +147,7 @@ def with_stochastic_batch_size(
     scale_by_count=scale_by_count,
     magnitude=magnitude,
     group_fn=group_fn,
+    layer_axes=layer_axes,
     cma_dtype=cma_dtype,
     count_dtype=count_dtype,
   )

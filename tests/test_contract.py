@@ -232,6 +232,8 @@ def test_every_exported_transformation_is_in_the_contract():
     'find_state',
     'key_data_tree',
     'layer_statistics',
+    'layers_from_axis_names',
+    'layers_under',
     'parameter_type',
     'reset_accumulators',
     'sigmoid_schedule',

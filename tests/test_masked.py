@@ -156,7 +156,7 @@ def test_magma_matches_numpy_reference(granularity):
         assert z.all() or not z.any()
     for got, want in zip(_leaves(state.momentum), m):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    for got, want in zip(_leaves(state.score), s):
+    for got, want in zip(_leaves(state.score_tree()), s):
       np.testing.assert_allclose(got, want, rtol=1e-6)
   if granularity == 'element':
     assert _binomial_ok(kept, total, p)
@@ -169,7 +169,7 @@ def test_magma_momentum_is_adams_first_moment_and_p_one_scales_every_block():
     for a, b in zip(jax.tree.leaves(state.momentum), jax.tree.leaves(state.inner_state[0].mu)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
     for u, ref, score in zip(
-      _leaves(updates), _leaves(inner_updates), jax.tree.leaves(state.score)
+      _leaves(updates), _leaves(inner_updates), jax.tree.leaves(state.score_tree())
     ):
       np.testing.assert_allclose(u, float(score) * ref, rtol=1e-6)
 
