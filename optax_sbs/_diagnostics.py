@@ -5,8 +5,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
+from optax_sbs import _layers
 from optax_sbs import _paths
 from optax_sbs import _transform
 
@@ -38,7 +38,9 @@ def _path_name(path: tuple[Any, ...]) -> str:
   return '/'.join(_paths.names(path))
 
 
-def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:
+def layer_statistics(
+  opt_state: Any, prefix: str = 'sbs', layer_axes: _layers.LayerAxesFn | None = None
+) -> dict[str, Any]:
   """Per parameter, SBS's update fraction and mean count as a flat mapping.
 
   For every parameter leaf ``path`` (names joined by ``/``), two entries:
@@ -53,10 +55,16 @@ def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:
   the SBS ``NamedTuple`` has become a mapping. With several SBS states,
   each path starts with where in the state it was found.
 
+  With stacked layers, pass the transformation's ``layer_axes``: each slice
+  of a stacked leaf gets its own entries, its index appended to the path
+  (``'sbs/update_fraction/layers/mlp/kernel/3'`` for layer 3; ``.../1/2``
+  with two stacked axes), so a scanned run reads like the unrolled one.
+
   Args:
     opt_state: an optimizer state, or a Flax NNX optimizer's state (the
       whole ``nnx.state(optimizer)`` or its ``'opt_state'``).
     prefix: the first part of every key.
+    layer_axes: the ``layer_axes`` the transformation was built with.
 
   Returns:
     A ``dict`` of float32 scalars.
@@ -87,10 +95,11 @@ def layer_statistics(opt_state: Any, prefix: str = 'sbs') -> dict[str, Any]:
       name = _path_name(path)
       if len(found) > 1 and where:
         name = f'{where}/{name}'
-      fractions[f'{prefix}/update_fraction/{name}'] = (
-        jnp.mean(k == 1, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32)
-      )
-      counts[f'{prefix}/mean_count/{name}'] = (
-        jnp.mean(k, dtype=jnp.float32) if k.size else jnp.zeros((), jnp.float32)
-      )
+      axes = _layers.leaf_axes(layer_axes, path, k, 'layer_statistics')
+      fraction = _layers.slice_mean(k == 1, axes).reshape(-1)
+      mean = _layers.slice_mean(k, axes).reshape(-1)
+      for i, index in enumerate(_layers.slice_names(k.shape, axes)):
+        full = f'{name}/{index}' if index else name
+        fractions[f'{prefix}/update_fraction/{full}'] = fraction[i]
+        counts[f'{prefix}/mean_count/{full}'] = mean[i]
   return {**fractions, **counts}

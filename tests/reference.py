@@ -83,3 +83,39 @@ def frozen_adam_step(sbs_out, mu, nu, step, chis, params, lr, b1, b2, eps, weigh
     new_mu.append(np.where(chi, m_new, m))
     new_nu.append(np.where(chi, v_new, v))
   return updates, new_mu, new_nu
+
+
+def unstack(array, axes):
+  """The slices of ``array`` along its stacked ``axes``, in row-major order."""
+  if not axes:
+    return [array]
+  moved = np.moveaxis(array, axes, range(len(axes)))
+  stacked = moved.shape[: len(axes)]
+  return [moved[idx] for idx in np.ndindex(*stacked)]
+
+
+def restack(slices, shape, axes):
+  """Inverse of :func:`unstack` for an array of ``shape``."""
+  if not axes:
+    return slices[0]
+  stacked = tuple(shape[a] for a in axes)
+  moved = np.stack(slices).reshape(stacked + slices[0].shape)
+  return np.moveaxis(moved, range(len(axes)), axes)
+
+
+def stacked_probabilities(magnitudes, groups, axes, alpha, lam, global_normalization='std'):
+  """:func:`probabilities` with every slice of a stacked leaf a layer of its own:
+  the leaves are cut into their slices, each slice gets the leaf's group, and
+  the probabilities are put back in the leaves' shapes."""
+  slices, slice_groups, counts = [], [], []
+  for a, g, ax in zip(magnitudes, groups, axes):
+    parts = unstack(a, ax)
+    slices += parts
+    slice_groups += [g] * len(parts)
+    counts.append(len(parts))
+  flat = probabilities(slices, slice_groups, alpha, lam, global_normalization)
+  out, start = [], 0
+  for a, ax, n in zip(magnitudes, axes, counts):
+    out.append(restack(flat[start : start + n], a.shape, ax))
+    start += n
+  return out

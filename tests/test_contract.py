@@ -282,3 +282,29 @@ def test_every_export_inside_multisteps_accumulates_first(name):
     grads, multi.init(params), params
   )
   np.testing.assert_array_equal(np.asarray(updates), 0)
+
+
+@pytest.mark.parametrize(
+  'name',
+  sorted(EXPORTS) + ['masked_updates_leaf', 'magma_element', 'sbs_fixed'],
+)
+def test_every_export_traces_on_a_tree_of_more_than_2_32_elements(name):
+  """init and update of each family member on an abstract 6.4B-parameter tree
+  with one leaf of 2**32 + 2**16 elements (jax.eval_shape: nothing allocated)."""
+  extra = {
+    'masked_updates_leaf': lambda: optax_sbs.masked_updates(optax.sgd(1.0), 0, granularity='leaf'),
+    'magma_element': lambda: optax_sbs.magma(optax.adam(1e-3), 0, granularity='element'),
+    'sbs_fixed': lambda: optax_sbs.sbs(0.1, key=0, probability=0.5),
+  }
+  tx = extra[name]() if name in extra else EXPORTS[name][0]()
+  params = {
+    'huge': jax.ShapeDtypeStruct((2**16 + 1, 2**16), jnp.bfloat16),
+    'big': jax.ShapeDtypeStruct((2**15, 2**16), jnp.bfloat16),
+    'bias': jax.ShapeDtypeStruct((2**16,), jnp.bfloat16),
+  }
+  state = jax.eval_shape(tx.init, params)
+  updates, new_state = jax.eval_shape(
+    lambda g, s, p: tx.update(g, s, p, value_fn=lambda w: 0.0), params, state, params
+  )
+  assert jax.tree.map(lambda x: x.shape, updates) == jax.tree.map(lambda x: x.shape, params)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)

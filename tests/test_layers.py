@@ -1,0 +1,340 @@
+"""Stacked layers (``layer_axes``): per-slice statistics, masks and scores
+against the NumPy reference, a stacked tree against the same tree unrolled,
+the helpers, the diagnostics and the errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_sbs
+
+import reference
+
+L = 4  # stacked layers
+# A scanned transformer's tree: leaves under 'layers' stacked on axis 0.
+STACKED = {
+  'embed': {'embedding': (16, 8)},
+  'layers': {
+    'attn': {'kernel': (L, 8, 24), 'bias': (L, 24)},
+    'mlp': {'kernel': (L, 8, 32), 'bias': (L, 32)},
+    'norm': {'scale': (L, 8)},
+  },
+  'head': {'kernel': (8, 16)},
+}
+LAYER_SCALES = np.array([1e-3, 1e-1, 1.0, 3e-2])  # very different per layer
+LAYERS = optax_sbs.layers_under('layers')
+
+
+def _is_shape(x):
+  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def _grads(rng, shapes=STACKED, scales=LAYER_SCALES, axis=0):
+  """Gradients whose scale differs from layer to layer (along ``axis``)."""
+
+  def make(path, shape):
+    g = rng.standard_normal(shape)
+    if 'layers' in jax.tree_util.keystr(path):
+      g *= np.expand_dims(scales, [d for d in range(len(shape)) if d != axis])
+    return jnp.asarray(g, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(make, shapes, is_leaf=_is_shape)
+
+
+def _params(shapes=STACKED):
+  return jax.tree.map(lambda s: jnp.zeros(s), shapes, is_leaf=_is_shape)
+
+
+def _axes(tree, layer_axes=LAYERS):
+  return [layer_axes(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _groups(tree, axes):
+  """parameter_type of one slice of each leaf (what the library passes)."""
+  out = []
+  for (path, x), ax in zip(jax.tree_util.tree_flatten_with_path(tree)[0], axes):
+    one = jax.ShapeDtypeStruct(tuple(d for i, d in enumerate(x.shape) if i not in ax), x.dtype)
+    out.append(optax_sbs.parameter_type(path, one))
+  return out
+
+
+@pytest.mark.parametrize('normalization', ['std', 'mean'])
+@pytest.mark.parametrize('alpha,lam', [(0.1, -4.0), (1.0, 0.0), (0.0, -2.0)])
+def test_update_probability_per_slice_matches_reference(alpha, lam, normalization):
+  grads = _grads(np.random.default_rng(0))
+  mags = [jnp.abs(g) for g in jax.tree.leaves(grads)]
+  axes = _axes(grads)
+  groups = _groups(grads, axes)
+  got = optax_sbs.update_probability(mags, groups, alpha, lam, normalization, layer_axes=axes)
+  want = reference.stacked_probabilities(
+    [np.asarray(m, np.float64) for m in mags], groups, axes, alpha, lam, normalization
+  )
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, atol=1e-6)
+
+
+def test_group_fn_is_called_on_one_slice():
+  """A stacked Dense kernel is 'dense' and a stacked bias 'bias' (on the stacked
+  shape they would be 'conv' and 'dense')."""
+  seen = {}
+
+  def group_fn(path, leaf):
+    seen[jax.tree_util.keystr(path)] = leaf.shape
+    return optax_sbs.parameter_type(path, leaf)
+
+  tx = optax_sbs.stochastic_batch_size(0, group_fn=group_fn, layer_axes=LAYERS)
+  params = _params()
+  tx.update(params, tx.init(params), params)
+  assert seen["['layers']['mlp']['kernel']"] == (8, 32)
+  assert seen["['layers']['mlp']['bias']"] == (32,)
+  assert seen["['head']['kernel']"] == (8, 16)
+  one = jax.ShapeDtypeStruct((64, 256), jnp.float32)
+  assert optax_sbs.parameter_type(('layers', 'mlp', 'kernel'), one) == 'dense'
+
+
+def _unrolled(tree):
+  """The stacked tree with each layer its own subtree, as an unrolled model."""
+  out = {k: v for k, v in tree.items() if k != 'layers'}
+  for i in range(L):
+    out[f'layers_{i}'] = jax.tree.map(lambda x: x[i], tree['layers'])
+  return out
+
+
+def test_stacked_equals_unrolled_probabilities():
+  """The same model, scanned with layer_axes or unrolled without: the same p."""
+  grads = _grads(np.random.default_rng(1))
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  axes = _axes(grads)
+  stacked_p = optax_sbs.update_probability(
+    [jnp.abs(g) for _, g in flat], _groups(grads, axes), 0.1, -4.0, layer_axes=axes
+  )
+  stacked_p = jax.tree.unflatten(jax.tree.structure(grads), stacked_p)
+  unrolled = _unrolled(grads)
+  leaves = jax.tree_util.tree_flatten_with_path(unrolled)[0]
+  groups = [optax_sbs.parameter_type(p, x) for p, x in leaves]
+  unrolled_p = optax_sbs.update_probability([jnp.abs(x) for _, x in leaves], groups, 0.1, -4.0)
+  unrolled_p = jax.tree.unflatten(jax.tree.structure(unrolled), unrolled_p)
+  for a, b in zip(jax.tree.leaves(_unrolled(stacked_p)), jax.tree.leaves(unrolled_p)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  # Without layer_axes the stacked leaf is one layer: its rates differ.
+  plain = optax_sbs.update_probability(
+    [jnp.abs(g) for _, g in flat], _groups(grads, [()] * len(flat)), 0.1, -4.0
+  )
+  plain = jax.tree.unflatten(jax.tree.structure(grads), plain)
+  kernel = stacked_p['layers']['attn']['kernel']
+  assert not np.allclose(np.asarray(plain['layers']['attn']['kernel']), np.asarray(kernel))
+
+
+@pytest.mark.parametrize('axis', [0, 1])
+def test_sbs_steps_and_mask_rates_per_slice(axis):
+  """Exact CMA / update / count given the masks (read back from the counts),
+  and per slice the mask rate within 5 standard errors of the reference p."""
+  shapes = {'layers': {'kernel': (L, 48, 64), 'bias': (L, 64)}, 'head': {'kernel': (64, 8)}}
+  if axis == 1:  # MaxText's param_scan_axis = 1
+    shapes['layers'] = {'kernel': (48, L, 64), 'bias': (64, L)}
+  layer_axes = optax_sbs.layers_under('layers', axis=axis)
+  tx = optax_sbs.stochastic_batch_size(3, layer_axes=layer_axes)
+  params = _params(shapes)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  rng = np.random.default_rng(2)
+  cmas = [np.zeros(x.shape) for x in jax.tree.leaves(params)]
+  counts = [np.ones(x.shape) for x in jax.tree.leaves(params)]
+  axes = _axes(params, layer_axes)
+  groups = _groups(params, axes)
+  z_max = 0.0
+  for _ in range(6):
+    grads = _grads(rng, shapes, np.array([1e-3, 1.0, 1e-2, 1e-1]), axis)
+    g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
+    g_tilde = [c + (x - c) / k for x, c, k in zip(g, cmas, counts)]
+    p = reference.stacked_probabilities([np.abs(x) for x in g_tilde], groups, axes, 0.1, -4.0)
+    updates, state = step(grads, state, params)
+    chis = [np.asarray(k) == 1 for k in jax.tree.leaves(state.count)]
+    want_u, cmas, counts = reference.sbs_step(g, cmas, counts, chis)
+    for got, want in zip(jax.tree.leaves(updates), want_u):
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(jax.tree.leaves(state.cma), cmas):
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(jax.tree.leaves(state.count), counts):
+      np.testing.assert_array_equal(np.asarray(got), want)
+    for chi, prob, ax in zip(chis, p, axes):
+      for c, q in zip(reference.unstack(chi, ax), reference.unstack(prob, ax)):
+        se = math.sqrt(np.sum(q * (1 - q))) + 1e-12
+        z_max = max(z_max, abs(c.sum() - q.sum()) / max(se, 1.0))
+  assert z_max < 5, z_max
+
+
+def test_update_fraction_mean_count_and_layer_statistics_per_slice():
+  tx = optax_sbs.sbs(0.1, key=0, probability=0.5, layer_axes=LAYERS)
+  params = _params()
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update(_grads(np.random.default_rng(3)), state, params)
+  count = np.asarray(state.sbs_state.count['layers']['mlp']['kernel'])
+  fractions = state.update_fraction(LAYERS)
+  assert fractions['layers']['mlp']['kernel'].shape == (L,)
+  assert fractions['head']['kernel'].shape == ()
+  np.testing.assert_allclose(
+    np.asarray(fractions['layers']['mlp']['kernel']), (count == 1).mean(axis=(1, 2)), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    np.asarray(state.mean_count(LAYERS)['layers']['mlp']['kernel']),
+    count.mean(axis=(1, 2)),
+    rtol=1e-6,
+  )
+  stats = optax_sbs.layer_statistics(state, layer_axes=LAYERS)
+  for i in range(L):
+    assert float(stats[f'sbs/update_fraction/layers/mlp/kernel/{i}']) == pytest.approx(
+      (count[i] == 1).mean()
+    )
+    assert float(stats[f'sbs/mean_count/layers/mlp/kernel/{i}']) == pytest.approx(count[i].mean())
+  assert 'sbs/mean_count/head/kernel' in stats
+  assert 'sbs/mean_count/layers/mlp/kernel' not in stats
+
+
+def _mask_blocks(updates):
+  """Per stacked slice (and per ordinary leaf), whether its update was kept."""
+  out = []
+  for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    u = np.asarray(u)
+    for part in reference.unstack(u, LAYERS(path, u)):
+      kept = part != 0
+      assert kept.all() or not kept.any(), jax.tree_util.keystr(path)
+      out.append(bool(kept.all()))
+  return out
+
+
+@pytest.mark.parametrize('family', ['masked_updates', 'magma'])
+def test_leaf_masks_are_drawn_per_slice(family):
+  """granularity='leaf' draws one mask per slice: slices of one leaf differ
+  from one another, and the rate is p."""
+  p = 0.5
+  make = getattr(optax_sbs, family)
+  tx = make(optax.sgd(1.0), 5, probability=p, granularity='leaf', layer_axes=LAYERS)
+  params = _params()
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  rng = np.random.default_rng(4)
+  kept, mixed = [], 0
+  for _ in range(40):
+    grads = jax.tree.map(lambda x: x + 1.0, _grads(rng))  # no zero gradients
+    updates, state = step(grads, state, params)
+    blocks = _mask_blocks(updates)
+    kept += blocks
+    mixed += 0 < sum(blocks[1 : 1 + L]) < L  # the slices of one stacked leaf
+  n = len(kept)
+  assert abs(sum(kept) - n * p) <= 5 * math.sqrt(n * p * (1 - p))
+  assert mixed > 10
+
+
+def test_magma_score_per_slice_matches_reference():
+  """Per slice: cos(m, g) over the slice, its own score EMA."""
+  tau, beta_s, beta_m = 2.0, 0.9, 0.9
+  tx = optax_sbs.magma(optax.sgd(1.0), 1, probability=1.0, tau=tau, layer_axes=LAYERS)
+  params = _params()
+  state = tx.init(params)
+  n_blocks = sum(
+    math.prod(x.shape[a] for a in ax) for x, ax in zip(jax.tree.leaves(params), _axes(params))
+  )
+  assert state.score.shape == (n_blocks,)
+  rng = np.random.default_rng(5)
+  m = [np.zeros(x.shape) for x in jax.tree.leaves(params)]
+  s = [
+    np.ones(tuple(x.shape[a] for a in ax)) for x, ax in zip(jax.tree.leaves(params), _axes(params))
+  ]
+  for _ in range(4):
+    grads = _grads(rng)
+    updates, state = tx.update(grads, state, params)
+    for i, (g, ax) in enumerate(zip(jax.tree.leaves(grads), _axes(params))):
+      g = np.asarray(g, np.float64)
+      m[i] = beta_m * m[i] + (1 - beta_m) * g
+      cos = [
+        np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
+        for a, b in zip(reference.unstack(m[i], ax), reference.unstack(g, ax))
+      ]
+      s[i] = beta_s * s[i] + (1 - beta_s) / (1 + np.exp(-np.reshape(cos, s[i].shape) / tau))
+    tree = state.score_tree(LAYERS)
+    for got, want in zip(jax.tree.leaves(tree), s):
+      np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want, rtol=1e-5)
+    kernel = np.asarray(updates['layers']['mlp']['kernel'])
+    want_kernel = -np.asarray(grads['layers']['mlp']['kernel']) * np.asarray(
+      tree['layers']['mlp']['kernel']
+    )
+    np.testing.assert_allclose(kernel, want_kernel, rtol=1e-5, atol=1e-8)
+
+
+BAD_AXES = [
+  (lambda path, leaf: (3,), ValueError, 'axis 3'),
+  (lambda path, leaf: (0, 0), ValueError, 'repeated axis'),
+  (lambda path, leaf: [0], TypeError, 'tuple of ints'),
+  (lambda path, leaf: 0, TypeError, 'tuple of ints'),
+]
+
+
+@pytest.mark.parametrize('bad,error,words', BAD_AXES)
+@pytest.mark.parametrize(
+  'make',
+  [
+    lambda fn: optax_sbs.sbs(0.1, key=0, layer_axes=fn),
+    lambda fn: optax_sbs.masked_updates(optax.sgd(1.0), 0, granularity='leaf', layer_axes=fn),
+    lambda fn: optax_sbs.magma(optax.adam(1e-3), 0, layer_axes=fn),
+  ],
+)
+def test_bad_layer_axes_name_the_leaf(make, bad, error, words):
+  params = {'layers': {'bias': jnp.zeros((2, 3))}}
+
+  def run():
+    tx = make(lambda path, leaf: bad(path, leaf) if 'layers' in str(path) else ())
+    tx.update(params, tx.init(params), params)
+
+  with pytest.raises(error, match=words) as info:
+    run()
+  assert "['layers']['bias']" in str(info.value)
+
+
+def test_layer_axes_must_be_callable():
+  with pytest.raises(TypeError, match='layer_axes'):
+    optax_sbs.sbs(0.1, key=0, layer_axes=(0,))
+
+
+def test_layers_under_and_from_axis_names_on_flax_scan():
+  """The helpers find the stacked axes of a Linen nn.scan model and of a model
+  annotated with logical axis names."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ('embed', 'mlp'))
+      y = nn.Dense(8, kernel_init=kernel_init, name='mlp')(nn.LayerNorm(name='norm')(x))
+      return x + y, None
+
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      scanned = nn.scan(
+        Block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True},
+        length=L,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+      )
+      x, _ = scanned(name='layers')(x, None)
+      return nn.Dense(3, name='head')(x)
+
+  boxed = Model().init(jax.random.key(0), jnp.ones((2, 8)))['params']
+  params = nn.unbox(boxed)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  by_name = {jax.tree_util.keystr(p): optax_sbs.layers_under('layers')(p, x) for p, x in flat}
+  assert by_name["['layers']['mlp']['kernel']"] == (0,)
+  assert by_name["['layers']['norm']['scale']"] == (0,)
+  assert by_name["['head']['kernel']"] == ()
+  names = optax_sbs.layers_from_axis_names(nn.get_partition_spec(boxed))
+  kernel = params['layers']['mlp']['kernel']
+  assert kernel.shape == (L, 8, 8)
+  assert names(('layers', 'mlp', 'kernel'), kernel) == (0,)
+  assert names(('head', 'kernel'), params['head']['kernel']) == ()
