@@ -227,9 +227,10 @@ def page_faults() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def cheap_bits(key, offset, shape):
+def cheap_bits(key, offset, shape, sharding=None):
   """A stand-in for the threefry bits: one multiply-xorshift of the counter
   (statistically poor; only to measure what the generator costs)."""
+  del sharding
   counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + np.uint32(offset)
   x = (counter ^ jax.random.key_data(key)[0]) * np.uint32(0x9E3779B1)
   return x ^ (x >> np.uint32(15))
