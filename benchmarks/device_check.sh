@@ -5,7 +5,8 @@
 #
 # 1. the tests that exercise devices (tests/test_device.py: masks equal to the
 #    CPU's bit for bit, determinism, p = 1 == inner, donation, NamedSharding,
-#    pmap; tests/test_reliability.py: eager == jit, Orbax round trip, ...);
+#    pmap; two of tests/test_layers.py: stacked layers (layer_axes) per slice;
+#    tests/test_reliability.py: eager == jit, Orbax round trip, ...);
 # 2. benchmarks/update_speed.py on the ResNet-18 and transformer trees: SBS,
 #    with_stochastic_batch_size, masked_updates, magma vs optax.sgd / adam
 #    (step time, compile time, state bytes, kernels per update);
@@ -44,7 +45,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) SMOKE=1; shift ;;
     --out) OUT=${2:?--out needs a folder}; shift 2 ;;
     --data) DATA=${2:?--data needs a .npz path}; shift 2 ;;
-    -h|--help) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$1' (usage: device_check.sh [--smoke] [--out DIR] [--data NPZ])" >&2; exit 2 ;;
   esac
 done
@@ -88,11 +89,15 @@ else
 fi
 
 # 1. Tests on the device (the test log and a summary in markdown).
-TESTS=(tests/test_device.py)
+# Stacked layers (layer_axes, as examples/lm's --scan-layers passes them):
+# SBS's jitted steps exact per slice, and one mask draw per slice (~8 s on CPU).
+TESTS=(tests/test_device.py tests/test_layers.py::test_sbs_steps_and_mask_rates_per_slice
+  tests/test_layers.py::test_leaf_masks_are_drawn_per_slice)
 # The device-facing tests of the other modules (the rest need the CPU's 8
 # virtual devices or the training program's flags library).
+KEYWORDS='test_device or per_slice or round_trips or same_key or key_data or bit_identical'
 ((SMOKE)) || TESTS+=(tests/test_reliability.py tests/test_masked.py
-  -k 'test_device or round_trips or same_key or key_data or bit_identical or probability_one')
+  -k "$KEYWORDS or probability_one")
 LOG="$OUT/device_tests_${PLATFORM}.log"
 part "$TEST_LIMIT" tests "$PY" -m pytest -q -p no:cacheprovider -o addopts='-ra' "${TESTS[@]}" \
   >"$LOG" 2>&1

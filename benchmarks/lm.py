@@ -95,7 +95,7 @@ CELLS = {
 # The cells of the main comparison (the rest are controls, run by name).
 MAIN_CELLS = ('adamw', 'masked_updates', 'magma', 'lr_dropout', 'sbs', 'sbs_lam0')
 # Config fields added after trials were cached, at their defaults.
-ADDED_FIELDS = {'accumulate_steps': 2}
+ADDED_FIELDS = {'accumulate_steps': 2, 'scan_layers': False}
 OPTIONS = {cell: options for cell, (_, options) in CELLS.items()}
 
 

@@ -206,6 +206,7 @@ def magma(
       score = jax.tree.map(lambda p: jnp.full_like(p, initial_score, jnp.float32), params)
     return MagmaState(inner.init(params), momentum, score, _keys.canonicalize_key(key))
 
+  @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
     _validation.check_same_structure(updates, state.momentum, 'updates', who)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)

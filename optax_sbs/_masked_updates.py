@@ -118,6 +118,7 @@ def masked_updates(
   def init_fn(params):
     return MaskedUpdatesState(inner.init(params), _keys.canonicalize_key(key))
 
+  @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     next_key, step_key = _sampling.split_step_key(state.key)

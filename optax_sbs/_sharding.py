@@ -8,7 +8,10 @@ created with the sharding of the leaf they belong to. In the default mode
 these helpers return ``None``: nothing changes there.
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
+import contextlib
+import functools
 from typing import Any
 
 import jax
@@ -62,3 +65,25 @@ def replicated(x: jax.Array) -> jax.Array:
   if sharding is None:
     return x
   return jax.sharding.reshard(x, PartitionSpec())
+
+
+def under_leaf_mesh(update_fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Runs ``update_fn`` under the mesh of its explicitly sharded updates when
+  it is called eagerly outside ``jax.set_mesh``.
+
+  Arrays created with a sharding (the masks' counters) need the mesh in
+  context; jitted code and code inside ``jax.set_mesh`` have it already.
+  """
+
+  @functools.wraps(update_fn)
+  def wrapped(updates, state, params=None, **extra_args):
+    context: Any = contextlib.nullcontext()
+    if jax.sharding.get_abstract_mesh().empty:
+      for leaf in jax.tree.leaves(updates):
+        if not isinstance(leaf, jax.core.Tracer) and explicit_sharding(leaf) is not None:
+          context = jax.set_mesh(leaf.sharding.mesh)
+          break
+    with context:
+      return update_fn(updates, state, params, **extra_args)
+
+  return wrapped

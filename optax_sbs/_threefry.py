@@ -109,14 +109,14 @@ def counters(
     if shape[d] > 1
   ]
   strides = [s for s, d in zip(strides, shape) if d > 1]
-  start = (np.uint32(offset // _WORD), np.uint32(offset % _WORD))
+  start: tuple[Any, Any] = (np.uint32(offset // _WORD), np.uint32(offset % _WORD))
   if offset + size <= _WORD:  # every counter fits its low word
-    lo = start[1]
+    low: Any = start[1]
     for iota, stride in zip(iotas, strides):
-      lo = lo + (iota * np.uint32(stride) if stride > 1 else iota)
-    lo = jnp.broadcast_to(jnp.asarray(lo, jnp.uint32), shape, out_sharding=sharding)
-    return jnp.zeros_like(lo), lo
-  total: tuple[Any, Any] = start
+      low = low + (iota * np.uint32(stride) if stride > 1 else iota)
+    low = jnp.broadcast_to(jnp.asarray(low, jnp.uint32), shape, out_sharding=sharding)
+    return jnp.zeros_like(low), low
+  total = start
   for iota, stride in zip(iotas, strides):
     hi, lo = _mul_wide(iota, stride % _WORD)
     total = _add_wide(total, (hi + iota * np.uint32(stride // _WORD), lo))

@@ -214,6 +214,7 @@ def stochastic_batch_size(
     count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
     return StochasticBatchSizeState(cma=cma, count=count, key=_keys.canonicalize_key(key))
 
+  @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _validation.check_same_structure(updates, state.cma, 'updates')

@@ -338,3 +338,19 @@ def test_layers_under_and_from_axis_names_on_flax_scan():
   assert kernel.shape == (L, 8, 8)
   assert names(('layers', 'mlp', 'kernel'), kernel) == (0,)
   assert names(('head', 'kernel'), params['head']['kernel']) == ()
+
+
+def test_layer_axes_under_inject_hyperparams_as_a_static_arg():
+  """Like group_fn, layer_axes is a callable Optax would take for a schedule:
+  it goes in static_args, and the result equals the plain transformation's."""
+  params = _params()
+  grads = _grads(np.random.default_rng(6))
+  plain = optax_sbs.stochastic_batch_size(0, lam=-2.0, layer_axes=LAYERS)
+  injected = optax.inject_hyperparams(
+    optax_sbs.stochastic_batch_size, static_args=('group_fn', 'layer_axes')
+  )(key=0, lam=-2.0, layer_axes=LAYERS)
+  want, _ = plain.update(grads, plain.init(params), params)
+  got, state = injected.update(grads, injected.init(params), params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(state.hyperparams['lam']) == -2.0

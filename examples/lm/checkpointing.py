@@ -71,6 +71,9 @@ class RunCheckpointer:
 def prepare_workdir(workdir: str, config, resume: bool) -> None:
   """Checks a resumed workdir's config; clears old checkpoints otherwise.
 
+  A field the saved config lacks (added to ``Config`` since) counts as its
+  default, which is what the run used.
+
   Raises:
     ResumeError: ``resume`` with a workdir made by another configuration, or
       with no saved configuration.
@@ -82,6 +85,9 @@ def prepare_workdir(workdir: str, config, resume: bool) -> None:
       raise ResumeError(f'--resume: {workdir} has no config.json to resume')
     with open(path) as f:
       saved = json.load(f)
+    # Fields added since the workdir was made (e.g. scan_layers) ran at their defaults.
+    defaults = json.loads(json.dumps(dataclasses.asdict(type(config)())))
+    saved = {**defaults, **saved}
     diffs = [
       f'{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)'
       for k in sorted(set(saved) | set(current))

@@ -5,8 +5,14 @@ optax.GradientTransformation``; the training program clips the gradient
 before it (``--clip-norm``). Adding a method is adding one entry to
 ``METHODS``; the flags and the benchmark read the registry.
 
-The factories import JAX, Optax and optax_sbs when they run, not when this
-module loads, so ``--help`` stays instant.
+The methods that act per layer (``masked_updates``, ``lr_dropout``, ``magma``,
+``sbs``) get ``layer_axes=models.layer_axes(config)``: None for the unrolled
+model (the library's default), and with ``--scan-layers`` axis 0 of every
+leaf under ``layers``, so each stacked slice is a layer, as each block of the
+unrolled model is.
+
+The factories import JAX, Optax, optax_sbs and the model when they run, not
+when this module loads, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -39,11 +45,22 @@ class Method:
   optimizer: Callable[[Config, optax.Schedule, jax.Array], optax.GradientTransformation]
 
 
-def _decay_mask(params):
-  """Weight decay on matrices and embeddings, not on biases and norm scales."""
+def _layer_axes(config: Config):
+  """The model's stacked-layer axes for the optimizers (None: unrolled)."""
+  import models  # pylint: disable=g-import-not-at-top
+
+  return models.layer_axes(config)
+
+
+def _decay_mask(config: Config):
+  """Weight decay on matrices and embeddings, not on biases and norm scales:
+  on leaves whose layer (a slice, for stacked leaves) has 2 or more axes."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  layer_axes = _layer_axes(config) or (lambda path, p: ())
+  return lambda params: jax.tree_util.tree_map_with_path(
+    lambda path, p: p.ndim - len(layer_axes(path, p)) >= 2, params
+  )
 
 
 def _adamw(config: Config, lr: optax.Schedule, key: jax.Array):
@@ -51,7 +68,7 @@ def _adamw(config: Config, lr: optax.Schedule, key: jax.Array):
 
   del key
   return optax.adamw(
-    lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=_decay_mask
+    lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=_decay_mask(config)
   )
 
 
@@ -64,6 +81,7 @@ def _masked_updates(config: Config, lr: optax.Schedule, key: jax.Array):
     probability=config.probability,
     rescale=True,
     granularity=config.granularity,
+    layer_axes=_layer_axes(config),
   )
 
 
@@ -78,6 +96,7 @@ def _lr_dropout(config: Config, lr: optax.Schedule, key: jax.Array):
     probability=config.probability,
     rescale=False,
     granularity='element',
+    layer_axes=_layer_axes(config),  # no effect per element; passed for uniformity
   )
 
 
@@ -92,6 +111,7 @@ def _magma(config: Config, lr: optax.Schedule, key: jax.Array):
     score_decay=config.score_decay,
     momentum_decay=config.momentum_decay,
     granularity=config.granularity,
+    layer_axes=_layer_axes(config),
   )
 
 
@@ -105,6 +125,7 @@ def _sbs(config: Config, lr: optax.Schedule, key: jax.Array):
     lam=config.lam,
     probability=config.sbs_probability,
     group_fn=optax_sbs.parameter_type,
+    layer_axes=_layer_axes(config),
   )
 
 

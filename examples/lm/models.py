@@ -6,9 +6,17 @@ final LayerNorm, and an output head (or the token embedding, tied).
 
 Parameter names are chosen so that ``optax_sbs.parameter_type`` groups them
 by what they are: ``token_embed``/``position_embed`` -> 'embedding',
-``ln_1``/``ln_2``/``ln_f`` -> 'norm', 2-D kernels -> 'dense', biases -> 'bias'.
-The attention's query, key and value come from one 2-D ``qkv`` kernel (Flax's
-``nnx.MultiHeadAttention`` keeps 3-D kernels, which would group as 'conv').
+``ln_1``/``ln_2``/``ln_f`` -> 'norm', kernels -> 'dense', biases -> 'bias'.
+The attention's query, key and value come from one 2-D ``qkv`` kernel, one
+matmul for the three (the library's grouping would put the 3-D kernels of
+Flax's ``nnx.MultiHeadAttention`` with the dense kernels too).
+
+With ``scan_layers`` the blocks are one ``Block`` whose parameters all have a
+leading axis of ``num_layers`` (``nnx.vmap`` creates it, ``nnx.scan`` runs
+it), stored as ``layers``: ``optax_sbs.layers_under('layers')`` (see
+:func:`layer_axes`) tells the optimizers that each slice along that axis is a
+layer. ``stack_blocks`` and ``unstack_layers`` convert parameters between the
+two layouts.
 """
 
 import math
@@ -16,6 +24,8 @@ import math
 from flax import nnx
 import jax
 import jax.numpy as jnp
+
+import optax_sbs
 
 
 class CausalSelfAttention(nnx.Module):
@@ -86,15 +96,27 @@ class Transformer(nnx.Module):
     mlp_ratio: int,
     context_length: int,
     tie_embeddings: bool = False,
+    scan_layers: bool = False,
     rngs: nnx.Rngs,
   ):
     self.context_length = context_length
+    self.scan_layers = scan_layers
     init = nnx.initializers.normal(0.02)
     self.token_embed = nnx.Embed(vocab_size, embed_dim, embedding_init=init, rngs=rngs)
     self.position_embed = nnx.Embed(context_length, embed_dim, embedding_init=init, rngs=rngs)
-    self.blocks = nnx.List(
-      [Block(embed_dim, num_heads, mlp_ratio, num_layers, rngs=rngs) for _ in range(num_layers)]
-    )
+    if scan_layers:
+      # Flax's scan over layers: every layer gets its own split of the rngs,
+      # and nnx.vmap stacks the blocks' parameters along a new axis 0.
+      @nnx.split_rngs(splits=num_layers)
+      @nnx.vmap(in_axes=0, out_axes=0)
+      def create_blocks(rngs):
+        return Block(embed_dim, num_heads, mlp_ratio, num_layers, rngs=rngs)
+
+      self.layers = create_blocks(rngs)
+    else:
+      self.blocks = nnx.List(
+        [Block(embed_dim, num_heads, mlp_ratio, num_layers, rngs=rngs) for _ in range(num_layers)]
+      )
     self.ln_f = nnx.LayerNorm(embed_dim, rngs=rngs)
     self.head = (
       None
@@ -107,12 +129,21 @@ class Transformer(nnx.Module):
     if t > self.context_length:
       raise ValueError(f'{t} tokens exceed the context length {self.context_length}')
     x = self.token_embed(tokens) + self.position_embed(jnp.arange(t))
-    for block in self.blocks:
-      x = block(x)
+    if self.scan_layers:
+      x = _run_stacked(x, self.layers)
+    else:
+      for block in self.blocks:
+        x = block(x)
     x = self.ln_f(x)
     if self.head is None:
       return self.token_embed.attend(x)
     return self.head(x)
+
+
+@nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+def _run_stacked(x: jax.Array, block: Block) -> jax.Array:
+  """The stacked blocks in turn: ``block`` is one slice of them, ``x`` the carry."""
+  return block(x)
 
 
 def create_model(config, vocab_size: int, rngs: nnx.Rngs) -> Transformer:
@@ -125,8 +156,33 @@ def create_model(config, vocab_size: int, rngs: nnx.Rngs) -> Transformer:
     mlp_ratio=config.mlp_ratio,
     context_length=config.context_length,
     tie_embeddings=config.tie_embeddings,
+    scan_layers=config.scan_layers,
     rngs=rngs,
   )
+
+
+def layer_axes(config):
+  """The optimizers' ``layer_axes`` for the configuration's model: axis 0 of
+  every leaf under ``layers`` with ``scan_layers``, else None (no stacked leaves)."""
+  return optax_sbs.layers_under('layers') if config.scan_layers else None
+
+
+def stack_blocks(params: dict) -> dict:
+  """An unrolled model's parameters (``nnx.to_pure_dict``) in the scanned
+  model's layout: ``blocks[0..L-1]`` stacked along axis 0 as ``layers``."""
+  params = dict(params)
+  blocks = params.pop('blocks')
+  params['layers'] = jax.tree.map(lambda *x: jnp.stack(x), *(blocks[i] for i in sorted(blocks)))
+  return params
+
+
+def unstack_layers(params: dict) -> dict:
+  """The inverse of :func:`stack_blocks`: ``layers`` sliced into ``blocks``."""
+  params = dict(params)
+  layers = params.pop('layers')
+  num_layers = len(jax.tree.leaves(layers)[0])
+  params['blocks'] = {i: jax.tree.map(lambda x, i=i: x[i], layers) for i in range(num_layers)}
+  return params
 
 
 def count_params(model: nnx.Module) -> int:

@@ -37,6 +37,8 @@ class Config:
   """Characters per training window (the model's maximum context)."""
   tie_embeddings: bool = False
   """Use the token embedding as the output head."""
+  scan_layers: bool = False
+  """Stack the blocks' parameters along a leading layer axis (nnx.vmap) and run them with nnx.scan (one block compiled, not num_layers); the optimizers get layer_axes (optax_sbs.layers_under('layers')), so each slice is a layer to them, as each block of the unrolled model is."""
 
   # Optimisation.
   methods: tuple[str, ...] = ('adamw', 'masked_updates', 'magma')
