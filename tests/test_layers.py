@@ -69,7 +69,9 @@ def test_update_probability_per_slice_matches_reference(alpha, lam, normalizatio
   mags = [jnp.abs(g) for g in jax.tree.leaves(grads)]
   axes = _axes(grads)
   groups = _groups(grads, axes)
-  got = optax_sbs.update_probability(mags, groups, alpha, lam, normalization, layer_axes=axes)
+  got = jax.jit(
+    lambda m: optax_sbs.update_probability(m, groups, alpha, lam, normalization, layer_axes=axes)
+  )(mags)
   want = reference.stacked_probabilities(
     [np.asarray(m, np.float64) for m in mags], groups, axes, alpha, lam, normalization
   )
@@ -88,7 +90,7 @@ def test_group_fn_is_called_on_one_slice():
 
   tx = optax_sbs.stochastic_batch_size(0, group_fn=group_fn, layer_axes=LAYERS)
   params = _params()
-  tx.update(params, tx.init(params), params)
+  jax.eval_shape(tx.update, params, tx.init(params), params)  # group_fn runs when traced
   assert seen["['layers']['mlp']['kernel']"] == (8, 32)
   assert seen["['layers']['mlp']['bias']"] == (32,)
   assert seen["['head']['kernel']"] == (8, 16)
@@ -104,26 +106,31 @@ def _unrolled(tree):
   return out
 
 
+def _probability(magnitudes, groups, alpha, lam, layer_axes=None):
+  """optax_sbs.update_probability, jitted (eager dispatch of its ops is slow)."""
+  return jax.jit(
+    lambda m: optax_sbs.update_probability(m, groups, alpha, lam, layer_axes=layer_axes)
+  )(magnitudes)
+
+
 def test_stacked_equals_unrolled_probabilities():
   """The same model, scanned with layer_axes or unrolled without: the same p."""
   grads = _grads(np.random.default_rng(1))
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   axes = _axes(grads)
-  stacked_p = optax_sbs.update_probability(
+  stacked_p = _probability(
     [jnp.abs(g) for _, g in flat], _groups(grads, axes), 0.1, -4.0, layer_axes=axes
   )
   stacked_p = jax.tree.unflatten(jax.tree.structure(grads), stacked_p)
   unrolled = _unrolled(grads)
   leaves = jax.tree_util.tree_flatten_with_path(unrolled)[0]
   groups = [optax_sbs.parameter_type(p, x) for p, x in leaves]
-  unrolled_p = optax_sbs.update_probability([jnp.abs(x) for _, x in leaves], groups, 0.1, -4.0)
+  unrolled_p = _probability([jnp.abs(x) for _, x in leaves], groups, 0.1, -4.0)
   unrolled_p = jax.tree.unflatten(jax.tree.structure(unrolled), unrolled_p)
   for a, b in zip(jax.tree.leaves(_unrolled(stacked_p)), jax.tree.leaves(unrolled_p)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   # Without layer_axes the stacked leaf is one layer: its rates differ.
-  plain = optax_sbs.update_probability(
-    [jnp.abs(g) for _, g in flat], _groups(grads, [()] * len(flat)), 0.1, -4.0
-  )
+  plain = _probability([jnp.abs(g) for _, g in flat], _groups(grads, [()] * len(flat)), 0.1, -4.0)
   plain = jax.tree.unflatten(jax.tree.structure(grads), plain)
   kernel = stacked_p['layers']['attn']['kernel']
   assert not np.allclose(np.asarray(plain['layers']['attn']['kernel']), np.asarray(kernel))
@@ -173,7 +180,7 @@ def test_update_fraction_mean_count_and_layer_statistics_per_slice():
   params = _params()
   state = tx.init(params)
   for _ in range(3):
-    _, state = tx.update(_grads(np.random.default_rng(3)), state, params)
+    _, state = jax.jit(tx.update)(_grads(np.random.default_rng(3)), state, params)
   count = np.asarray(state.sbs_state.count['layers']['mlp']['kernel'])
   fractions = state.update_fraction(LAYERS)
   assert fractions['layers']['mlp']['kernel'].shape == (L,)
@@ -237,6 +244,7 @@ def test_magma_score_per_slice_matches_reference():
   tx = optax_sbs.magma(optax.sgd(1.0), 1, probability=1.0, tau=tau, layer_axes=LAYERS)
   params = _params()
   state = tx.init(params)
+  step = jax.jit(tx.update)
   n_blocks = sum(
     math.prod(x.shape[a] for a in ax) for x, ax in zip(jax.tree.leaves(params), _axes(params))
   )
@@ -248,7 +256,7 @@ def test_magma_score_per_slice_matches_reference():
   ]
   for _ in range(4):
     grads = _grads(rng)
-    updates, state = tx.update(grads, state, params)
+    updates, state = step(grads, state, params)
     for i, (g, ax) in enumerate(zip(jax.tree.leaves(grads), _axes(params))):
       g = np.asarray(g, np.float64)
       m[i] = beta_m * m[i] + (1 - beta_m) * g
@@ -349,8 +357,8 @@ def test_layer_axes_under_inject_hyperparams_as_a_static_arg():
   injected = optax.inject_hyperparams(
     optax_sbs.stochastic_batch_size, static_args=('group_fn', 'layer_axes')
   )(key=0, lam=-2.0, layer_axes=LAYERS)
-  want, _ = plain.update(grads, plain.init(params), params)
-  got, state = injected.update(grads, injected.init(params), params)
+  want, _ = jax.jit(plain.update)(grads, plain.init(params), params)
+  got, state = jax.jit(injected.update)(grads, injected.init(params), params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(state.hyperparams['lam']) == -2.0

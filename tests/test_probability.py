@@ -38,7 +38,7 @@ class _Linen(nn.Module):
 
 
 def test_linen_modules():
-  params = _Linen().init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32))['params']
+  params = jax.eval_shape(_Linen().init, jax.random.key(0), jnp.zeros((1, 5), jnp.int32))['params']
   got = _groups(params)
   mha = "['MultiHeadDotProductAttention_0']"
   want = {
@@ -89,7 +89,13 @@ def test_nnx_modules_through_the_optimizer():
     return group
 
   optimizer = nnx.Optimizer(model, optax_sbs.sbs(0.1, key=0, group_fn=group_fn), wrt=nnx.Param)
-  optimizer.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+
+  def step(optimizer, model, grads):
+    optimizer.update(model, grads)
+    return 0
+
+  nnx.eval_shape(step, optimizer, model, grads)  # group_fn runs when the update is traced
   want = {
     "['embedding']['embedding']": 'embedding',
     "['input_layernorm']['scale']": 'norm',
