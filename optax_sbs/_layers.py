@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_sbs import _paths
+from optax_sbs import _sharding
 
 LayerAxesFn = Callable[[tuple[Any, ...], Any], tuple[int, ...]]
 
@@ -226,3 +227,30 @@ def tree_slice_means(
   return jax.tree_util.tree_map_with_path(
     lambda path, x: slice_mean(fn(x), leaf_axes(layer_axes, path, x, who)), tree
   )
+
+
+def join_slices(parts: Sequence[jax.Array], dtype: Any = None) -> jax.Array:
+  """Per-leaf per-slice values (scalars, or statistics shapes) as one
+  replicated vector with an entry per slice, leaves in order."""
+  return jnp.concatenate(
+    [_sharding.replicated(x).reshape(-1).astype(dtype or x.dtype) for x in parts]
+  )
+
+
+def split_slices(
+  vector: jax.Array, leaves: Sequence[Any], axes: Sequence[tuple[int, ...]]
+) -> list[jax.Array]:
+  """Undoes :func:`join_slices`: per leaf, its entries of ``vector``, a scalar
+  or an array of its statistics shape sharded like the leaf's stacked axes."""
+  out, start = [], 0
+  for x, ax in zip(leaves, axes):
+    if not ax:
+      out.append(vector[start])
+      start += 1
+      continue
+    n = num_slices(x.shape, ax)
+    part = vector[start : start + n].reshape(stat_shape(x.shape, ax))
+    sharding = _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim)
+    out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
+    start += n
+  return out

@@ -57,7 +57,7 @@ class MagmaState(NamedTuple):
       return self.score
     flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
     axes = [_layers.leaf_axes(layer_axes, path, m, 'magma') for path, m in flat]
-    return jax.tree.unflatten(treedef, _split_scores(self.score, [m for _, m in flat], axes))
+    return jax.tree.unflatten(treedef, _layers.split_slices(self.score, [m for _, m in flat], axes))
 
 
 def _is_element_tree(state: MagmaState) -> bool:
@@ -66,23 +66,6 @@ def _is_element_tree(state: MagmaState) -> bool:
     return False
   shapes = [jnp.shape(x) for x in jax.tree.leaves(state.momentum)]
   return [jnp.shape(x) for x in jax.tree.leaves(state.score)] == shapes
-
-
-def _split_scores(vector, leaves, axes):
-  """Per leaf, its entries of the score vector: a scalar, or one per slice."""
-  out, start = [], 0
-  for x, ax in zip(leaves, axes):
-    if ax:
-      shape = _layers.stat_shape(x.shape, ax)
-      n = _layers.num_slices(x.shape, ax)
-      part = vector[start : start + n].reshape(shape)
-      sharding = _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim)
-      out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
-      start += n
-    else:
-      out.append(vector[start])
-      start += 1
-  return out
 
 
 def _cosine(m, g, granularity, axes):
@@ -218,7 +201,7 @@ def magma(
     if granularity == 'leaf':
       axes = [_layers.leaf_axes(layer_axes, path, g, who) for path, g in flat]
       _check_score_size(state.score, grads, axes)
-      scores = _split_scores(state.score, grads, axes)
+      scores = _layers.split_slices(state.score, grads, axes)
     else:
       axes = [()] * len(grads)
       scores = treedef.flatten_up_to(state.score)
@@ -236,11 +219,7 @@ def magma(
       new_momenta.append(m.astype(m_dtype))
       new_scores.append(s)
     if granularity == 'leaf':
-      score = (
-        jnp.concatenate([_sharding.replicated(s).reshape(-1) for s in new_scores])
-        if new_scores
-        else state.score
-      )
+      score = _layers.join_slices(new_scores) if new_scores else state.score
     else:
       score = treedef.unflatten(new_scores)
     return treedef.unflatten(out), MagmaState(

@@ -42,7 +42,6 @@ import numpy as np
 
 from optax_sbs import _layers
 from optax_sbs import _paths
-from optax_sbs import _sharding
 
 # Relative size below which a standard deviation is treated as zero.
 _STD_RTOL = 1e-5
@@ -255,11 +254,8 @@ def probability_coefficients(
     for a, ax, shape in zip(magnitudes, layer_axes, stat_shapes)
   ]
 
-  def vector(parts):  # one entry per layer, replicated
-    return jnp.concatenate([_sharding.replicated(x).reshape(-1).astype(dtype) for x in parts])
-
-  means = vector([m for m, _ in stats])
-  stds = vector([s for _, s in stats])
+  means = _layers.join_slices([m for m, _ in stats], dtype)
+  stds = _layers.join_slices([s for _, s in stats], dtype)
 
   # Global statistics (eq. 19): element-count-weighted over each group.
   group_of, num_groups = _group_index([g for g, n in zip(groups, counts) for _ in range(n)])
@@ -291,16 +287,7 @@ def probability_coefficients(
   offset = (lam * mu_tilde).astype(dtype)
 
   def per_leaf(x):
-    out, start = [], 0
-    for a, ax, shape, n in zip(magnitudes, layer_axes, stat_shapes, counts):
-      if ax:
-        part = x[start : start + n].reshape(shape)
-        sharding = _sharding.keep_axes(_sharding.explicit_sharding(a), ax, a.ndim)
-        out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
-      else:
-        out.append(x[start])
-      start += n
-    return out
+    return _layers.split_slices(x, magnitudes, layer_axes)
 
   return per_leaf(means), per_leaf(scale), per_leaf(offset)
 
