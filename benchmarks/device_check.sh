@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks to run the moment an accelerator is lent (issue 16), in one command.
+# The checks to run on a machine with an accelerator, in one command.
 #
 #   benchmarks/device_check.sh [--smoke] [--out DIR] [--data NPZ]
 #
@@ -23,9 +23,10 @@
 # temporary folder unless --out is given. The machine's python3 is used
 # (PYTHON=... to choose another); the package is imported from this checkout.
 #
-# Data for part 4: --data NPZ, else ../shared/data/cifar10.npz (1/8 drawn per
-# trial), else .device_data/cifar10_eighth.npz (a class-balanced 1/8 made by
-#   python benchmarks/paper_slice.py --dataset ../shared/data/cifar10.npz \
+# Data for part 4: --data NPZ, else a CIFAR-10 cifar10.npz in the data folder
+# beside the checkout (1/8 drawn per trial), else .device_data/cifar10_eighth.npz
+# (a class-balanced 1/8 made by
+#   python benchmarks/paper_slice.py --dataset PATH/TO/cifar10.npz \
 #       --export-subset .device_data/cifar10_eighth.npz
 # and carried to the device machine), else part 4 is skipped with a message.
 # Exit status: 0 if every part passed, 1 otherwise (the others still ran).

@@ -18,7 +18,7 @@ class Config:
 
   # Data.
   dataset: str = TFDS_NAME
-  """TFDS name (tiny_shakespeare) or a path to a UTF-8 .txt file, split 90/5/5 by characters exactly as TFDS's tiny_shakespeare builder splits its file (offline: ../shared/data/tinyshakespeare.txt)."""
+  """TFDS name (tiny_shakespeare) or a path to a UTF-8 .txt file, split 90/5/5 by characters exactly as TFDS's tiny_shakespeare builder splits its file (offline: a local copy of that file)."""
   data_dir: str | None = None
   """TFDS data_dir."""
   download: bool = True
