@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_sbs import _grouping
 from optax_sbs import _paths
 from optax_sbs import _sharding
 
@@ -238,19 +239,28 @@ def join_slices(parts: Sequence[jax.Array], dtype: Any = None) -> jax.Array:
 
 
 def split_slices(
-  vector: jax.Array, leaves: Sequence[Any], axes: Sequence[tuple[int, ...]]
+  vector: jax.Array,
+  leaves: Sequence[Any],
+  axes: Sequence[tuple[int, ...]],
+  key: jax.Array | None = None,
 ) -> list[jax.Array]:
   """Undoes :func:`join_slices`: per leaf, its entries of ``vector``, a scalar
-  or an array of its statistics shape sharded like the leaf's stacked axes."""
+  or an array of its statistics shape sharded like the leaf's stacked axes.
+
+  With a step ``key`` the entries are read through ``_grouping.split_vector``
+  (the same values; kernels that use them are compiled once per shape).
+  """
+  shapes = [stat_shape(x.shape, ax) if ax else () for x, ax in zip(leaves, axes)]
+  shardings = [
+    _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim) if ax else None
+    for x, ax in zip(leaves, axes)
+  ]
+  if key is not None:
+    return _grouping.split_vector(vector, shapes, key, shardings)
   out, start = [], 0
-  for x, ax in zip(leaves, axes):
-    if not ax:
-      out.append(vector[start])
-      start += 1
-      continue
-    n = num_slices(x.shape, ax)
-    part = vector[start : start + n].reshape(stat_shape(x.shape, ax))
-    sharding = _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim)
+  for shape, sharding in zip(shapes, shardings):
+    n = math.prod(shape)
+    part = vector[start] if not shape else vector[start : start + n].reshape(shape)
     out.append(part if sharding is None else jax.sharding.reshard(part, sharding))
     start += n
   return out

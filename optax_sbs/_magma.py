@@ -201,7 +201,7 @@ def magma(
     if granularity == 'leaf':
       axes = [_layers.leaf_axes(layer_axes, path, g, who) for path, g in flat]
       _check_score_size(state.score, grads, axes)
-      scores = _layers.split_slices(state.score, grads, axes)
+      scores = _layers.split_slices(state.score, grads, axes, key=step_key)
     else:
       axes = [()] * len(grads)
       scores = treedef.flatten_up_to(state.score)

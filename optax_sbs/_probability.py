@@ -42,6 +42,7 @@ import numpy as np
 
 from optax_sbs import _layers
 from optax_sbs import _paths
+from optax_sbs import _sharding
 
 # Relative size below which a standard deviation is treated as zero.
 _STD_RTOL = 1e-5
@@ -214,6 +215,29 @@ def probability_coefficients(
   global_normalization: GlobalNormalization = 'std',
   layer_axes: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+  """Per leaf, the ``(mean, scale, offset)`` of :func:`coefficient_vectors`.
+
+  Returns:
+    Three lists with an entry per leaf: a scalar, or for a leaf with stacked
+    axes an array of its statistics shape (one value per slice).
+  """
+  if not magnitudes:
+    return [], [], []
+  if layer_axes is None:
+    layer_axes = [()] * len(magnitudes)
+  vectors = coefficient_vectors(magnitudes, groups, alpha, lam, global_normalization, layer_axes)
+  means, scales, offsets = (_layers.split_slices(v, magnitudes, layer_axes) for v in vectors)
+  return means, scales, offsets
+
+
+def coefficient_vectors(
+  magnitudes: Sequence[jax.Array],
+  groups: Sequence[Hashable],
+  alpha: jax.typing.ArrayLike,
+  lam: jax.typing.ArrayLike,
+  global_normalization: GlobalNormalization = 'std',
+  layer_axes: Sequence[tuple[int, ...]] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per layer, the scalars ``(mean, scale, offset)`` of eq. 21.
 
   A layer is a leaf, or one slice of a leaf along its stacked axes. For
@@ -235,13 +259,14 @@ def probability_coefficients(
       ``None`` for none.
 
   Returns:
-    Three lists with an entry per leaf: a scalar, or for a leaf with stacked
-    axes an array of its statistics shape (one value per slice).
+    Three vectors with an entry per layer, leaves in order and the slices of
+    a stacked leaf in row-major order (``_layers.join_slices``).
   """
   if global_normalization not in GLOBAL_NORMALIZATIONS:
     raise ValueError(f"global_normalization must be 'std' or 'mean', got {global_normalization!r}.")
   if not magnitudes:  # an empty tree (no leaves, or only None leaves)
-    return [], [], []
+    empty = jnp.zeros((0,), jnp.float32)
+    return empty, empty, empty
   if layer_axes is None:
     layer_axes = [()] * len(magnitudes)
   dtype = jnp.result_type(*magnitudes)
@@ -285,11 +310,7 @@ def probability_coefficients(
   degenerate = stds <= _STD_RTOL * jnp.abs(means)
   scale = jnp.where(degenerate, 0, alpha / jnp.where(degenerate, 1, stds)).astype(dtype)
   offset = (lam * mu_tilde).astype(dtype)
-
-  def per_leaf(x):
-    return _layers.split_slices(x, magnitudes, layer_axes)
-
-  return per_leaf(means), per_leaf(scale), per_leaf(offset)
+  return means, scale, offset
 
 
 def probability_from_coefficients(
@@ -301,6 +322,50 @@ def probability_from_coefficients(
   """``sigmoid((magnitude - mean) * scale + offset)`` in the magnitude's dtype."""
   z = (magnitude - mean) * scale + offset
   return jax.nn.sigmoid(z).astype(magnitude.dtype)
+
+
+def stacked_probabilities(
+  magnitudes: Sequence[jax.Array],
+  vectors: tuple[jax.Array, jax.Array, jax.Array],
+  layer_axes: Sequence[tuple[int, ...]],
+) -> Callable[[list[int]], jax.Array]:
+  """``p`` of eq. 21 for leaves of one shape, stacked along a new leading axis.
+
+  Args:
+    magnitudes: per leaf, the gradient magnitudes.
+    vectors: ``(mean, scale, offset)`` per layer, from
+      :func:`coefficient_vectors`.
+    layer_axes: per leaf, its stacked axes.
+
+  Returns:
+    A callable: given the positions of leaves of one shape and stacked axes,
+    their probabilities as one array of shape ``(len(positions), *shape)``,
+    each row equal to :func:`probability_from_coefficients` of its leaf. The
+    coefficients of all rows come from one gather.
+  """
+  counts = [_layers.num_slices(a.shape, ax) if ax else 1 for a, ax in zip(magnitudes, layer_axes)]
+  starts = np.cumsum([0] + counts[:-1]).tolist()
+
+  def probabilities(positions: list[int]) -> jax.Array:
+    first = magnitudes[positions[0]]
+    ax = layer_axes[positions[0]]
+    shape = _layers.stat_shape(first.shape, ax) if ax else (1,) * first.ndim
+    index = np.asarray(
+      [np.arange(starts[i], starts[i] + counts[i]) for i in positions], np.int32
+    ).reshape((len(positions), *shape))
+    if len(positions) == 1:
+      a = magnitudes[positions[0]][None]
+    else:
+      a = jnp.stack([magnitudes[i] for i in positions])
+    coefficients = [_sharding.replicated(v)[index] for v in vectors]
+    sharding = _sharding.keep_axes(
+      _sharding.explicit_sharding(a), (0, *(d + 1 for d in ax)), a.ndim
+    )
+    if sharding is not None:
+      coefficients = [jax.sharding.reshard(c, sharding) for c in coefficients]
+    return probability_from_coefficients(a, *coefficients)
+
+  return probabilities
 
 
 def update_probability(

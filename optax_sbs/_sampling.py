@@ -19,6 +19,8 @@ With stacked layers (``layer_axes``), ``granularity='leaf'`` draws one
 uniform per slice of a leaf, in row-major order over its stacked axes.
 """
 
+from collections.abc import Callable
+from collections.abc import Hashable
 from collections.abc import Sequence
 import math
 from typing import Any
@@ -26,7 +28,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from optax_sbs import _grouping
 from optax_sbs import _layers
 from optax_sbs import _sharding
 from optax_sbs import _threefry
@@ -41,47 +45,113 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return next_key, step_key
 
 
+class _Row:
+  """Leaf ``index`` of a stacked-probability callable (``p = fn([index])[0]``)."""
+
+  def __init__(self, fn: Callable[[list[int]], jax.Array], index: int):
+    self.fn, self.index = fn, index
+
+  def value(self) -> jax.Array:
+    return self.fn([self.index])[0]
+
+
+def _stacked_sharding(sharding: Any) -> Any:
+  """The sharding of leaves of ``sharding`` stacked along a new leading axis."""
+  if sharding is None:
+    return None
+  spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+  return jax.sharding.NamedSharding(sharding.mesh, spec)
+
+
 def bernoulli_masks(
   step_key: jax.Array,
-  probabilities: Sequence[jax.typing.ArrayLike],
+  probabilities: Sequence[jax.typing.ArrayLike] | Callable[[list[int]], jax.Array],
   shapes: Sequence[tuple[int, ...]],
   shardings: Sequence[Any] | None = None,
+  keys: Sequence[Hashable] | None = None,
 ) -> list[jax.Array]:
   """Boolean masks with ``P(chi = True) = p`` per element, one per leaf.
 
+  Leaves of one shape and sharding are drawn in one generator call, stacked,
+  and each reads its row (see ``_grouping``); the numbers are those of the
+  leaf drawn alone.
+
   Args:
     step_key: the key of this step.
-    probabilities: per leaf, ``p`` broadcastable to the leaf's shape.
+    probabilities: per leaf, ``p`` broadcastable to the leaf's shape; or a
+      callable that, given the positions of leaves of one shape, returns
+      their ``p`` stacked: broadcastable to ``(len(positions), *shape)``.
     shapes: per leaf, the shape of its mask.
     shardings: per leaf, the sharding its mask is created with (see
       ``_sharding.explicit_sharding``), or ``None`` for all.
+    keys: per leaf, what else must agree for leaves to be drawn together
+      (e.g. the dtype their ``p`` is computed in), or ``None``.
 
   Returns:
     Per leaf, a boolean mask of its shape. ``p = 1`` gives all True and
     ``p = 0`` all False, exactly (uniforms lie in ``[0, 1)``).
   """
+  shapes = [tuple(shape) for shape in shapes]
   sizes = [math.prod(shape) for shape in shapes]
   total = sum(sizes)
   if shardings is None:
     shardings = [None] * len(shapes)
   if total == 0:
     return [jnp.zeros(shape, bool) for shape in shapes]
-  if _threefry.is_threefry(step_key):
-
-    def uniform(offset, shape, sharding):
-      bits = _threefry.random_bits(step_key, offset, shape, sharding)
-      return _threefry.uniform_from_bits(bits)
-  else:
+  offsets = np.cumsum([0] + sizes[:-1]).tolist()
+  if callable(probabilities):
+    p_fn = probabilities
+    probabilities = [_Row(p_fn, i) for i in range(len(shapes))]  # type: ignore[misc]
+  if keys is None:
+    keys = [None] * len(shapes)
+  if not _threefry.is_threefry(step_key):
     stream = jax.random.uniform(step_key, (total,), jnp.float32)
-
-    def uniform(offset, shape, sharding):
+    masks: list[Any] = []
+    for p, shape, offset, sharding in zip(probabilities, shapes, offsets, shardings):
+      if isinstance(p, _Row):
+        p = p.value()
       u = stream[offset : offset + math.prod(shape)].reshape(shape)
-      return u if sharding is None else jax.sharding.reshard(u, sharding)
+      masks.append((u if sharding is None else jax.sharding.reshard(u, sharding)) < p)
+    return masks
 
-  masks, offset = [], 0
-  for p, shape, size, sharding in zip(probabilities, shapes, sizes, shardings):
-    masks.append(uniform(offset, shape, sharding) < p)
-    offset += size
+  def uniform(offset, shape, sharding):
+    return _threefry.uniform_from_bits(_threefry.random_bits(step_key, offset, shape, sharding))
+
+  masks = [None] * len(shapes)
+  group_keys = [
+    (shape, sharding, key, _Row if isinstance(p, _Row) else jnp.result_type(p)) if size else None
+    for shape, size, sharding, key, p in zip(shapes, sizes, shardings, keys, probabilities)
+  ]
+  groups = _grouping.group_indices(group_keys)
+  rows = _grouping.row_indices(max((len(g) for g in groups if len(g) > 1), default=0), step_key)
+  for group in groups:
+    first = group[0]
+    shape, sharding = shapes[first], shardings[first]
+    if group_keys[first] is None or len(group) == 1:
+      for i in group:
+        p = probabilities[i]
+        p = p.value() if isinstance(p, _Row) else p
+        masks[i] = uniform(offsets[i], shapes[i], shardings[i]) < p
+      continue
+    stacked = _stacked_sharding(sharding)
+    ps = [probabilities[i] for i in group]
+    p_stacked: Any
+    if isinstance(ps[0], _Row):
+      p_stacked = ps[0].fn(group)
+    elif all(np.ndim(p) == 0 for p in ps) and all(p is ps[0] for p in ps):
+      p_stacked = ps[0]
+    else:
+      p_stacked = jnp.stack(
+        [
+          jnp.broadcast_to(jnp.asarray(p), shape)
+          if sharding is None
+          else jnp.broadcast_to(jnp.asarray(p), shape, out_sharding=sharding)
+          for p in ps
+        ]
+      )
+    chi = _grouping.materialize(uniform([offsets[i] for i in group], shape, stacked) < p_stacked)
+    for row, i in enumerate(group):
+      masks[i] = _grouping.take_row(chi, rows[row])
   return masks
 
 

@@ -19,6 +19,7 @@ Reference: Salmon et al., `Parallel random numbers: as easy as 1, 2, 3
 <https://doi.org/10.1145/2063384.2063405>`_, 2011.
 """
 
+from collections.abc import Sequence
 import math
 from typing import Any
 
@@ -78,68 +79,88 @@ def _add_wide(x: tuple[Any, Any], y: tuple[Any, Any]) -> tuple[Any, Any]:
 
 
 def counters(
-  offset: int, shape: tuple[int, ...], sharding: Any = None
+  offset: int | Sequence[int], shape: tuple[int, ...], sharding: Any = None
 ) -> tuple[jax.Array, jax.Array]:
   """The (high, low) counter words of stream elements ``offset + i``.
 
   ``i`` is the row-major index of each position of ``shape``; the result
   equals JAX's ``iota_2x32_shape`` shifted by ``offset``, for any
-  ``offset + prod(shape) <= 2**64``.
+  ``offset + prod(shape) <= 2**64``. With a sequence of offsets the result
+  stacks one such block per offset along a new leading axis: row ``r``
+  holds the counters of ``offset[r] + i`` (leaves of one shape drawn in one
+  call).
 
   Args:
-    offset: index in the stream of the first element (a Python int).
+    offset: index in the stream of the first element (a Python int), or a
+      sequence of them, one per row.
     shape: the shape of the block; each axis at most ``2**32`` long.
     sharding: the sharding the counters are created with (the leaf's, in
-      JAX's explicit sharding mode), or ``None``.
+      JAX's explicit sharding mode; with a sequence of offsets, the
+      sharding of the stacked result), or ``None``.
 
   Returns:
-    Two uint32 arrays of ``shape``.
+    Two uint32 arrays of ``shape``, or of ``(len(offset), *shape)``.
   """
   size = math.prod(shape)
-  if offset < 0 or offset + size > 2**64:
-    raise ValueError(f'stream elements {offset} .. {offset + size} lie outside [0, 2**64).')
+  rows = None if isinstance(offset, (int, np.integer)) else [int(o) for o in offset]
+  starts = [int(offset)] if isinstance(offset, (int, np.integer)) else list(rows or [])
+  for first in starts:
+    if first < 0 or first + size > 2**64:
+      raise ValueError(f'stream elements {first} .. {first + size} lie outside [0, 2**64).')
   if any(d > _WORD for d in shape):
     raise NotImplementedError(
       f'an axis of more than 2**32 elements (shape {shape}): reshape the leaf.'
     )
+  lead = 0 if rows is None else 1
+  full = tuple(shape) if rows is None else (len(rows), *shape)
   strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
   iotas = [
-    lax.broadcasted_iota(jnp.uint32, shape, d, out_sharding=sharding)
+    lax.broadcasted_iota(jnp.uint32, full, d + lead, out_sharding=sharding)
     for d in range(len(shape))
     if shape[d] > 1
   ]
   strides = [s for s, d in zip(strides, shape) if d > 1]
-  start: tuple[Any, Any] = (np.uint32(offset // _WORD), np.uint32(offset % _WORD))
-  if offset + size <= _WORD:  # every counter fits its low word
+  row_shape = (-1,) + (1,) * len(shape)
+  start: tuple[Any, Any]
+  if rows is None:
+    start = (np.uint32(starts[0] // _WORD), np.uint32(starts[0] % _WORD))
+  else:
+    start = (
+      np.asarray([o // _WORD for o in rows], np.uint32).reshape(row_shape),
+      np.asarray([o % _WORD for o in rows], np.uint32).reshape(row_shape),
+    )
+  if max(starts) + size <= _WORD:  # every counter fits its low word
     low: Any = start[1]
     for iota, stride in zip(iotas, strides):
       low = low + (iota * np.uint32(stride) if stride > 1 else iota)
-    low = jnp.broadcast_to(jnp.asarray(low, jnp.uint32), shape, out_sharding=sharding)
+    low = jnp.broadcast_to(jnp.asarray(low, jnp.uint32), full, out_sharding=sharding)
     return jnp.zeros_like(low), low
-  total = start
+  total: tuple[Any, Any] = start
   for iota, stride in zip(iotas, strides):
     hi, lo = _mul_wide(iota, stride % _WORD)
     total = _add_wide(total, (hi + iota * np.uint32(stride // _WORD), lo))
   hi, lo = (
-    jnp.broadcast_to(jnp.asarray(w, jnp.uint32), shape, out_sharding=sharding) for w in total
+    jnp.broadcast_to(jnp.asarray(w, jnp.uint32), full, out_sharding=sharding) for w in total
   )
   return hi, lo
 
 
 def random_bits(
-  key: jax.Array, offset: int, shape: tuple[int, ...], sharding: Any = None
+  key: jax.Array, offset: int | Sequence[int], shape: tuple[int, ...], sharding: Any = None
 ) -> jax.Array:
   """uint32 bits of elements ``offset .. offset + prod(shape)`` of the key's stream.
 
   Args:
     key: a threefry key.
-    offset: index in the stream of the first element (a Python int).
-    shape: the shape of the bits.
+    offset: index in the stream of the first element (a Python int), or a
+      sequence of them: the result then stacks one block per offset along a
+      new leading axis (see :func:`counters`).
+    shape: the shape of the bits (of one block).
     sharding: the sharding of the result (the leaf's, in JAX's explicit
       sharding mode), or ``None``.
 
   Returns:
-    A uint32 array of ``shape``.
+    A uint32 array of ``shape``, or of ``(len(offset), *shape)``.
   """
   data = jax.random.key_data(key)
   hi, lo = counters(offset, shape, sharding)

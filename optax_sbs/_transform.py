@@ -234,6 +234,9 @@ def stochastic_batch_size(
       cma = cma.astype(compute_dtype)
       g_tildes.append(cma + (g.astype(compute_dtype) - cma) / k.astype(compute_dtype))
 
+    shapes = [g.shape for g in grads]
+    shardings = [_sharding.explicit_sharding(g) for g in grads]
+    next_key, step_key = _sampling.split_step_key(state.key)
     if probability is None:
       if magnitude == 'cma':
         magnitudes = [jnp.abs(gt) for gt in g_tildes]
@@ -244,20 +247,14 @@ def stochastic_batch_size(
         group_fn(path, _layers.slice_struct(g, ax) if ax else g)
         for path, g, ax in zip(paths, grads, axes)
       ]
-      means, scales, offsets = _probability.probability_coefficients(
+      vectors = _probability.coefficient_vectors(
         magnitudes, groups, alpha, lam, global_normalization, axes
       )
-      probs = [
-        _probability.probability_from_coefficients(a, m, sc, o)
-        for a, m, sc, o in zip(magnitudes, means, scales, offsets)
-      ]
+      probs = _probability.stacked_probabilities(magnitudes, vectors, axes)
+      keys = [(a.dtype, ax) for a, ax in zip(magnitudes, axes)]
+      chis = _sampling.bernoulli_masks(step_key, probs, shapes, shardings, keys)
     else:
-      probs = [probability] * len(grads)
-
-    next_key, step_key = _sampling.split_step_key(state.key)
-    chis = _sampling.bernoulli_masks(
-      step_key, probs, [g.shape for g in grads], [_sharding.explicit_sharding(g) for g in grads]
-    )
+      chis = _sampling.bernoulli_masks(step_key, [probability] * len(grads), shapes, shardings)
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):

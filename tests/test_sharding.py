@@ -359,31 +359,34 @@ def hlo_collectives(hlo):
   return {op for op in COLLECTIVES if re.search(rf'\b{op}(-start)?\(', hlo)}
 
 
-def big_leaf(mesh):
-  return {
-    'w': jax.ShapeDtypeStruct(BIG, jnp.float32, sharding=NamedSharding(mesh, P(('data', 'fsdp'))))
-  }
+def big_leaf(mesh, count=1):
+  sharding = NamedSharding(mesh, P(('data', 'fsdp')))
+  return {f'w{i}': jax.ShapeDtypeStruct(BIG, jnp.float32, sharding=sharding) for i in range(count)}
 
 
+@pytest.mark.parametrize('count', [1, 3], ids=['one_leaf', 'three_leaves'])
 @pytest.mark.parametrize('mode', [AxisType.Explicit, AxisType.Auto], ids=['explicit', 'auto'])
 @pytest.mark.parametrize('name', sorted(HLO_CASES))
-def test_random_bits_are_generated_per_shard(name, mode):
+def test_random_bits_are_generated_per_shard(name, mode, count):
+  """Also for leaves of one shape and sharding, drawn stacked in one call:
+  each device draws the rows of its shards only, with no collective."""
   factory, collectives = HLO_CASES[name]
   tx = factory()
   mesh = make_mesh(mode)
   with jax.set_mesh(mesh) if mode == AxisType.Explicit else contextlib.nullcontext():
-    params = big_leaf(mesh)
+    params = big_leaf(mesh, count)
     hlo = jax.jit(tx.update).lower(params, abstract_state(tx, params), params).compile().as_text()
   shapes = hlo_arrays(hlo)
   assert not full_size(shapes)
-  assert 'u32[1024,1024]' in shapes  # the bits of one shard: 8192 / 8 rows
+  # The bits of one shard (8192 / 8 rows), or of the stacked shards.
+  assert ('u32[1024,1024]' if count == 1 else f'u32[{count},1024,1024]') in shapes
   assert hlo_collectives(hlo) == collectives
 
 
 def test_hlo_checks_see_a_gathered_leaf():
   """The checks above can fail: a leaf gathered onto every device is seen."""
   mesh = make_mesh(AxisType.Auto)
-  gather = jax.jit(lambda p: 2 * p['w'], out_shardings=NamedSharding(mesh, P()))
+  gather = jax.jit(lambda p: 2 * p['w0'], out_shardings=NamedSharding(mesh, P()))
   hlo = gather.lower(big_leaf(mesh)).compile().as_text()
   assert full_size(hlo_arrays(hlo)) == {'f32[8192,1024]'}
   assert hlo_collectives(hlo) == {'all-gather'}

@@ -1,0 +1,112 @@
+"""optax_sbs._grouping: leaves of one shape drawn in one call, kernels compiled once."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_sampling import reference_masks
+
+import optax_sbs
+from optax_sbs import _grouping
+from optax_sbs import _sampling
+from optax_sbs import _threefry
+
+
+@pytest.mark.parametrize(
+  'offsets, shape',
+  [([0, 7, 100], (3, 4)), ([2**32 - 5, 5, 2**40 + 3], (2, 3)), ([1, 2, 9], ()), ([9], (5,))],
+)
+def test_stacked_bits_are_the_bits_of_each_block(offsets, shape):
+  key = jax.random.key(3)
+  stacked = jax.jit(_threefry.random_bits, static_argnums=(1, 2))(key, tuple(offsets), shape)
+  assert stacked.shape == (len(offsets), *shape)
+  for row, offset in enumerate(offsets):
+    np.testing.assert_array_equal(stacked[row], _threefry.random_bits(key, offset, shape))
+
+
+def test_grouped_masks_are_the_stream_below_p():
+  """Leaves of repeated shapes (drawn stacked) get exactly the masks of the
+  stream cut leaf by leaf, with scalar, per-element and stacked-callable p."""
+  shapes = [(4, 6), (5,), (4, 6), (), (4, 6), (5,), (0, 3), ()]
+  key = jax.random.key(11)
+  rng = np.random.default_rng(0)
+  per_element = [jnp.asarray(rng.uniform(size=s), jnp.float32) for s in shapes]
+
+  def stacked(positions):
+    return jnp.stack([per_element[i] for i in positions])
+
+  cases = [([0.3] * len(shapes), [0.3] * len(shapes)), (per_element, per_element)]
+  cases.append((stacked, per_element))
+  for probs, want_p in cases:
+    got = jax.jit(lambda k, probs=probs: _sampling.bernoulli_masks(k, probs, shapes))(key)
+    for g, w in zip(got, reference_masks(key, want_p, shapes)):
+      np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_row_indices_materialize_and_split_vector_change_no_value():
+  key = jax.random.key(0)
+  rows = jax.jit(lambda k: _grouping.row_indices(70, k))(key)
+  assert [int(r) for r in rows] == list(range(70))
+  mask = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 4, 5)) < 0.5)
+  np.testing.assert_array_equal(jax.jit(_grouping.materialize)(mask), mask)
+  shapes = [(), (3, 1), (), (2,), (3, 1), ()]
+  vector = jnp.arange(1 + 3 + 1 + 2 + 3 + 1, dtype=jnp.float32)
+  got = jax.jit(lambda v, k: _grouping.split_vector(v, shapes, k))(vector, key)
+  start = 0
+  for block, shape in zip(got, shapes):
+    n = int(np.prod(shape))
+    np.testing.assert_array_equal(block, np.arange(start, start + n).reshape(shape))
+    start += n
+  assert _grouping.group_indices(['a', 'b', 'a', 'c', 'b']) == [[0, 2], [1, 4], [3]]
+
+
+def _distinct_fusions(hlo: str) -> int:
+  """Fused computations that differ other than by names (what XLA compiles)."""
+  bodies = set()
+  for block in re.split(r'\n(?=\S.*\{\n)', hlo):
+    head, _, body = block.partition('\n')
+    if head.startswith('%fused'):
+      text = re.sub(r', metadata=\{[^}]*\}', '', head.split(' ', 1)[1] + body)
+      bodies.add(re.sub(r'\b[\w\-]+\.\d+\b', '_', re.sub(r'%[\w.\-]+', '%', text)))
+  return len(bodies)
+
+
+def _tree(blocks):
+  return {
+    f'block_{i:03d}': {
+      'attn': {'kernel': jnp.full((8, 24), 0.1 * (i + 1))},
+      'mlp': {'kernel': jnp.full((8, 32), 0.01 * (i + 1)), 'bias': jnp.zeros(32)},
+      'ln': {'scale': jnp.ones(8)},
+    }
+    for i in range(blocks)
+  }
+
+
+@pytest.mark.parametrize(
+  'make',
+  [
+    lambda: optax_sbs.sbs(0.1, key=0),
+    lambda: optax_sbs.sbs(0.1, key=0, probability=0.5),
+    lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-3), key=0),
+    lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
+    lambda: optax_sbs.magma(optax.adam(1e-3), key=0),
+  ],
+  ids=['sbs', 'sbs_fixed', 'wrapper', 'masked_updates', 'magma'],
+)
+def test_compiled_kernels_do_not_grow_with_leaves_of_one_shape(make):
+  """Three times the blocks (32 leaves more): the same generator code (xor
+  count) and a few more distinct kernels at most (per-shape kernels whose
+  row count changes, e.g. the opaque row indices), not one per leaf."""
+
+  def compiled(blocks):
+    tx = make()
+    params = _tree(blocks)
+    grads = jax.tree.map(lambda p: p * 0.5 + 0.01, params)
+    return jax.jit(tx.update).lower(grads, tx.init(params), params).compile().as_text()
+
+  small, large = compiled(4), compiled(12)
+  assert large.count(' xor(') == small.count(' xor(')
+  assert _distinct_fusions(large) <= _distinct_fusions(small) + 8
