@@ -11,6 +11,8 @@
 #    with_stochastic_batch_size, masked_updates, magma vs optax.sgd / adam
 #    (step time, compile time, state bytes, kernels per update);
 # 3. the same script's full ResNet-18 training step at batch 128, SGD vs SBS;
+#    and its section 5: compile time, kernels and step time vs the number of
+#    leaves (50, 100, 400 small leaves of four shapes), with collectives;
 # 4. benchmarks/paper_slice.py: Table 4's ResNet-18 slice (1/8 of CIFAR-10,
 #    batch 128, SGD vs SBS, 3 paired trials) with the data on the device.
 #
@@ -81,12 +83,14 @@ part() {  # part LIMIT_SECONDS NAME COMMAND...
 
 if ((SMOKE)); then
   TEST_LIMIT=120; SPEED=(--smoke); SPEED_LIMIT=150
+  LEAVES=(--smoke --sections 5); LEAVES_LIMIT=120
   SLICE=(--smoke); SLICE_LIMIT=90
 else
-  # 80 + 160 + 240 s = 8 minutes. Part 4 compiles a scan over vmapped
+  # 80 + 160 + 60 + 180 s = 8 minutes. Part 4 compiles a scan over vmapped
   # ResNet-18 steps twice (SGD, SBS) before its first epoch ends.
   TEST_LIMIT=80; SPEED=(--trees resnet18,transformer --sections 1,3 --train-cases resnet18:128)
-  SPEED_LIMIT=160; SLICE=(--epochs 50 --time-budget 190); SLICE_LIMIT=240
+  SPEED_LIMIT=160; LEAVES=(--sections 5 --leaf-counts 50,100,400 --reps 5); LEAVES_LIMIT=60
+  SLICE=(--epochs 50 --time-budget 130); SLICE_LIMIT=180
 fi
 
 # 1. Tests on the device (the test log and a summary in markdown).
@@ -118,6 +122,11 @@ rm -f "$LOG"
 # 2 and 3. Update cost and the full training step.
 part "$SPEED_LIMIT" update_speed "$PY" benchmarks/update_speed.py "${SPEED[@]}" \
   --out "$OUT/update_speed_${PLATFORM}.md"
+
+# 2b. Compile time, kernels and step time vs the number of leaves (rows are
+# written as they are measured: a part stopped by its limit keeps them).
+part "$LEAVES_LIMIT" update_speed_leaves "$PY" benchmarks/update_speed.py "${LEAVES[@]}" \
+  --out "$OUT/update_speed_leaves_${PLATFORM}.md"
 
 # 4. The paper-scale slice.
 if [[ -z "$DATA" ]]; then

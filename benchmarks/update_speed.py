@@ -28,6 +28,8 @@ of many repetitions after warm-up:
   python benchmarks/update_speed.py --smoke --out /tmp/speed.md   # tiny, seconds
   python benchmarks/update_speed.py --trees resnet18,transformer --sections 1,3 \\
       --train-cases resnet18:128                # what benchmarks/device_check.sh runs
+  python benchmarks/update_speed.py --quick --trees resnet18,transformer --sections 1,5
+                                                # results/update_speed_leaves_cpu.md
 
 Writes ``benchmarks/results/update_speed_<platform>.md``.
 """
@@ -487,6 +489,12 @@ def main(argv=None):
     '--train-cases', type=parse_cases, default=None, help='section 3: MODEL:BATCH,...'
   )
   parser.add_argument('--reps', type=int, default=None, help='repetitions per measurement')
+  parser.add_argument(
+    '--leaf-counts',
+    type=lambda text: tuple(int(c) for c in text.split(',') if c),
+    default=None,
+    help='section 5: numbers of leaves, e.g. 50,100,400 (default 50,100,400,1000)',
+  )
   parser.add_argument('--out', default=None)
   parser.add_argument('--collectives-json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -506,6 +514,7 @@ def main(argv=None):
   trees = args.trees or trees
   cases = args.train_cases if args.train_cases is not None else cases
   reps = args.reps or reps
+  leaf_counts = args.leaf_counts or leaf_counts
   sections = set(args.sections.split(','))
   dev = jax.devices()[0]
   command = shlex.join(
