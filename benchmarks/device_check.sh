@@ -25,17 +25,16 @@
 # temporary folder unless --out is given. The machine's python3 is used
 # (PYTHON=... to choose another); the package is imported from this checkout.
 #
-# Data for part 4: --data NPZ, else a CIFAR-10 cifar10.npz in the data folder
-# beside the checkout (1/8 drawn per trial), else .device_data/cifar10_eighth.npz
-# (a class-balanced 1/8 made by
+# Data for part 4: --data NPZ (a CIFAR-10 .npz; 1/8 drawn per trial), else
+# .device_data/cifar10_eighth.npz (a class-balanced 1/8 made by
 #   python benchmarks/paper_slice.py --dataset PATH/TO/cifar10.npz \
 #       --export-subset .device_data/cifar10_eighth.npz
 # and carried to the device machine), else part 4 is skipped with a message.
 # Exit status: 0 if every part passed, 1 otherwise (the others still ran).
 #
-# With this workplace's device tool: run `bash benchmarks/device_check.sh --out $OUT`
-# with carry ['.device_data'] and timeout_s 600, then copy the returned
-# *_gpu.md / *_gpu.json into benchmarks/results/ and commit them.
+# On a remote machine that receives a copy of the checkout: run
+# `bash benchmarks/device_check.sh --out DIR` with .device_data/ copied along and
+# a 600 s limit, then copy DIR's *_gpu.md / *_gpu.json into benchmarks/results/.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -131,7 +130,6 @@ part "$LEAVES_LIMIT" update_speed_leaves "$PY" benchmarks/update_speed.py "${LEA
 # 4. The paper-scale slice.
 if [[ -z "$DATA" ]]; then
   if ((SMOKE)); then DATA=synthetic
-  elif [[ -f "$ROOT/../shared/data/cifar10.npz" ]]; then DATA="$ROOT/../shared/data/cifar10.npz"
   elif [[ -f "$ROOT/.device_data/cifar10_eighth.npz" ]]; then
     DATA="$ROOT/.device_data/cifar10_eighth.npz"; SLICE+=(--train-fraction 1)
   fi

@@ -124,6 +124,13 @@ def materialize(shapes, seed=0):
   )
 
 
+def step_inputs(shapes):
+  """Params and gradients of ``shapes`` and their number of elements."""
+  params = materialize(shapes)
+  grads = materialize(params, seed=1)
+  return params, grads, sum(x.size for x in jax.tree.leaves(params))
+
+
 def interleaved_medians(runs, reps, warmup=3):
   """Median seconds of each callable, timed in turn within every repetition.
 
@@ -351,9 +358,7 @@ def leaf_scaling(counts, reps):
   """Rows of section 5: compile time, kernels and step time per leaf count."""
   rows = []
   for count in counts:
-    params = materialize(many_leaves(count))
-    grads = materialize(params, seed=1)
-    n = sum(x.size for x in jax.tree.leaves(params))
+    params, grads, n = step_inputs(many_leaves(count))
     steps = {
       name: optimizer_step(make(), params, grads) for name, make in leaf_optimizers().items()
     }
@@ -553,9 +558,7 @@ def main(argv=None):
     )
     emit('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for name in trees:
-      params = materialize(tree_shapes(name))
-      grads = materialize(params, seed=1)
-      n = sum(x.size for x in jax.tree.leaves(params))
+      params, grads, n = step_inputs(tree_shapes(name))
       steps = {
         opt_name: optimizer_step(make(), params, grads) for opt_name, make in optimizers().items()
       }

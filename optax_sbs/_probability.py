@@ -207,29 +207,6 @@ def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
   return np.asarray(ids, np.int32), len(index)
 
 
-def probability_coefficients(
-  magnitudes: Sequence[jax.Array],
-  groups: Sequence[Hashable],
-  alpha: jax.typing.ArrayLike,
-  lam: jax.typing.ArrayLike,
-  global_normalization: GlobalNormalization = 'std',
-  layer_axes: Sequence[tuple[int, ...]] | None = None,
-) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
-  """Per leaf, the ``(mean, scale, offset)`` of :func:`coefficient_vectors`.
-
-  Returns:
-    Three lists with an entry per leaf: a scalar, or for a leaf with stacked
-    axes an array of its statistics shape (one value per slice).
-  """
-  if not magnitudes:
-    return [], [], []
-  if layer_axes is None:
-    layer_axes = [()] * len(magnitudes)
-  vectors = coefficient_vectors(magnitudes, groups, alpha, lam, global_normalization, layer_axes)
-  means, scales, offsets = (_layers.split_slices(v, magnitudes, layer_axes) for v in vectors)
-  return means, scales, offsets
-
-
 def coefficient_vectors(
   magnitudes: Sequence[jax.Array],
   groups: Sequence[Hashable],
@@ -414,9 +391,12 @@ def update_probability(
       _layers.normalize_axes(ax, tuple(a.shape), f'leaf {i}', 'update_probability')
       for i, (a, ax) in enumerate(zip(magnitudes, layer_axes))
     ]
-  means, scales, offsets = probability_coefficients(
-    magnitudes, groups, alpha, lam, global_normalization, layer_axes
-  )
+  if not magnitudes:
+    return []
+  if layer_axes is None:
+    layer_axes = [()] * len(magnitudes)
+  vectors = coefficient_vectors(magnitudes, groups, alpha, lam, global_normalization, layer_axes)
+  means, scales, offsets = (_layers.split_slices(v, magnitudes, layer_axes) for v in vectors)
   return [
     probability_from_coefficients(a, m, sc, o)
     for a, m, sc, o in zip(magnitudes, means, scales, offsets)
