@@ -89,6 +89,67 @@ def materialize(mask: jax.Array) -> jax.Array:
   return jnp.any(pair, axis=-1)
 
 
+def stack_groups(
+  arrays: Sequence[jax.Array], keys: Sequence[Hashable | None]
+) -> dict[tuple[int, ...], jax.Array]:
+  """Arrays of equal keys stacked along a new leading axis.
+
+  Args:
+    arrays: arrays; those of one key must have one shape and dtype.
+    keys: per array, its key, or ``None`` to leave it out.
+
+  Returns:
+    Per group of positions (groups ordered by first position, as
+    :func:`group_indices`), its arrays stacked.
+  """
+  stacks = {}
+  for group in group_indices(keys):
+    if keys[group[0]] is None:
+      continue
+    if len(group) == 1:
+      stacks[tuple(group)] = arrays[group[0]][None]
+    else:
+      stacks[tuple(group)] = jnp.stack([arrays[i] for i in group])
+  return stacks
+
+
+def in_position_order(
+  parts: Sequence[tuple[tuple[int, ...], jax.Array]], counts: Sequence[int], dtype: Any
+) -> jax.Array:
+  """Per-group vectors joined into one vector in position order.
+
+  Args:
+    parts: per group, its positions and a vector holding ``counts[i]``
+      entries for each position ``i``, consecutive, positions in the group's
+      order.
+    counts: per position, its number of entries.
+    dtype: dtype of the result.
+
+  Returns:
+    The entries of position 0, then those of position 1, and so on;
+    positions in no group get zeros. Where the groups already lie in
+    position order this is a concatenation, else one gather more.
+  """
+  vectors: list[jax.Array] = []
+  order: list[int] = []
+  for positions, vector in parts:
+    vectors.append(vector.astype(dtype))
+    order.extend(positions)
+  seen = set(order)
+  missing = [i for i in range(len(counts)) if i not in seen]
+  if any(counts[i] for i in missing):
+    vectors.append(jnp.zeros((sum(counts[i] for i in missing),), dtype))
+  order.extend(missing)
+  if not vectors:
+    return jnp.zeros((0,), dtype)
+  joined = jnp.concatenate(vectors)
+  starts = dict(zip(order, np.cumsum([0] + [counts[i] for i in order[:-1]]).tolist()))
+  index = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in range(len(counts))])
+  if np.array_equal(index, np.arange(index.size)):
+    return joined
+  return joined[index.astype(np.int32)]
+
+
 def take_row(stacked: jax.Array, row: jax.Array) -> jax.Array:
   """Row ``row`` (an int32 scalar) of ``stacked`` along its leading axis."""
   return lax.dynamic_index_in_dim(stacked, row, axis=0, keepdims=False)

@@ -230,22 +230,17 @@ def tree_slice_means(
   )
 
 
-def join_slices(parts: Sequence[jax.Array], dtype: Any = None) -> jax.Array:
-  """Per-leaf per-slice values (scalars, or statistics shapes) as one
-  replicated vector with an entry per slice, leaves in order."""
-  return jnp.concatenate(
-    [_sharding.replicated(x).reshape(-1).astype(dtype or x.dtype) for x in parts]
-  )
-
-
 def split_slices(
   vector: jax.Array,
   leaves: Sequence[Any],
   axes: Sequence[tuple[int, ...]],
   key: jax.Array | None = None,
 ) -> list[jax.Array]:
-  """Undoes :func:`join_slices`: per leaf, its entries of ``vector``, a scalar
-  or an array of its statistics shape sharded like the leaf's stacked axes.
+  """Per leaf, its entries of ``vector``: a scalar, or an array of its
+  statistics shape sharded like the leaf's stacked axes.
+
+  ``vector`` has one entry per slice, leaves in order, the slices of a leaf
+  in row-major order over its stacked axes.
 
   With a step ``key`` the entries are read through ``_grouping.split_vector``
   (the same values; kernels that use them are compiled once per shape).

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_sbs import _grouping
 from optax_sbs import _keys
 from optax_sbs import _layers
 from optax_sbs import _sampling
@@ -68,18 +69,42 @@ def _is_element_tree(state: MagmaState) -> bool:
   return [jnp.shape(x) for x in jax.tree.leaves(state.score)] == shapes
 
 
-def _cosine(m, g, granularity, axes):
-  """cos(m, g) per block: over the leaf (or each slice along the stacked
-  ``axes``), or per element (its sign); 0 where either vector is zero."""
-  if granularity == 'element':
-    return jnp.sign(m * g)
-  over = _layers.reduced_axes(m.ndim, axes) if axes else None
-  keep = bool(axes)
-  dot = jnp.sum(m * g, axis=over, keepdims=keep)
-  norms = jnp.sqrt(jnp.sum(m * m, axis=over, keepdims=keep)) * jnp.sqrt(
-    jnp.sum(g * g, axis=over, keepdims=keep)
-  )
-  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)
+def _sign_agreement(m, g):
+  """cos(m, g) of two scalars, elementwise: the sign of ``m g``."""
+  return jnp.sign(m * g)
+
+
+# Leaves of at most this many elements are stacked for their cosines.
+_STACKED_MAX_SIZE = 1 << 16
+
+
+def _block_cosines(ms, gs, axes):
+  """cos(m, g) per block (a leaf, or each slice along its stacked ``axes``),
+  0 where either vector is zero: one float32 vector, blocks in the order of
+  the score.
+
+  Small leaves of one shape, dtype, sharding and stacked axes are stacked,
+  so their three sums are row reductions of one kernel each, however many
+  leaves there are. A larger leaf reduces on its own: copying it into a
+  stack would cost more memory traffic (and temporary memory) than its
+  kernels cost to compile and launch.
+  """
+  keys = [
+    (m.shape, m.dtype, _sharding.explicit_sharding(m), ax) if m.size <= _STACKED_MAX_SIZE else i
+    for i, (m, ax) in enumerate(zip(ms, axes))
+  ]
+  m_stacks = _grouping.stack_groups(ms, keys)
+  g_stacks = _grouping.stack_groups(gs, keys)
+  parts = []
+  for group, m in m_stacks.items():
+    g = g_stacks[group]
+    over = tuple(1 + d for d in _layers.reduced_axes(m.ndim - 1, axes[group[0]]))
+    dot = jnp.sum(m * g, axis=over)
+    norms = jnp.sqrt(jnp.sum(m * m, axis=over)) * jnp.sqrt(jnp.sum(g * g, axis=over))
+    cos = jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)
+    parts.append((group, _sharding.replicated(cos.astype(jnp.float32)).reshape(-1)))
+  counts = [_layers.num_slices(m.shape, ax) for m, ax in zip(ms, axes)]
+  return _grouping.in_position_order(parts, counts, jnp.float32)
 
 
 def magma(
@@ -201,27 +226,29 @@ def magma(
     if granularity == 'leaf':
       axes = [_layers.leaf_axes(layer_axes, path, g, who) for path, g in flat]
       _check_score_size(state.score, grads, axes)
-      scores = _layers.split_slices(state.score, grads, axes, key=step_key)
     else:
       axes = [()] * len(grads)
-      scores = treedef.flatten_up_to(state.score)
     masks = _sampling.block_masks(step_key, grads, probability, granularity, axes)
-    out, new_momenta, new_scores = [], [], []
-    for g, u, m, s, z, ax in zip(grads, us, momenta, scores, masks, axes):
-      m_dtype = m.dtype
-      g = g.astype(m_dtype)
-      m = momentum_decay * m + (1 - momentum_decay) * g
-      cos = _cosine(m, g, granularity, ax).astype(jnp.float32)
-      s = score_decay * s + (1 - score_decay) * jax.nn.sigmoid(cos / tau)
-      s = s.astype(jnp.float32)
+    gs = [g.astype(m.dtype) for g, m in zip(grads, momenta)]
+    ms = [momentum_decay * m + (1 - momentum_decay) * g for m, g in zip(momenta, gs)]
+    if granularity == 'leaf':
+      cos = _block_cosines(ms, gs, axes)
+      score = score_decay * state.score + (1 - score_decay) * jax.nn.sigmoid(cos / tau)
+      score = score.astype(jnp.float32)
+      scores = _layers.split_slices(score, grads, axes, key=step_key)
+    else:
+      scores = []
+      for s, m, g in zip(treedef.flatten_up_to(state.score), ms, gs):
+        cos = _sign_agreement(m, g).astype(jnp.float32)
+        scores.append(
+          (score_decay * s + (1 - score_decay) * jax.nn.sigmoid(cos / tau)).astype(jnp.float32)
+        )
+      score = treedef.unflatten(scores)
+    out = []
+    for u, s, z in zip(us, scores, masks):
       scaled = (u.astype(_compute_dtype(u.dtype)) * _sharding.broadcast_like(s, u)).astype(u.dtype)
       out.append(jnp.where(_sharding.broadcast_like(z, u), scaled, jnp.zeros_like(u)))
-      new_momenta.append(m.astype(m_dtype))
-      new_scores.append(s)
-    if granularity == 'leaf':
-      score = _layers.join_slices(new_scores) if new_scores else state.score
-    else:
-      score = treedef.unflatten(new_scores)
+    new_momenta = [m_new.astype(m.dtype) for m_new, m in zip(ms, momenta)]
     return treedef.unflatten(out), MagmaState(
       inner_state,
       treedef.unflatten(new_momenta),

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_sbs import _grouping
 from optax_sbs import _layers
 from optax_sbs import _paths
 from optax_sbs import _sharding
@@ -176,28 +177,46 @@ def _standardize(x, mean, std):
   return jnp.where(degenerate, jnp.zeros_like(x), (x - mean) / safe_std)
 
 
-def layer_statistics(
-  magnitude: jax.Array, axes: tuple[int, ...] = ()
-) -> tuple[jax.Array, jax.Array]:
-  """Mean and population standard deviation of one leaf's magnitudes.
+def stack_leaves(
+  magnitudes: Sequence[jax.Array], layer_axes: Sequence[tuple[int, ...]]
+) -> dict[tuple[int, ...], jax.Array]:
+  """Leaves of one shape, dtype, sharding and stacked axes, stacked.
+
+  The groups are those :func:`_sampling.bernoulli_masks` draws together
+  (ordered by first position), so the statistics, the probabilities and the
+  masks of a group are all computed from one stacked array.
 
   Args:
-    magnitude: non-negative array (any shape, size >= 1).
-    axes: the leaf's stacked layer axes: the statistics are per slice.
+    magnitudes: per leaf, the gradient magnitudes.
+    layer_axes: per leaf, its stacked axes.
 
   Returns:
-    ``(mean, std)``, computed in two passes for accuracy: scalars, or with
-    stacked ``axes`` arrays of the leaf's statistics shape (1 on every other
-    axis).
+    Per group of positions, its leaves stacked along a new leading axis.
+    Size-0 leaves are left out.
   """
-  if not axes:
-    mean = jnp.mean(magnitude)
-    std = jnp.sqrt(jnp.mean(jnp.square(magnitude - mean)))
-    return mean, std
-  over = _layers.reduced_axes(magnitude.ndim, axes)
-  mean = jnp.mean(magnitude, axis=over, keepdims=True)
-  std = jnp.sqrt(jnp.mean(jnp.square(magnitude - mean), axis=over, keepdims=True))
-  return mean, std
+  keys = [
+    (a.shape, _sharding.explicit_sharding(a), a.dtype, tuple(ax)) if a.size else None
+    for a, ax in zip(magnitudes, layer_axes)
+  ]
+  return _grouping.stack_groups(magnitudes, keys)
+
+
+def stacked_statistics(stack: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+  """Per layer, the mean and population standard deviation of its magnitudes.
+
+  Args:
+    stack: leaves of one shape stacked along a new leading axis (size >= 1).
+    axes: the leaves' stacked layer axes: the statistics are per slice.
+
+  Returns:
+    ``(mean, std)``, computed in two passes for accuracy, each a replicated
+    vector with an entry per layer: leaves in order, the slices of a leaf in
+    row-major order over its stacked axes.
+  """
+  over = tuple(1 + d for d in _layers.reduced_axes(stack.ndim - 1, axes))
+  mean = jnp.mean(stack, axis=over, keepdims=True)
+  std = jnp.sqrt(jnp.mean(jnp.square(stack - mean), axis=over, keepdims=True))
+  return tuple(_sharding.replicated(x).reshape(-1) for x in (mean, std))  # type: ignore[return-value]
 
 
 def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
@@ -214,6 +233,7 @@ def coefficient_vectors(
   lam: jax.typing.ArrayLike,
   global_normalization: GlobalNormalization = 'std',
   layer_axes: Sequence[tuple[int, ...]] | None = None,
+  stacks: dict[tuple[int, ...], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per layer, the scalars ``(mean, scale, offset)`` of eq. 21.
 
@@ -234,10 +254,12 @@ def coefficient_vectors(
       docstring.
     layer_axes: per leaf, its stacked axes (``()`` for an ordinary leaf);
       ``None`` for none.
+    stacks: the leaves stacked by :func:`stack_leaves`, or ``None`` to stack
+      them here. The statistics of a group are row reductions of its stack.
 
   Returns:
     Three vectors with an entry per layer, leaves in order and the slices of
-    a stacked leaf in row-major order (``_layers.join_slices``).
+    a stacked leaf in row-major order over its stacked axes.
   """
   if global_normalization not in GLOBAL_NORMALIZATIONS:
     raise ValueError(f"global_normalization must be 'std' or 'mean', got {global_normalization!r}.")
@@ -251,13 +273,13 @@ def coefficient_vectors(
     _layers.stat_shape(a.shape, ax) if ax else () for a, ax in zip(magnitudes, layer_axes)
   ]
   counts = [math.prod(shape) for shape in stat_shapes]
-  stats = [
-    layer_statistics(a, ax) if a.size else (jnp.zeros(shape, a.dtype),) * 2
-    for a, ax, shape in zip(magnitudes, layer_axes, stat_shapes)
-  ]
-
-  means = _layers.join_slices([m for m, _ in stats], dtype)
-  stds = _layers.join_slices([s for _, s in stats], dtype)
+  if stacks is None:
+    stacks = stack_leaves(magnitudes, layer_axes)
+  stats = {group: stacked_statistics(a, layer_axes[group[0]]) for group, a in stacks.items()}
+  means, stds = (
+    _grouping.in_position_order([(g, s[i]) for g, s in stats.items()], counts, dtype)
+    for i in (0, 1)
+  )
 
   # Global statistics (eq. 19): element-count-weighted over each group.
   group_of, num_groups = _group_index([g for g, n in zip(groups, counts) for _ in range(n)])
@@ -305,6 +327,7 @@ def stacked_probabilities(
   magnitudes: Sequence[jax.Array],
   vectors: tuple[jax.Array, jax.Array, jax.Array],
   layer_axes: Sequence[tuple[int, ...]],
+  stacks: dict[tuple[int, ...], jax.Array] | None = None,
 ) -> Callable[[list[int]], jax.Array]:
   """``p`` of eq. 21 for leaves of one shape, stacked along a new leading axis.
 
@@ -313,6 +336,8 @@ def stacked_probabilities(
     vectors: ``(mean, scale, offset)`` per layer, from
       :func:`coefficient_vectors`.
     layer_axes: per leaf, its stacked axes.
+    stacks: the leaves stacked by :func:`stack_leaves` (a group's stack is
+      used as it is), or ``None``.
 
   Returns:
     A callable: given the positions of leaves of one shape and stacked axes,
@@ -330,9 +355,8 @@ def stacked_probabilities(
     index = np.asarray(
       [np.arange(starts[i], starts[i] + counts[i]) for i in positions], np.int32
     ).reshape((len(positions), *shape))
-    if len(positions) == 1:
-      a = magnitudes[positions[0]][None]
-    else:
+    a = stacks.get(tuple(positions)) if stacks else None
+    if a is None:
       a = jnp.stack([magnitudes[i] for i in positions])
     coefficients = [_sharding.replicated(v)[index] for v in vectors]
     sharding = _sharding.keep_axes(

@@ -247,10 +247,11 @@ def stochastic_batch_size(
         group_fn(path, _layers.slice_struct(g, ax) if ax else g)
         for path, g, ax in zip(paths, grads, axes)
       ]
+      stacks = _probability.stack_leaves(magnitudes, axes)
       vectors = _probability.coefficient_vectors(
-        magnitudes, groups, alpha, lam, global_normalization, axes
+        magnitudes, groups, alpha, lam, global_normalization, axes, stacks
       )
-      probs = _probability.stacked_probabilities(magnitudes, vectors, axes)
+      probs = _probability.stacked_probabilities(magnitudes, vectors, axes, stacks)
       keys = [(a.dtype, ax) for a, ax in zip(magnitudes, axes)]
       chis = _sampling.bernoulli_masks(step_key, probs, shapes, shardings, keys)
     else:

@@ -1,5 +1,6 @@
 """optax_sbs._grouping: leaves of one shape drawn in one call, kernels compiled once."""
 
+import math
 import re
 
 import jax
@@ -11,6 +12,7 @@ from test_sampling import reference_masks
 
 import optax_sbs
 from optax_sbs import _grouping
+from optax_sbs import _probability
 from optax_sbs import _sampling
 from optax_sbs import _threefry
 
@@ -63,6 +65,52 @@ def test_row_indices_materialize_and_split_vector_change_no_value():
   assert _grouping.group_indices(['a', 'b', 'a', 'c', 'b']) == [[0, 2], [1, 4], [3]]
 
 
+def test_stack_groups_and_in_position_order_change_no_value():
+  arrays = [jnp.full((2,), float(i)) for i in range(5)]
+  stacks = _grouping.stack_groups(arrays, ['a', 'b', 'a', None, 'b'])
+  assert list(stacks) == [(0, 2), (1, 4)]
+  np.testing.assert_array_equal(stacks[(0, 2)], [[0, 0], [2, 2]])
+  # Position 0 has 2 entries, 1 has 1, 2 has 3, 3 (in no group) has 2, 4 has 0.
+  counts = [2, 1, 3, 2, 0]
+  parts = [((0, 2), jnp.asarray([0.0, 0.5, 2.0, 2.25, 2.5])), ((1, 4), jnp.asarray([1.0]))]
+  got = jax.jit(lambda: _grouping.in_position_order(parts, counts, jnp.float32))()
+  np.testing.assert_array_equal(got, [0.0, 0.5, 1.0, 2.0, 2.25, 2.5, 0.0, 0.0])
+  assert got.dtype == jnp.float32
+
+
+def test_statistics_of_stacked_leaves_are_those_of_each_layer():
+  """Mean and std per layer (eq. 17) from the row reductions of stacks,
+  leaves of one shape interleaved with others, stacked axes, a scalar and a
+  size-0 leaf: the vectors are in leaf order and match NumPy."""
+  rng = np.random.default_rng(4)
+  specs = [((4, 6), ()), ((5,), ()), ((3, 4, 6), (0,)), ((4, 6), ()), ((), ())]
+  specs += [((5,), ()), ((0, 3), ()), ((3, 4, 6), (0,)), ((4, 2, 3), (1,))]
+  magnitudes = [jnp.asarray(np.abs(rng.normal(size=s)), jnp.float32) for s, _ in specs]
+  axes = [ax for _, ax in specs]
+  stacks = _probability.stack_leaves(magnitudes, axes)
+  assert list(stacks) == [(0, 3), (1, 5), (2, 7), (4,), (8,)]
+  means, scales, offsets = jax.jit(
+    lambda m: _probability.coefficient_vectors(m, ['g'] * len(m), 1.0, 0.0, 'std', axes)
+  )(magnitudes)
+  want_mean, want_std = [], []
+  for a, ax in zip(magnitudes, axes):
+    a = np.asarray(a, np.float64)
+    if not a.size:
+      want_mean.append(0.0)
+      want_std.append(0.0)
+      continue
+    rows = np.moveaxis(a, ax, tuple(range(len(ax)))).reshape(math.prod(a.shape[d] for d in ax), -1)
+    want_mean.extend(rows.mean(axis=1))
+    want_std.extend(rows.std(axis=1))
+  want_mean, want_std = np.asarray(want_mean), np.asarray(want_std)
+  np.testing.assert_allclose(means, want_mean, rtol=1e-6)
+  degenerate = want_std <= 1e-5 * want_mean
+  assert np.flatnonzero(degenerate).tolist() == [6, 8]  # the scalar and the size-0 leaf
+  np.testing.assert_allclose(np.asarray(scales)[~degenerate], 1 / want_std[~degenerate], rtol=2e-5)
+  np.testing.assert_array_equal(np.asarray(scales)[degenerate], 0)
+  np.testing.assert_array_equal(offsets, 0)
+
+
 def _distinct_fusions(hlo: str) -> int:
   """Fused computations that differ other than by names (what XLA compiles)."""
   bodies = set()
@@ -72,6 +120,26 @@ def _distinct_fusions(hlo: str) -> int:
       text = re.sub(r', metadata=\{[^}]*\}', '', head.split(' ', 1)[1] + body)
       bodies.add(re.sub(r'\b[\w\-]+\.\d+\b', '_', re.sub(r'%[\w.\-]+', '%', text)))
   return len(bodies)
+
+
+def _reduction_kernels(hlo: str) -> int:
+  """Kernels of the entry computation that reduce (a reduction is the root
+  of its kernel, so every per-leaf reduction is a kernel of its own), the
+  opaque row indices (tuples of int32 scalars, one kernel per 32 rows) left
+  out."""
+  bodies = {}
+  for block in re.split(r'\n(?=\S.*\{\n)', hlo):
+    head, _, body = block.partition('\n')
+    bodies[head.split(' ', 1)[0].lstrip('%')] = body
+  entry = hlo[hlo.index('\nENTRY') :]
+  count = 0
+  for line in entry[: entry.index('\n}')].splitlines()[1:]:
+    if ' = (s32[], ' in line:
+      continue
+    called = re.search(r'calls=%?([\w.\-]+)', line)
+    text = bodies.get(called.group(1), '') if called else line
+    count += bool(re.search(r' reduce(-window)?\(', text))
+  return count
 
 
 def _tree(blocks):
@@ -98,8 +166,10 @@ def _tree(blocks):
 )
 def test_compiled_kernels_do_not_grow_with_leaves_of_one_shape(make):
   """Three times the blocks (32 leaves more): the same generator code (xor
-  count) and a few more distinct kernels at most (per-shape kernels whose
-  row count changes, e.g. the opaque row indices), not one per leaf."""
+  count), a few more distinct kernels at most (per-shape kernels whose row
+  count changes, e.g. the opaque row indices), not one per leaf, and the
+  same reductions: the per-layer statistics and cosines of a shape are row
+  reductions of its leaves stacked, not one kernel per leaf."""
 
   def compiled(blocks):
     tx = make()
@@ -110,3 +180,4 @@ def test_compiled_kernels_do_not_grow_with_leaves_of_one_shape(make):
   small, large = compiled(4), compiled(12)
   assert large.count(' xor(') == small.count(' xor(')
   assert _distinct_fusions(large) <= _distinct_fusions(small) + 8
+  assert _reduction_kernels(large) == _reduction_kernels(small)

@@ -115,7 +115,10 @@ def test_device_check_smoke_writes_every_result(tmp_path):
     'paper_slice_cpu.json',
     'paper_slice_cpu.md',
     'update_speed_cpu.md',
+    'update_speed_leaves_cpu.md',
   ]
   assert 'passed' in (tmp_path / 'device_tests_cpu.md').read_text()
   speed = (tmp_path / 'update_speed_cpu.md').read_text()
   assert '| transformer_tiny |' in speed and 'magma(adam)' in speed
+  leaves = (tmp_path / 'update_speed_leaves_cpu.md').read_text()
+  assert '| 16 |' in leaves and 'all-reduce' in leaves
