@@ -286,9 +286,14 @@ def page_faults() -> int:
 
 def cheap_bits(key, offset, shape, sharding=None):
   """A stand-in for the threefry bits: one multiply-xorshift of the counter
-  (statistically poor; only to measure what the generator costs)."""
+  (statistically poor; only to measure what the generator costs). Like
+  ``_threefry.random_bits``, a sequence of offsets stacks one block each."""
   del sharding
-  counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + np.uint32(offset)
+  counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  if isinstance(offset, int):
+    counter = counter + np.uint32(offset)
+  else:
+    counter = counter[None] + np.asarray(offset, np.uint32).reshape((-1,) + (1,) * len(shape))
   x = (counter ^ jax.random.key_data(key)[0]) * np.uint32(0x9E3779B1)
   return x ^ (x >> np.uint32(15))
 
@@ -448,13 +453,14 @@ LEAF_NOTES = (
   'Kept: the per-layer statistics of SBS (mean and standard deviation, eq. 17) and the three '
   "sums of Magma's cosines are row reductions of the stacked leaves of a shape (SBS stacks "
   'the magnitudes for its probabilities anyway), instead of two to four reduction kernels and '
-  'their scalar kernels per leaf: kernels per leaf at 400 leaves went from 11.6 to 5.1 (sbs) '
-  "and from 11.1 to 4.1 (magma), against adam's 3; compile time from 4.0x to about 2.1x "
-  "adam's (sbs) and from 5.6x to about 2.7x (magma).",
-  "Not kept: stacking Magma's large leaves too. The stack is a copy of the momentum and the "
-  'gradient: on the ResNet-18 tree the step went from 47 to 70 ms (2.7x to 3.8x adam, one '
-  'run). Leaves of more than 2**16 elements reduce on their own; their kernels are few next '
-  'to their memory traffic.',
+  'their scalar kernels per leaf. At 400 leaves, kernels per leaf went from 11.6 to 5.2 (sbs) '
+  "and from 11.1 to 4.1 (magma), against adam's 3, and compile time from 4.0x adam's (sbs) "
+  'and 5.6x (magma) to the ratios in the table above.',
+  'Not kept: stacking large leaves too. A stack is a copy, and a temporary as large as its '
+  "leaves: Magma's step on the ResNet-18 tree went from 47 to 70 ms (2.7x to 3.8x adam, one "
+  'run), and SBS on 10 and 25 leaves of 1M elements took 6.1-7.1x adam where drawing each leaf '
+  'alone takes 4.3-4.6x. Leaves of more than 2**16 elements are computed alone: their kernels '
+  'are few next to their memory traffic.',
   'Remaining, per leaf: SBS runs 5 kernels (the moving average, its magnitude into the '
   'stack, the new count, the new moving average, the parameter update) where adam runs 3. '
   '`with_stochastic_batch_size(adam)` adds 2 copies per leaf: XLA copies the inner '

@@ -9,8 +9,8 @@ alone. The masks break that: element ``j`` of a leaf uses counter
 a constant makes the kernel of every leaf a different one (a threefry
 generator of ~130 instructions, compiled again per leaf).
 
-So the masks of the leaves that share a shape (and sharding) are drawn in
-one generator call, stacked along a new leading axis (row ``r`` from counter
+So the masks of the small leaves that share a shape (and sharding) are
+drawn in one generator call, stacked along a new leading axis (row ``r`` from counter
 ``offset_r + j``, bit for bit the numbers of the leaf drawn alone), and every
 leaf reads its row with a dynamic index whose value the compiler cannot see
 (:func:`row_indices`): the per-leaf kernels stay identical and are compiled
@@ -28,6 +28,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+# Leaves of at most this many elements are stacked with the others of their
+# shape. A larger leaf is computed alone: a stack is a copy (and a temporary
+# as large as the leaves), which costs more step time than the leaf's own
+# kernels cost to compile.
+MAX_STACKED_SIZE = 1 << 16
 
 # Row indices per reduction: one variadic reduction of many operands
 # compiles slowly (superlinear in the operands), many small ones add kernels.

@@ -74,10 +74,6 @@ def _sign_agreement(m, g):
   return jnp.sign(m * g)
 
 
-# Leaves of at most this many elements are stacked for their cosines.
-_STACKED_MAX_SIZE = 1 << 16
-
-
 def _block_cosines(ms, gs, axes):
   """cos(m, g) per block (a leaf, or each slice along its stacked ``axes``),
   0 where either vector is zero: one float32 vector, blocks in the order of
@@ -85,12 +81,13 @@ def _block_cosines(ms, gs, axes):
 
   Small leaves of one shape, dtype, sharding and stacked axes are stacked,
   so their three sums are row reductions of one kernel each, however many
-  leaves there are. A larger leaf reduces on its own: copying it into a
-  stack would cost more memory traffic (and temporary memory) than its
-  kernels cost to compile and launch.
+  leaves there are; a larger leaf reduces on its own (see
+  ``_grouping.MAX_STACKED_SIZE``).
   """
   keys = [
-    (m.shape, m.dtype, _sharding.explicit_sharding(m), ax) if m.size <= _STACKED_MAX_SIZE else i
+    (m.shape, m.dtype, _sharding.explicit_sharding(m), ax)
+    if m.size <= _grouping.MAX_STACKED_SIZE
+    else i
     for i, (m, ax) in enumerate(zip(ms, axes))
   ]
   m_stacks = _grouping.stack_groups(ms, keys)

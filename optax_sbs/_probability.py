@@ -192,12 +192,17 @@ def stack_leaves(
 
   Returns:
     Per group of positions, its leaves stacked along a new leading axis.
-    Size-0 leaves are left out.
+    Size-0 leaves are left out; a leaf larger than
+    ``_grouping.MAX_STACKED_SIZE`` is a group of its own.
   """
-  keys = [
-    (a.shape, _sharding.explicit_sharding(a), a.dtype, tuple(ax)) if a.size else None
-    for a, ax in zip(magnitudes, layer_axes)
-  ]
+  keys: list[Hashable | None] = []
+  for i, (a, ax) in enumerate(zip(magnitudes, layer_axes)):
+    if not a.size:
+      keys.append(None)
+    elif a.size > _grouping.MAX_STACKED_SIZE:
+      keys.append(i)  # alone: a stack of one is a reshape, not a copy
+    else:
+      keys.append((a.shape, _sharding.explicit_sharding(a), a.dtype, tuple(ax)))
   return _grouping.stack_groups(magnitudes, keys)
 
 

@@ -72,9 +72,10 @@ def bernoulli_masks(
 ) -> list[jax.Array]:
   """Boolean masks with ``P(chi = True) = p`` per element, one per leaf.
 
-  Leaves of one shape and sharding are drawn in one generator call, stacked,
-  and each reads its row (see ``_grouping``); the numbers are those of the
-  leaf drawn alone.
+  Leaves of one shape and sharding, of up to
+  ``_grouping.MAX_STACKED_SIZE`` elements, are drawn in one generator call,
+  stacked, and each reads its row (see ``_grouping``); the numbers are those
+  of the leaf drawn alone.
 
   Args:
     step_key: the key of this step.
@@ -118,8 +119,11 @@ def bernoulli_masks(
     return _threefry.uniform_from_bits(_threefry.random_bits(step_key, offset, shape, sharding))
 
   masks = [None] * len(shapes)
+  # Size-0 and large leaves (None) are drawn alone, by the fused per-leaf path.
   group_keys = [
-    (shape, sharding, key, _Row if isinstance(p, _Row) else jnp.result_type(p)) if size else None
+    (shape, sharding, key, _Row if isinstance(p, _Row) else jnp.result_type(p))
+    if 0 < size <= _grouping.MAX_STACKED_SIZE
+    else None
     for shape, size, sharding, key, p in zip(shapes, sizes, shardings, keys, probabilities)
   ]
   groups = _grouping.group_indices(group_keys)

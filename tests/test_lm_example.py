@@ -497,6 +497,7 @@ def _scan_sbs_config(lm, scan: bool):
   return scan_config(lm, methods=('sbs',), lam=0.0, steps=30, scan_layers=scan)
 
 
+@pytest.mark.slow
 def test_scanned_sbs_trains_to_the_unrolled_models_loss(lm, corpus_file):
   """SBS lam = 0 around AdamW with --scan-layers (layer_axes) trains as the
   unrolled model does: 4 paired trials, each 30 steps from the same weights on

@@ -325,6 +325,8 @@ def test_sharded_updates_equal_single_device(name, mode):
 # 2: the compiled update of a large leaf draws each shard's bits on its device.
 
 BIG = (8192, 1024)
+# Leaves of one shape are stacked up to _grouping.MAX_STACKED_SIZE elements.
+STACKED = (512, 128)
 COLLECTIVES = ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute', 'reduce-scatter')
 HLO_CASES = {
   'sbs_fixed': (lambda: optax_sbs.sbs(0.1, key=0, probability=0.5), set()),
@@ -349,37 +351,41 @@ def hlo_arrays(hlo):
   return set(re.findall(r'\b[a-z]+[0-9]*\[[0-9,]*\]', hlo))
 
 
-def full_size(shapes):
-  """The shapes among ``shapes`` with as many elements as the whole leaf."""
+def full_size(shapes, leaf=BIG):
+  """The shapes among ``shapes`` with as many elements as the whole leaf, or more."""
   sizes = {s: math.prod(int(d) for d in s[s.index('[') + 1 : -1].split(',') if d) for s in shapes}
-  return {s for s, n in sizes.items() if n == math.prod(BIG)}
+  return {s for s, n in sizes.items() if n >= math.prod(leaf)}
 
 
 def hlo_collectives(hlo):
   return {op for op in COLLECTIVES if re.search(rf'\b{op}(-start)?\(', hlo)}
 
 
-def big_leaf(mesh, count=1):
+def big_leaf(mesh, count=1, shape=BIG):
   sharding = NamedSharding(mesh, P(('data', 'fsdp')))
-  return {f'w{i}': jax.ShapeDtypeStruct(BIG, jnp.float32, sharding=sharding) for i in range(count)}
+  return {
+    f'w{i}': jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding) for i in range(count)
+  }
 
 
-@pytest.mark.parametrize('count', [1, 3], ids=['one_leaf', 'three_leaves'])
+@pytest.mark.parametrize('count', [1, 3], ids=['one_leaf', 'three_stacked_leaves'])
 @pytest.mark.parametrize('mode', [AxisType.Explicit, AxisType.Auto], ids=['explicit', 'auto'])
 @pytest.mark.parametrize('name', sorted(HLO_CASES))
 def test_random_bits_are_generated_per_shard(name, mode, count):
-  """Also for leaves of one shape and sharding, drawn stacked in one call:
-  each device draws the rows of its shards only, with no collective."""
+  """Also for small leaves of one shape and sharding, drawn stacked in one
+  call: each device draws the rows of its shards only, with no collective."""
   factory, collectives = HLO_CASES[name]
   tx = factory()
   mesh = make_mesh(mode)
+  shape = BIG if count == 1 else STACKED
   with jax.set_mesh(mesh) if mode == AxisType.Explicit else contextlib.nullcontext():
-    params = big_leaf(mesh, count)
+    params = big_leaf(mesh, count, shape)
     hlo = jax.jit(tx.update).lower(params, abstract_state(tx, params), params).compile().as_text()
   shapes = hlo_arrays(hlo)
-  assert not full_size(shapes)
-  # The bits of one shard (8192 / 8 rows), or of the stacked shards.
-  assert ('u32[1024,1024]' if count == 1 else f'u32[{count},1024,1024]') in shapes
+  assert not full_size(shapes, shape)
+  # The bits of one shard (1/8 of the rows), or of the stacked shards.
+  rows, cols = shape[0] // 8, shape[1]
+  assert (f'u32[{rows},{cols}]' if count == 1 else f'u32[{count},{rows},{cols}]') in shapes
   assert hlo_collectives(hlo) == collectives
 
 
