@@ -465,8 +465,8 @@ LEAF_NOTES = (
   'stack, the new count, the new moving average, the parameter update) where adam runs 3. '
   '`with_stochastic_batch_size(adam)` adds 2 copies per leaf: XLA copies the inner '
   "optimizer's moments before the step because the update reads the old moments while the "
-  'held moments are written into their donated buffers (8 bytes per parameter of '
-  'temporaries with adam).',
+  'held moments are written into their donated buffers: two more passes over 8 bytes per '
+  'parameter with adam.',
   'Not kept: stacking the leaves of a shape and slicing the results back per leaf. The '
   'slices carry their offsets as constants, so every per-leaf kernel is distinct again '
   '(sbs: 1661 kernels, 54-66 s).',
