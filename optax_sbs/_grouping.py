@@ -29,6 +29,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_sbs import _sharding
+
 # Leaves of at most this many elements are stacked with the others of their
 # shape. A larger leaf is computed alone: a stack is a copy (and a temporary
 # as large as the leaves), which costs more step time than the leaf's own
@@ -93,6 +95,26 @@ def materialize(mask: jax.Array) -> jax.Array:
   """
   pair = jnp.stack([mask, jnp.zeros_like(mask)], axis=-1)
   return jnp.any(pair, axis=-1)
+
+
+def stack_keys(
+  arrays: Sequence[jax.Array], layer_axes: Sequence[tuple[int, ...]]
+) -> list[Hashable | None]:
+  """Per array, the key :func:`stack_groups` groups it by.
+
+  Shape, dtype, sharding and stacked layer axes for an array of up to
+  ``MAX_STACKED_SIZE`` elements; its own position for a larger one (a group
+  of one: a stack of one is a reshape, not a copy); ``None`` for size 0.
+  """
+  keys: list[Hashable | None] = []
+  for i, (a, ax) in enumerate(zip(arrays, layer_axes)):
+    if not a.size:
+      keys.append(None)
+    elif a.size > MAX_STACKED_SIZE:
+      keys.append(i)
+    else:
+      keys.append((a.shape, a.dtype, _sharding.explicit_sharding(a), tuple(ax)))
+  return keys
 
 
 def stack_groups(

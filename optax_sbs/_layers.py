@@ -212,6 +212,13 @@ def layers_from_axis_names(axis_names: Any, name: str = 'layers') -> LayerAxesFn
   return layer_axes
 
 
+def stack_reduced_axes(ndim: int, axes: tuple[int, ...]) -> tuple[int, ...]:
+  """The axes of leaves stacked along a new leading axis (``ndim`` dims in
+  all) that one layer's statistics reduce over: all but the leading axis and
+  the leaves' stacked ``axes``."""
+  return tuple(1 + d for d in reduced_axes(ndim - 1, axes))
+
+
 def slice_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """float32 mean of ``x`` over each slice: a scalar, or the stacked axes'
   shape; 0 for a size-0 leaf."""

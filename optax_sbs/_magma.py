@@ -84,18 +84,13 @@ def _block_cosines(ms, gs, axes):
   leaves there are; a larger leaf reduces on its own (see
   ``_grouping.MAX_STACKED_SIZE``).
   """
-  keys = [
-    (m.shape, m.dtype, _sharding.explicit_sharding(m), ax)
-    if m.size <= _grouping.MAX_STACKED_SIZE
-    else i
-    for i, (m, ax) in enumerate(zip(ms, axes))
-  ]
+  keys = _grouping.stack_keys(ms, axes)
   m_stacks = _grouping.stack_groups(ms, keys)
   g_stacks = _grouping.stack_groups(gs, keys)
   parts = []
   for group, m in m_stacks.items():
     g = g_stacks[group]
-    over = tuple(1 + d for d in _layers.reduced_axes(m.ndim - 1, axes[group[0]]))
+    over = _layers.stack_reduced_axes(m.ndim, axes[group[0]])
     dot = jnp.sum(m * g, axis=over)
     norms = jnp.sqrt(jnp.sum(m * m, axis=over)) * jnp.sqrt(jnp.sum(g * g, axis=over))
     cos = jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)

@@ -195,15 +195,7 @@ def stack_leaves(
     Size-0 leaves are left out; a leaf larger than
     ``_grouping.MAX_STACKED_SIZE`` is a group of its own.
   """
-  keys: list[Hashable | None] = []
-  for i, (a, ax) in enumerate(zip(magnitudes, layer_axes)):
-    if not a.size:
-      keys.append(None)
-    elif a.size > _grouping.MAX_STACKED_SIZE:
-      keys.append(i)  # alone: a stack of one is a reshape, not a copy
-    else:
-      keys.append((a.shape, _sharding.explicit_sharding(a), a.dtype, tuple(ax)))
-  return _grouping.stack_groups(magnitudes, keys)
+  return _grouping.stack_groups(magnitudes, _grouping.stack_keys(magnitudes, layer_axes))
 
 
 def stacked_statistics(stack: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
@@ -218,7 +210,7 @@ def stacked_statistics(stack: jax.Array, axes: tuple[int, ...] = ()) -> tuple[ja
     vector with an entry per layer: leaves in order, the slices of a leaf in
     row-major order over its stacked axes.
   """
-  over = tuple(1 + d for d in _layers.reduced_axes(stack.ndim - 1, axes))
+  over = _layers.stack_reduced_axes(stack.ndim, axes)
   mean = jnp.mean(stack, axis=over, keepdims=True)
   std = jnp.sqrt(jnp.mean(jnp.square(stack - mean), axis=over, keepdims=True))
   return tuple(_sharding.replicated(x).reshape(-1) for x in (mean, std))  # type: ignore[return-value]
