@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.default import Config
+from harness import report
+from harness import stats
 import input_pipeline
-import report
 import train as train_lib
-import trial_cache
 
 METHODS = ('sgd', 'sbs')
 
@@ -298,13 +298,13 @@ def summary_rows(results: dict) -> list[str]:
     r = results[method]
     diff = ci = wins = '—'
     if base is not None and method != 'sgd' and len(base['last10']) == len(m['last10']):
-      d, lo, hi, w = trial_cache.paired_difference(m['last10'], base['last10'])
+      d, lo, hi, w = stats.paired_difference(m['last10'], base['last10'])
       diff, ci, wins = f'{d:+.2f}', f'[{lo:+.2f}, {hi:+.2f}]', f'{w}/{len(m["last10"])}'
     ratio = r['step_ms'] / results['sgd']['step_ms'] if 'sgd' in results else float('nan')
     rows.append(
-      f'| {method} | {len(m["final"])} | {trial_cache.mean_std(m["final"])} | '
-      f'{trial_cache.mean_std(m["last10"])} | {diff} | {ci} | {wins} | '
-      f'{trial_cache.mean_std(m["train"])} | {trial_cache.mean_std(m["train_loss"], 3)} | '
+      f'| {method} | {len(m["final"])} | {stats.mean_std(m["final"])} | '
+      f'{stats.mean_std(m["last10"])} | {diff} | {ci} | {wins} | '
+      f'{stats.mean_std(m["train"])} | {stats.mean_std(m["train_loss"], 3)} | '
       f'{r["step_ms"]:.2f} | {ratio:.2f}x |'
     )
   return rows

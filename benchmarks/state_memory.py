@@ -34,7 +34,7 @@ import optax
 
 import optax_sbs
 
-import report
+from harness import report
 
 LAYERS, WIDTH, VOCAB, CONTEXT = 12, 768, 50257, 1024
 

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 from configs.default import Config
+from harness import report
 import models
-import report
 import train
 
 

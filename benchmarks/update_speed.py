@@ -56,8 +56,8 @@ import optax
 import optax_sbs
 from optax_sbs import _threefry
 
+from harness import report
 import models
-import report
 import train as train_lib
 
 

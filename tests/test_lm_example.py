@@ -1,4 +1,4 @@
-"""The character-level transformer example (examples/lm) and benchmarks/lm.py.
+"""The character-level transformer example (examples/lm).
 
 examples/cifar has modules of the same names (main, train, models, ...) and
 conftest.py puts it on sys.path, so the LM modules are imported in
@@ -8,7 +8,6 @@ last test of this file.
 """
 
 import dataclasses
-import glob
 import importlib
 import importlib.util
 import json
@@ -41,26 +40,33 @@ SHARED_NAMES = (
 )
 
 
+# A model and run of a few seconds (the LM study's smoke scale).
+SMOKE = dict(
+  num_layers=1,
+  num_heads=2,
+  embed_dim=16,
+  context_length=16,
+  batch_size=8,
+  steps=20,
+  warmup_steps=2,
+  eval_interval=10,
+  eval_batches=2,
+)
+
+
 @pytest.fixture(scope='module')
 def lm():
-  """The LM example's modules (and benchmarks/lm.py as ``benchmark``)."""
+  """The LM example's modules."""
   saved_path = list(sys.path)
   saved = {name: sys.modules.pop(name) for name in SHARED_NAMES if name in sys.modules}
   sys.path.insert(0, LM_DIR)
-  # As `python benchmarks/lm.py` has it: the benchmarks' shared modules.
-  sys.path.insert(1, os.path.join(ROOT, 'benchmarks'))
   try:
     mods = {
       name.replace('configs.default', 'default_config'): importlib.import_module(name)
       for name in SHARED_NAMES
       if name != 'configs'
     }
-    spec = importlib.util.spec_from_file_location(
-      'lm_benchmark', os.path.join(ROOT, 'benchmarks', 'lm.py')
-    )
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    yield types.SimpleNamespace(**mods, Config=mods['default_config'].Config, benchmark=benchmark)
+    yield types.SimpleNamespace(**mods, Config=mods['default_config'].Config)
   finally:
     for name in SHARED_NAMES:
       sys.modules.pop(name, None)
@@ -91,9 +97,9 @@ def corpus_file(tmp_path_factory):
 
 
 def tiny(lm, **overrides):
-  """A Config for runs of a few seconds: the benchmark's smoke scale (so runs
-  of the same method and rate share one compiled step), one trial, rate 1e-2."""
-  base = lm.benchmark.base_config(lm.benchmark.SCALES['smoke'], 'unused.txt', None)
+  """A Config for runs of a few seconds (so runs of the same method and rate
+  share one compiled step), one trial, rate 1e-2."""
+  base = lm.Config(dataset='unused.txt', workdir='', **SMOKE)
   return dataclasses.replace(base, **{'learning_rate': 1e-2, 'trials': 1, **overrides})
 
 
@@ -464,7 +470,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(
 ):
   data = lm.input_pipeline.load(corpus_file)
   # Masks drawn from a typed key in the optimizer state (restored by Orbax).
-  options = dict(methods=('masked_updates',), **lm.benchmark.OPTIONS['masked_updates'])
+  options = dict(methods=('masked_updates',), probability=0.5, granularity='leaf')
   assert options['probability'] < 1
   whole = lm.train.run(tiny(lm, **options, workdir=str(tmp_path / 'whole')), data, checkpoint=True)
   config = tiny(lm, **options, workdir=str(tmp_path / 'cut'))
@@ -646,115 +652,6 @@ def test_flags_become_the_config(lm):
   assert type(config) is lm.Config
   assert not run.checkpoint and not run.resume
   assert lm.main.parse_args(['--scan-layers'])[1] == lm.Config(scan_layers=True)
-
-
-# The benchmark.
-
-
-def _check_benchmark_json(path, methods, trials):
-  cells = json.load(open(path))['cells']
-  assert [c['method'] for c in cells] == list(methods)
-  for cell in cells:
-    assert set(cell) == {'name', 'method', 'options', 'trials', 'val_loss', 'vs_adamw'}
-    assert cell['name'].startswith(cell['method'])
-    assert cell['trials'] == trials and np.isfinite(cell['val_loss'])
-    assert cell['options']['learning_rate'] in lm_rates()
-    if cell['method'] == 'adamw':
-      assert cell['vs_adamw'] is None
-    else:
-      versus = cell['vs_adamw']
-      lo, hi = versus['ci95']
-      assert lo <= versus['diff'] <= hi and 0 <= versus['wins'] <= trials
-  return cells
-
-
-def lm_rates():
-  return (3e-3, 1e-2)  # the smoke scale's sweep
-
-
-def test_benchmark_smoke_writes_markdown_json_and_resumes_from_cache(lm, corpus_file, tmp_path):
-  bench = lm.benchmark
-  assert bench.SCALES['smoke'].learning_rates == lm_rates()
-  methods = ('adamw', 'masked_updates')
-  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
-  args += ['--out', str(tmp_path / 'lm.md'), '--methods', *methods]
-  bench.main(args)
-  cells = _check_benchmark_json(tmp_path / 'lm.json', methods, trials=2)
-  md = open(tmp_path / 'lm.md').read()
-  for text in (
-    '- machine:',
-    '- versions:',
-    '- command: `python benchmarks/lm.py --scale smoke',
-    '| masked_updates',
-  ):
-    assert text in md
-  assert open(tmp_path / 'lm_curves.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  assert len(os.listdir(tmp_path / 'trials')) == 2 * 2 * 2  # methods x rates x trials
-  # From the cache alone: the same cells, nothing trained.
-  os.remove(tmp_path / 'lm.json')
-  bench.main(args + ['--cached-only'])
-  assert json.load(open(tmp_path / 'lm.json'))['cells'] == cells
-  # A method with no cached trial is listed as not run yet.
-  bench.main(args[:-3] + ['--methods', 'adamw', 'sbs', '--cached-only'])
-  assert 'sbs (alpha=0.1, lam=-4.0) | not run yet' in open(tmp_path / 'lm.md').read()
-  assert [c['method'] for c in json.load(open(tmp_path / 'lm.json'))['cells']] == ['adamw']
-
-
-@pytest.mark.slow
-def test_benchmark_smoke_all_methods(lm, corpus_file, tmp_path):
-  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
-  lm.benchmark.main(args + ['--out', str(tmp_path / 'lm.md')])
-  bench = lm.benchmark
-  _check_benchmark_json(
-    tmp_path / 'lm.json', [bench.CELLS[c][0] for c in bench.MAIN_CELLS], trials=2
-  )
-
-
-def test_benchmark_cache_key_ignores_where_things_lie(lm):
-  bench = lm.benchmark
-  base = bench.base_config(bench.SCALES['smoke'], '/a/tinyshakespeare.txt', None)
-  moved = dataclasses.replace(base, dataset='/b/tinyshakespeare.txt', workdir='/x', data_dir='/d')
-  assert bench.cell_key(base) == bench.cell_key(moved)
-  assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, learning_rate=0.5))
-  config = bench.run_config(base, 'magma', 1e-2)
-  assert config.methods == ('magma',) and config.tau == 2.0 and config.learning_rate == 1e-2
-
-
-def test_benchmark_cache_keys_of_the_committed_trials_stay(lm):
-  """Every committed trial is found under the key its stored configuration
-  gives now: Config fields added since (at their defaults) stay out of the
-  key, through ``ADDED_FIELDS`` of benchmarks/lm.py."""
-  bench = lm.benchmark
-  names = {f.name for f in dataclasses.fields(lm.Config)}
-  paths = sorted(glob.glob(os.path.join(ROOT, 'benchmarks', 'results', 'trials', 'lm_*', '*.json')))
-  if not paths:
-    pytest.skip('no committed LM trials')
-  for path in paths:
-    with open(path) as f:
-      stored = json.load(f)['config']
-    stored['methods'] = tuple(stored['methods'])
-    config = lm.Config(**{k: v for k, v in stored.items() if k in names})
-    missing = sorted(names - set(stored) - set(bench.ADDED_FIELDS))
-    assert bench.cell_key(config) == os.path.basename(path).split('_trial')[0], (
-      f'{os.path.relpath(path, ROOT)}: its key changed; fields not in benchmarks/lm.py'
-      f' ADDED_FIELDS: {missing}'
-    )
-
-
-def test_benchmark_confirmation_run_takes_its_rates_and_fresh_seeds(lm, corpus_file, tmp_path):
-  """--learning-rates and --seed: one rate on trials independent of the sweep."""
-  bench = lm.benchmark
-  out = tmp_path / 'confirm.md'
-  args = ['--scale', 'smoke', '--dataset', corpus_file, '--workdir', str(tmp_path / 'trials')]
-  args += ['--methods', 'adamw', '--learning-rates', '0.01', '--trials', '1', '--seed', '5']
-  bench.main(args + ['--out', str(out)])
-  text = out.read_text()
-  assert 'peak rates swept: 0.01;' in text and '(seeds 5..5)' in text
-  assert '| adamw | 0.01 |' in text  # one rate: no edge marker
-  (cell,) = json.load(open(tmp_path / 'confirm.json'))['cells']
-  assert cell['options']['learning_rate'] == 0.01 and cell['trials'] == 1
-  base = bench.base_config(bench.SCALES['smoke'], corpus_file, None)
-  assert bench.cell_key(base) != bench.cell_key(dataclasses.replace(base, seed=5))
 
 
 def test_adamw_accumulate_is_adamw_on_the_mean_of_k_gradients(lm):

@@ -190,7 +190,7 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
 # Twice the small CNN's widths and a classifier on the flattened last
 # feature map (175k parameters, 82k of them in the classifier): it fits 500
 # CIFAR-10 images completely within a dozen epochs, the overfitting regime
-# of benchmarks/overfit.py.
+# of the overfitting study (benchmarks/studies/overfit.py).
 WideCNN = functools.partial(SmallCNN, widths=(32, 64, 128), head='flatten')
 
 MODELS = {

@@ -1,0 +1,233 @@
+"""Cells against their SGD cell: the paper's Tables 3-5 and the momentum table.
+
+The study supplies ``SCALES`` (dicts: model, epochs, trials, fraction,
+batch_size, ...), ``TABLES`` (which, in training order), ``TITLES``,
+``cells(scale, table)`` (a list of :class:`Cell`), and optionally ``NOTE``
+(lines quoted above the header), ``CELLS`` (a regular expression of the
+cells it reports) and ``DATA_NOTES`` (a data copy's content hash -> what the
+report says of it).
+"""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+
+from harness import plots
+from harness import stats
+from harness.analyses import Report
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  table: str  # where it is reported
+  label: str  # its row label there
+  method: str  # sgd, sbs, dropout, adrop, esgd, asgd
+  overrides: tuple[tuple[str, object], ...] = ()
+
+  def baseline(self) -> 'Cell':
+    """The SGD cell this cell is paired with: same data, batch, rate."""
+    keep = ('train_fraction', 'batch_size', 'learning_rate')
+    return Cell('', '', 'sgd', tuple((k, v) for k, v in self.overrides if k in keep))
+
+
+# The columns of every table.
+COLUMNS = (
+  'cell',
+  'last 10%',
+  'max',
+  'vs SGD (points)',
+  '95% CI',
+  'beats SGD',
+  'final train loss',
+  'SBS: updated per step / mean k',
+)
+
+
+class _Cells:
+  """The rows of cells, through the runner (None: not all trials cached)."""
+
+  def __init__(self, runner, scale):
+    self.runner, self.scale = runner, scale
+    self.base = dict(
+      model=scale['model'], epochs=scale['epochs'], augment=scale.get('augment', False)
+    )
+
+  def config(self, cell: Cell) -> dict:
+    return self.runner.config(method=cell.method, **self.base, **dict(cell.overrides))
+
+  def rows(self, cell: Cell) -> list[dict] | None:
+    label = cell.label or f'SGD baseline {dict(cell.overrides)}'
+    return self.runner.rows(self.config(cell), self.scale['trials'], label)
+
+  def finished(self, cell: Cell) -> int:
+    """Trials cached of a cell that is not complete."""
+    return self.runner.missing.get(cell.label or f'SGD baseline {dict(cell.overrides)}', 0)
+
+
+def _best_rates(todo: list[Cell], cells: _Cells) -> list[str]:
+  """Table 3's learning-rate check: each method at its own best base rate.
+
+  SGD's cells and the paper's SBS setting (alpha 0.1, lam -4, no other
+  reading) at every learning rate of the table; the best rate of each by the
+  mean over trials of the last-10% accuracy, and SBS at its best rate against
+  SGD at its best, paired by trial.
+  """
+  plain = {'sgd': {}, 'sbs': {'alpha': 0.1, 'lam': -4.0}}
+  by_rate: dict[str, dict[float, np.ndarray]] = {'sgd': {}, 'sbs': {}}
+  for cell in (c for c in todo if c.table == '3'):
+    config = cells.config(cell)
+    reference = cells.runner.config(
+      method=cell.method,
+      **cells.base,
+      **plain[cell.method],
+      train_fraction=config['train_fraction'],
+      batch_size=config['batch_size'],
+      learning_rate=config['learning_rate'],
+    )
+    rows = cells.rows(cell)
+    if rows is not None and config == reference:
+      by_rate[cell.method][config['learning_rate']] = stats.last_fraction_mean(rows)
+  if len(by_rate['sgd']) < 2 or len(by_rate['sbs']) < 2:
+    return []
+  best = {m: max(r, key=lambda lr: r[lr].mean()) for m, r in by_rate.items()}
+  mean, lo, hi, wins = stats.paired_difference(
+    by_rate['sbs'][best['sbs']], by_rate['sgd'][best['sgd']]
+  )
+  rates = lambda m: ', '.join(f'{lr:g}: {a.mean():.2f}' for lr, a in sorted(by_rate[m].items()))
+  return [
+    f'Learning-rate check (last 10%, by base rate): SGD {rates("sgd")}; '
+    f'SBS (alpha 0.1, lam -4) {rates("sbs")}. SBS at its best rate '
+    f'({best["sbs"]:g}) vs SGD at its best ({best["sgd"]:g}), paired: '
+    f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], better in '
+    f'{wins}/{len(by_rate["sbs"][best["sbs"]])} trials.'
+  ]
+
+
+def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
+  """Table m: per pair of cells that differ only in ``sbs_momentum``, the
+  paired difference frozen - chain."""
+  lines = []
+  for cell in (c for c in todo if c.table == 'm'):
+    if dict(cell.overrides).get('sbs_momentum') != 'frozen':
+      continue
+    chain = Cell(
+      'm', '', 'sbs', tuple((k, 'chain' if k == 'sbs_momentum' else v) for k, v in cell.overrides)
+    )
+    frozen_rows, chain_rows = cells.rows(cell), cells.rows(chain)
+    if frozen_rows is None or chain_rows is None:
+      continue
+    frozen_last = stats.last_fraction_mean(frozen_rows)
+    mean, lo, hi, wins = stats.paired_difference(frozen_last, stats.last_fraction_mean(chain_rows))
+    lines.append(
+      f'- {cell.label.replace(" frozen", "")}: frozen - chain '
+      f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], frozen '
+      f'better in {wins}/{len(frozen_last)} trials.'
+    )
+  return ['Frozen vs chain, paired by trial:'] + lines if lines else []
+
+
+def report(runner) -> Report:
+  study, scale = runner.study, runner.scale
+  pattern = getattr(study, 'CELLS', None)
+  todo = [
+    c
+    for t in study.TABLES
+    for c in study.cells(scale, t)
+    if (pattern is None or re.search(pattern, c.label)) and runner.wanted(c.label)
+  ]
+  if not todo:
+    raise ValueError(f'--cells {runner.options.cells!r} matches no cell of {runner.options.study}')
+  cells = _Cells(runner, scale)
+  results: dict[Cell, list[dict] | None] = {}
+  for cell in todo + [c.baseline() for c in todo]:
+    if cell not in results:
+      results[cell] = cells.rows(cell)
+
+  trials = scale['trials']
+  panels: dict[str, dict] = {}
+  body = []
+  for table in sorted({c.table for c in todo}):
+    body += [
+      f'## {study.TITLES[table].format(**scale, denominator=round(1 / scale["fraction"]))}',
+      '',
+      '| ' + ' | '.join(COLUMNS) + ' |',
+      '|' + '---|' * len(COLUMNS),
+    ]
+    for cell in (c for c in todo if c.table == table):
+      rows, base_rows = results[cell], results[cell.baseline()]
+      if rows is None or base_rows is None:
+        pair = {json.dumps(cells.config(c), sort_keys=True): c for c in (cell, cell.baseline())}
+        done = ', '.join(
+          f'{trials if results[c] is not None else cells.finished(c)}/{trials}'
+          for c in pair.values()
+        )
+        body.append(
+          f'| {cell.label} | not run yet (trials cached, cell and '
+          f'its SGD: {done}) |' + ' |' * (len(COLUMNS) - 2)
+        )
+        continue
+      last, best = stats.last_fraction_mean(rows), stats.maximum(rows)
+      if cell.method == 'sgd' and cell.baseline() == Cell('', '', 'sgd', cell.overrides):
+        versus = '(baseline) | | '
+      else:
+        mean, lo, hi, wins = stats.paired_difference(last, stats.last_fraction_mean(base_rows))
+        versus = f'{mean:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(last)}'
+      body.append(
+        f'| {cell.label} | {stats.mean_std(last)} | {stats.mean_std(best)} | {versus} | '
+        f'{stats.final(rows, "train_loss").mean():.3f} | {stats.update_statistics(rows)} |'
+      )
+      if table in ('4', '5', 'm'):
+        # Table 4: a panel per batch size, a colour per training fraction.
+        panel, group = f'Table {table}', None
+        if table in ('4', 'm'):
+          config = cells.config(cell)
+          panel += f', batch {config["batch_size"]}'
+          group = (config['train_fraction'], config['batch_size'])
+        panels.setdefault(panel, {})[cell.label] = (stats.mean_curve(rows), group)
+    body.append('')
+    if table == '3':
+      body += _best_rates(todo, cells) + ['']
+    if table == 'm':
+      body += _frozen_vs_chain(todo, cells) + ['']
+
+  facts = runner.facts()
+  test_images = facts.get('test_images', scale.get('test_examples'))
+  subset = bool(scale.get('test_examples')) and scale['test_examples'] <= (test_images or 0)
+  data = runner.data_id
+  data_note = getattr(study, 'DATA_NOTES', {}).get(data.get('sha256'))
+  lines = [
+    f'# {study.TITLE.format(scale=runner.options.scale)}',
+    '',
+    *getattr(study, 'NOTE', ()),
+    runner.command_line(),
+    f'- data: `{data["name"]}`' + (f' ({data_note})' if data_note else ''),
+    f'- scale: {scale["model"]}, {scale["epochs"]} epochs, {trials} paired '
+    f'trials per cell, sigmoid learning rate 0.1 -> 0.001, {study.MOMENTUM}, '
+    + ('random crop + flip' if scale.get('augment') else 'no augmentation (the paper names none)')
+    + ', test accuracy after every epoch on '
+    + (
+      f'a fixed class-balanced subset of {test_images} test images'
+      if subset
+      else f'all {test_images} test images'
+    ),
+    *runner.provenance_lines(),
+    f'- training time of all cells (sum over their cached trials): {runner.seconds() / 3600:.2f} h',
+    '',
+    'Accuracy columns: mean ± std over trials of (a) the mean over the last '
+    '10% of epochs, (b) the maximum over epochs. "vs SGD": the paired '
+    'difference of (a) against the SGD cell with the same data, batch size '
+    'and learning rate, with its 95% t confidence interval and the number of '
+    'trials in which the cell beat SGD; the training loss of the last epoch, '
+    'mean over trials (high: the cell underfits); for SBS, the fraction of '
+    'parameter elements updated per step and the mean count k (batches '
+    'accumulated), averaged over epochs and trials.',
+    '',
+    *body,
+  ]
+  figures = {}
+  if panels:
+    figures['_curves.png'] = lambda path: plots.epoch_panels(panels, path)
+    lines.append(f'Learning curves: `{runner.stem()}_curves.png`.')
+  return Report(lines, figures=figures)

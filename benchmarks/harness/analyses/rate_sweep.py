@@ -1,0 +1,160 @@
+"""Each method at its best peak rate against AdamW at its best: the LM study.
+
+The study supplies ``SCALES`` (dicts: ``config``, the example's fields of
+every run; ``learning_rates``; ``trials``; ``seed``), ``CELLS`` (name ->
+(method, options)), ``RUN`` (the cells it reports, in order) and ``TITLE``.
+Every cell runs at every rate on the same paired trials; a method's best rate
+has the lowest mean final validation loss, and the paired difference of that
+loss against AdamW's (nats per character) is reported with its 95% t
+interval and the number of trials in which the method is lower. The rate is
+chosen on the validation loss that is reported, so the test loss of the same
+runs is given too.
+"""
+
+import numpy as np
+
+from harness import plots
+from harness import stats
+from harness.analyses import Report
+
+
+def cell_name(cells: dict, cell: str) -> str:
+  method, options = cells[cell]
+  text = ', '.join(f'{k}={v}' for k, v in options.items())
+  return f'{method} ({text})' if text else method
+
+
+def _final(rows: list[dict], key: str = 'val_loss') -> np.ndarray:
+  return stats.final(rows, key, order='step')
+
+
+def report(runner) -> Report:
+  study, scale = runner.study, runner.scale
+  rates, trials = scale['learning_rates'], scale['trials']
+  methods = [c for c in study.RUN if runner.wanted(c)]
+  if not methods:
+    raise ValueError(f'--cells {runner.options.cells!r} matches no cell of {runner.options.study}')
+  base = runner.config(**scale['config'], seed=scale['seed'])
+
+  runs: dict[tuple[str, float], list[dict]] = {}
+  unfinished: dict[tuple[str, float], int] = {}
+  for method in methods:
+    for lr in rates:
+      name, options = study.CELLS[method]
+      config = runner.config(
+        method=name, **scale['config'], **options, learning_rate=lr, seed=scale['seed']
+      )
+      label = f'{method} lr={lr:g}'
+      rows = runner.rows(config, trials, label)
+      if rows is None:
+        unfinished[method, lr] = runner.missing[label]
+      else:
+        runs[method, lr] = rows
+
+  best = {}
+  for method in methods:
+    done = {lr: _final(runs[method, lr]).mean() for lr in rates if (method, lr) in runs}
+    if len(done) == len(rates):
+      best[method] = min(done, key=done.get)
+  base_val = _final(runs['adamw', best['adamw']]) if 'adamw' in best else None
+  cells, table, curves = [], [], {}
+  for method in methods:
+    name = cell_name(study.CELLS, method)
+    if method not in best:
+      table.append(
+        f'| {name} | not run yet ('
+        + ', '.join(f'lr {lr:g}: {unfinished.get((method, lr), trials)}/{trials}' for lr in rates)
+        + ' trials cached) |'
+        + ' |' * 7
+      )
+      continue
+    lr = best[method]
+    rows = runs[method, lr]
+    val, test = _final(rows), _final(rows, 'test_loss')
+    versus, cols = None, '(baseline) | | '
+    if method != 'adamw' and base_val is not None:
+      diff, lo, hi, wins = stats.paired_difference(val, base_val, better='lower')
+      ci95 = None if np.isnan(lo) else [lo, hi]  # one trial: no interval
+      versus = {'diff': diff, 'ci95': ci95, 'wins': wins}
+      cols = f'{diff:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {wins}/{len(val)}'
+    elif method != 'adamw':
+      cols = 'adamw not run yet | | '
+    cells.append(
+      {
+        'name': name,
+        'method': study.CELLS[method][0],
+        'options': dict(study.CELLS[method][1], learning_rate=lr),
+        'trials': len(val),
+        'val_loss': float(val.mean()),
+        'vs_adamw': versus,
+      }
+    )
+    tokens_per_sec = np.mean([r['tokens_per_sec'] for r in rows])
+    # A best rate at the edge of the sweep may not be the method's best.
+    edge = '*' if len(rates) > 1 and lr in (min(rates), max(rates)) else ''
+    table.append(
+      f'| {name} | {lr:g}{edge} | {stats.mean_std(val, 4)} | {stats.mean_std(test, 4)} | '
+      f'{cols} | {tokens_per_sec:.0f} |'
+    )
+    curves[f'{name}, lr {lr:g}'] = stats.step_curves(rows)
+
+  sweep = []
+  for method in methods:
+    entries = [
+      f'{_final(runs[method, lr]).mean():.4f}' if (method, lr) in runs else 'not run yet'
+      for lr in rates
+    ]
+    sweep.append(f'| {method} | ' + ' | '.join(entries) + ' |')
+
+  facts, config, data = runner.facts(), scale['config'], runner.data_id
+  characters = facts.get('characters', ['?'] * 3)
+  fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
+  seed = scale['seed']
+  lines = [
+    f'# {study.TITLE.format(scale=runner.options.scale)}',
+    '',
+    runner.command_line(),
+    f'- data: `{data["name"]}`: {" / ".join(fmt(n) for n in characters)}'
+    f" characters (train / validation / test, TFDS tiny_shakespeare's split),"
+    f' vocabulary {facts.get("vocab_size", "?")}',
+    f'- model: decoder-only transformer (Flax NNX), {config["num_layers"]} block(s), width'
+    f' {config["embed_dim"]}, {config["num_heads"]} heads, context {config["context_length"]},'
+    f' {fmt(facts.get("params", "?"))} parameters',
+    f'- training: {config["steps"]} steps of {config["batch_size"]} random windows, AdamW (b1 '
+    f'{base["b1"]}, b2 {base["b2"]}, weight decay {base["weight_decay"]} on matrices and '
+    f'embeddings), linear warm-up {config["warmup_steps"]} steps then cosine to '
+    f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}; peak '
+    'rates swept: '
+    + ', '.join(f'{lr:g}' for lr in rates)
+    + f'; {trials} paired trials per method and rate (seeds {seed}..{seed + trials - 1})',
+    f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
+    ' fixed windows of each split, after the last step',
+    *runner.provenance_lines(),
+    f'- training time of all runs (sum over their cached trials): {runner.seconds() / 3600:.2f} h',
+    '',
+    'Each method at its best peak rate (lowest mean final validation loss over the sweep). '
+    '"vs AdamW": the paired difference of the final validation loss against AdamW at its best '
+    'rate (negative: lower than AdamW), its 95% t confidence interval and the number of trials '
+    'in which the method is lower. The rate is chosen on the same validation loss, so the test '
+    'loss of the same runs is given too. *: the best rate is at an edge of the sweep.',
+    '',
+    '| method | best rate | val loss | test loss | vs AdamW (nats/char) | 95% CI | lower than AdamW | tokens/s |',
+    '|---|---|---|---|---|---|---|---|',
+    *table,
+    '',
+    '## Learning-rate sweep: mean final validation loss',
+    '',
+    '| method | ' + ' | '.join(f'lr {lr:g}' for lr in rates) + ' |',
+    '|---|' + '---|' * len(rates),
+    *sweep,
+    '',
+  ]
+  figures = {}
+  if curves:
+    title = f'mean ± std over trials, scale {runner.options.scale}'
+    figures['_curves.png'] = lambda path: plots.loss_by_step(curves, path, title=title)
+    lines.append(
+      'Learning curves (validation loss, each method at its best rate): '
+      f'`{runner.stem()}_curves.png`.'
+    )
+  return Report(lines, {'cells': cells}, indent=2, figures=figures)

@@ -1,0 +1,276 @@
+"""The analyses, on fabricated caches: pairing, rate checks, unfinished cells."""
+
+import pytest
+
+from harness import runner as runner_lib
+from harness import store
+from harness.analyses import cells_vs_sgd
+from harness.analyses import cifar_tables
+from harness.analyses import rate_sweep
+
+PROVENANCE = {'machine': 'a machine', 'versions': 'some versions', 'command': 'a command'}
+
+
+def _runner(tmp_path, study, scale='smoke'):
+  options = runner_lib.Options(
+    study=study, scale=scale, cached_only=True, workdir=str(tmp_path), out=str(tmp_path / 'r.md')
+  )
+  return runner_lib.Runner(runner_lib.load_study(study), options)
+
+
+def _cache(runner, config, per_trial_rows, facts=None, provenance=PROVENANCE):
+  """Caches one run per entry of ``per_trial_rows`` (trial t: seed + t)."""
+  for trial, rows in enumerate(per_trial_rows):
+    run = dict(config, seed=config['seed'] + trial)
+    runner.store.add(
+      {
+        'key': store.run_key(run, runner.data_id),
+        'config': store.run_config(run),
+        'data': runner.data_id,
+        'facts': facts or {'test_images': 100},
+        'rows': rows,
+        'seconds': 1.0,
+        'provenance': provenance,
+      }
+    )
+
+
+def _epochs(accuracy, epochs=2, train_accuracy=100.0, **extra):
+  return [
+    dict(
+      method='m',
+      epoch=e,
+      train_loss=0.01,
+      train_accuracy=train_accuracy,
+      val_loss=2.0,
+      val_accuracy=accuracy,
+      **extra,
+    )
+    for e in range(1, epochs + 1)
+  ]
+
+
+def _table_config(runner, cell):
+  return cifar_tables._Cells(runner, runner.scale).config(cell)  # pylint: disable=protected-access
+
+
+def test_paper_tables_cells_and_pairing():
+  study = runner_lib.load_study('paper_tables')
+  scale = study.SCALES['cpu']
+  t3, t4, t5 = (study.cells(scale, t) for t in '345')
+  assert len(t3) == 18 and len(t4) == 18
+  assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {-0.1, 0.0, 0.1, 1.0}
+  assert [c.method for c in t5] == ['sgd', 'dropout', 'adrop', 'esgd', 'asgd', 'sbs']
+  # Every cell is paired with the SGD cell of its data, batch and rate.
+  lr_cell = next(
+    c
+    for c in t3
+    if c.label.startswith('lr check: SBS') and dict(c.overrides)['learning_rate'] == 0.2
+  )
+  baseline = dict(lr_cell.baseline().overrides)
+  assert lr_cell.baseline().method == 'sgd'
+  assert baseline == {'learning_rate': 0.2, 'train_fraction': 1 / 32, 'batch_size': 16}
+  # Table 4 under momentum ran SBS chained before SGD at the CPU scale; at
+  # batch 16 (momentum 0) the two semantics are one method.
+  by_label = {c.label: dict(c.overrides) for c in t4}
+  assert by_label['SBS, 1/16, batch 128']['sbs_momentum'] == 'chain'
+  assert 'sbs_momentum' not in by_label['SBS, 1/16, batch 16']
+  assert 'sbs_momentum' not in dict(study.cells(study.SCALES['paper'], '4')[-1].overrides)
+
+
+def test_momentum_cells_pair_frozen_and_chain_with_sgd(tmp_path):
+  runner = _runner(tmp_path, 'momentum_semantics', scale='cpu')
+  cells = runner.study.cells(runner.scale, 'm')
+  by_label = {c.label: c for c in cells}
+  assert len(cells) == 18
+  chain, frozen = (by_label[f'SBS {s}, 1/32, batch 32'] for s in ('chain', 'frozen'))
+  assert _table_config(runner, chain)['sbs_momentum'] == 'chain'
+  assert _table_config(runner, frozen)['sbs_momentum'] == 'frozen'
+  assert chain.baseline() == frozen.baseline() == by_label['SGD, 1/32, batch 32'].baseline()
+  combined = _table_config(runner, by_label['SBS combined frozen, 1/64, batch 128'])
+  assert (combined['batch_size'], combined['lam'], combined['scale_by_count']) == (128, 0.0, True)
+
+
+def test_best_rates_compares_each_method_at_its_own_best_rate(tmp_path):
+  runner = _runner(tmp_path, 'paper_tables')
+  todo = runner.study.cells(runner.scale, '3')
+  # Fabricated accuracies: SGD best at 0.1, SBS (paper setting) best at 0.2;
+  # every other SBS reading at 99 must not count (it is not the paper
+  # setting at another rate).
+  acc = {
+    ('sgd', 0.05): 40.0,
+    ('sgd', 0.1): 45.0,
+    ('sgd', 0.2): 42.0,
+    ('sbs', 0.05): 30.0,
+    ('sbs', 0.1): 35.0,
+    ('sbs', 0.2): 44.0,
+  }
+  for cell in dict.fromkeys(todo + [c.baseline() for c in todo]):
+    config = _table_config(runner, cell)
+    value = acc.get((cell.method, config['learning_rate']), 99.0)
+    reading = tuple(config[k] for k in ('alpha', 'lam', 'group', 'magnitude', 'scale_by_count'))
+    if cell.method == 'sbs' and reading != (0.1, -4.0, 'type', 'cma', False):
+      value = 99.0
+    _cache(runner, config, [_epochs(value + t) for t in range(2)])
+  cells = cifar_tables._Cells(runner, runner.scale)  # pylint: disable=protected-access
+  (line,) = cifar_tables._best_rates(todo, cells)  # pylint: disable=protected-access
+  assert 'SGD 0.05: 40.50, 0.1: 45.50, 0.2: 42.50' in line
+  assert 'SBS (alpha 0.1, lam -4) 0.05: 30.50, 0.1: 35.50, 0.2: 44.50' in line
+  assert 'best rate (0.2) vs SGD at its best (0.1)' in line
+  assert '-1.00 points' in line and 'better in 0/2' in line
+
+
+def test_frozen_vs_chain_pairs_cells_that_differ_only_in_semantics(tmp_path):
+  runner = _runner(tmp_path, 'momentum_semantics')
+  todo = runner.study.cells(runner.scale, 'm')
+  for cell in dict.fromkeys(todo + [c.baseline() for c in todo]):
+    config = _table_config(runner, cell)
+    # Fabricated: frozen = chain + 1 + t/2 for the combined reading at the
+    # large batch only; every other pair ties.
+    bump = (
+      config['sbs_momentum'] == 'frozen' and config['scale_by_count'] and config['batch_size'] == 16
+    )
+    _cache(runner, config, [_epochs(40.0 + t + (1 + t / 2 if bump else 0)) for t in range(2)])
+  cells = cifar_tables._Cells(runner, runner.scale)  # pylint: disable=protected-access
+  lines = cifar_tables._frozen_vs_chain(todo, cells)  # pylint: disable=protected-access
+  assert lines[0] == 'Frozen vs chain, paired by trial:'
+  assert len(lines) == 1 + 3  # the small batch's paper setting + 1 fraction x 2 readings
+  (bumped,) = [line for line in lines if 'combined, 1/100, batch 16' in line]
+  assert 'frozen - chain +1.25 points' in bumped and 'in 2/2 trials' in bumped
+  assert all('+0.00 points' in line for line in lines[1:] if line != bumped)
+
+
+def test_table_rows_pair_with_sgd_and_unfinished_cells_say_so(tmp_path):
+  runner = _runner(tmp_path, 'paper_tables', scale='smoke')
+  todo = runner.study.cells(runner.scale, '4')
+  sgd, sbs, combined = todo
+  stats_rows = dict(sbs_update_fraction=0.25, sbs_mean_count=2.0)
+  _cache(runner, _table_config(runner, sgd), [_epochs(40.0), _epochs(42.0)])
+  _cache(runner, _table_config(runner, sbs), [_epochs(41.0, **stats_rows), _epochs(45.0)])
+  _cache(runner, _table_config(runner, combined), [_epochs(30.0)])  # 1 of 2 trials
+  report = cifar_tables.report(runner)
+  text = '\n'.join(report.lines)
+  assert (
+    '| SGD, 1/100, batch 16 | 41.00 ± 1.41 | 41.00 ± 1.41 | (baseline) | |  | 0.010 |  |' in text
+  )
+  assert '| SBS, 1/100, batch 16 | 43.00 ± 2.83 | 43.00 ± 2.83 | +2.00 | ' in text
+  assert '| 2/2 | 0.010 | 0.250 / 2.00 |' in text
+  assert (
+    '| SBS combined, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 1/2, 2/2) |'
+    in text
+  )
+  assert '- machine: a machine' in text and '- versions: some versions' in text
+  assert 'class-balanced subset of 100 test images' in text
+  assert 'JPEG' not in text  # said only of the copy the CPU scale used
+  assert '_curves.png' in report.figures
+
+
+def test_provenance_counts_runs_when_they_differ(tmp_path):
+  runner = _runner(tmp_path, 'overfit')
+  sgd = runner.study.CELLS[0]
+  config = runner.config(method='sgd', **_overfit_base(runner))
+  _cache(runner, config, [_epochs(40.0)])
+  run = dict(config, seed=config['seed'] + 1)
+  other = dict(PROVENANCE, versions='newer versions')
+  runner.store.add(
+    dict(
+      runner.store.get(store.run_key(dict(config, seed=config['seed']), runner.data_id)),
+      key=store.run_key(run, runner.data_id),
+      provenance=other,
+    )
+  )
+  assert runner.rows(config, 2, sgd.name) is not None
+  assert runner.provenance_lines() == [
+    '- machine: a machine',
+    '- versions: some versions (1 runs); newer versions (1 runs)',
+  ]
+
+
+def _overfit_base(runner):
+  return cells_vs_sgd.base_config(runner.scale)
+
+
+def test_overfit_pairs_cells_and_checks_rates(tmp_path):
+  runner = _runner(tmp_path, 'overfit')
+  base = _overfit_base(runner)
+
+  def cache(cell, accuracies, train_accuracy=100.0):
+    config = runner.config(method=cell.method, **dict(base, **dict(cell.options)))
+    _cache(runner, config, [_epochs(a, train_accuracy=train_accuracy) for a in accuracies])
+
+  sgd, dropout, *others = runner.study.CELLS
+  cache(sgd, [40.0, 42.0])
+  cache(dropout, [43.0, 44.0], train_accuracy=95.0)
+  for i, cell in enumerate(others):
+    cache(cell, [30.0 + i, 31.0 + i])
+  best_sbs = others[-1]  # the highest of the SBS cells (the last one)
+  for reference, at_half, at_double in ((sgd, 39.0, 45.0), (best_sbs, 20.0, 50.0)):
+    cache(cells_vs_sgd.with_rate(reference, 0.05), [at_half, at_half])
+    cache(cells_vs_sgd.with_rate(reference, 0.2), [at_double, at_double + 2])
+  report = cells_vs_sgd.report(runner)
+  cells = {c['name']: c for c in report.payload['cells']}
+  assert cells['SGD']['vs_sgd'] is None and cells['SGD']['test_accuracy'] == 41.0
+  drop = cells['Dropout (0.5)']
+  assert drop['train_accuracy'] == 95.0 and drop['trials'] == 2
+  assert drop['vs_sgd']['diff'] == 2.5 and drop['vs_sgd']['wins'] == 2
+  lo, hi = drop['vs_sgd']['ci95']
+  assert lo < 2.5 < hi
+  assert drop['method'] == 'dropout' and drop['options'] == {}
+  # A rate cell is paired with SGD at its own rate.
+  sbs_double = cells[f'{best_sbs.name}, lr=0.2']
+  assert sbs_double['vs_sgd']['diff'] == 5.0 and sbs_double['options']['learning_rate'] == 0.2
+  assert cells['SGD, lr=0.2']['vs_sgd'] is None  # SGD at a rate is that rate's baseline
+  text = '\n'.join(report.lines)
+  assert f'{best_sbs.name} 0.05: 20.00, 0.1: ' in text
+  assert 'The SBS cell at its best rate (0.2) vs SGD at its best (0.2), paired: +5.00' in text
+
+
+def test_overfit_unfinished_cells_are_reported_as_such(tmp_path):
+  report = cells_vs_sgd.report(_runner(tmp_path, 'overfit'))
+  text = '\n'.join(report.lines)
+  assert '| SGD | not run yet (0/2 trials cached) |' in text
+  assert 'Learning-rate check: not finished yet.' in text
+  assert report.payload == {'cells': []} and not report.figures
+
+
+def _steps(val, steps=(10, 20), test=None):
+  rows = [
+    dict(method='m', step=s, val_loss=val + (steps[-1] - s) / 1000, tokens_per_sec=100.0)
+    for s in steps
+  ]
+  rows[-1]['test_loss'] = val + 0.1 if test is None else test
+  return rows
+
+
+def test_rate_sweep_reports_each_method_at_its_best_rate(tmp_path):
+  runner = _runner(tmp_path, 'lm')
+  scale = runner.scale
+  losses = {  # final validation loss per (cell, rate); trial t adds t / 100
+    ('adamw', 3e-3): 2.0,
+    ('adamw', 1e-2): 1.5,
+    ('masked_updates', 3e-3): 1.4,
+    ('masked_updates', 1e-2): 1.8,
+  }
+  for (cell, lr), loss in losses.items():
+    method, options = runner.study.CELLS[cell]
+    config = runner.config(
+      method=method, **scale['config'], **options, learning_rate=lr, seed=scale['seed']
+    )
+    _cache(runner, config, [_steps(loss + t / 100) for t in range(2)], facts={'params': 1234})
+  report = rate_sweep.report(runner)
+  cells = {c['method']: c for c in report.payload['cells']}
+  assert set(cells) == {'adamw', 'masked_updates'}
+  assert cells['adamw']['options'] == {'learning_rate': 1e-2} and cells['adamw']['vs_adamw'] is None
+  versus = cells['masked_updates']['vs_adamw']
+  assert versus['diff'] == pytest.approx(-0.1) and versus['wins'] == 2
+  assert cells['masked_updates']['options']['learning_rate'] == 3e-3
+  assert cells['masked_updates']['val_loss'] == pytest.approx(1.405)
+  text = '\n'.join(report.lines)
+  assert '| adamw | 0.01* | 1.5050 ± 0.0071 | 1.6050 ± 0.0071 | (baseline) | | ' in text
+  assert 'seeds 0..1' in text and '1,234 parameters' in text
+  assert '| magma | not run yet (lr 0.003: 0/2, lr 0.01: 0/2 trials cached) |' in ''.join(
+    line.replace('magma (probability=0.5, tau=2.0, granularity=leaf)', 'magma')
+    for line in report.lines
+  )
+  assert '| adamw | 1.5050 | 1.6050 |' not in text  # the sweep table holds validation losses
+  assert '| masked_updates | 1.4050 | 1.8050 |' in text

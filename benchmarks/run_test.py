@@ -1,0 +1,169 @@
+"""benchmarks/run.py: the studies it lists, its errors, and every committed
+result written again, byte for byte, from the committed cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import runner as runner_lib
+import run
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCHMARKS)
+RESULTS = os.path.join(BENCHMARKS, 'results')
+SAMPLE = os.path.join(ROOT, 'examples', 'cifar', 'data', 'cifar10_sample.npz')
+
+# Results no cache holds: timing tables, written by their scripts where
+# they are measured.
+TIMING = {'update_speed_cpu', 'update_speed_leaves_cpu', 'state_memory', 'trials_vmap'}
+# Results whose runs predate the trial cache: `run.py paper_tables` trains
+# the cells the cache lacks, and then writes this file from the cache.
+NOT_CACHED = {'paper_tables_cpu'}
+
+
+def _regenerated():
+  """(study, committed stem) of every study's default scale."""
+  out = []
+  for name in runner_lib.study_names():
+    study = runner_lib.load_study(name)
+    out.append((name, study.OUTPUT.format(scale=study.DEFAULT_SCALE)))
+  return out
+
+
+def test_list_names_every_study(capsys):
+  run.main(['--list'])
+  listed = capsys.readouterr().out.splitlines()
+  names = [line.split()[0] for line in listed]
+  assert names == runner_lib.study_names()
+  assert {'paper_tables', 'momentum_semantics', 'global_normalization', 'overfit'} <= set(names)
+  assert {'lm', 'lm_confirm', 'lm_accumulate'} <= set(names)
+  assert all(len(line.split(maxsplit=1)) == 2 for line in listed)  # each with its summary
+
+
+def test_every_committed_result_is_a_study_a_timing_table_or_named():
+  stems = {f[:-3] for f in os.listdir(RESULTS) if f.endswith('.md')}
+  studies = {stem for _, stem in _regenerated()}
+  assert stems == studies | TIMING | (NOT_CACHED & stems)
+  assert NOT_CACHED <= studies
+
+
+@pytest.mark.parametrize('study, stem', [s for s in _regenerated() if s[1] not in NOT_CACHED])
+def test_committed_results_are_written_again_byte_for_byte(study, stem, tmp_path):
+  out = tmp_path / f'{stem}.md'
+  run.main([study, '--cached-only', '--out', str(out), '--no-figures'])
+  assert out.read_bytes() == open(os.path.join(RESULTS, f'{stem}.md'), 'rb').read()
+  committed_json = os.path.join(RESULTS, f'{stem}.json')
+  assert os.path.exists(committed_json) == (tmp_path / f'{stem}.json').exists()
+  if os.path.exists(committed_json):
+    assert (tmp_path / f'{stem}.json').read_bytes() == open(committed_json, 'rb').read()
+
+
+def test_committed_caches_name_no_machine_paths():
+  for name in os.listdir(os.path.join(RESULTS, 'trials')):
+    with open(os.path.join(RESULTS, 'trials', name)) as f:
+      text = f.read()
+    assert '/work/' not in text and 'shared/data' not in text, name
+    assert all(json.loads(line)['schema'] == 2 for line in text.splitlines())
+
+
+@pytest.mark.parametrize(
+  'argv, message',
+  [
+    (['no_such_study'], 'no study'),
+    (['overfit', '--scale', 'huge'], "no scale 'huge'"),
+    (['overfit', '--cells', '('], 'not a regular expression'),
+    (['paper_tables', '--scale', 'smoke', '--cells', 'nothing'], 'matches no cell'),
+    (['lm', '--scale', 'smoke', '--cells', 'nothing'], 'matches no cell'),
+    (['overfit', '--dataset', '/nonexistent/cifar10.npz'], 'no such .npz file'),
+    (['overfit', '--dataset', 'imagenet2012'], 'unknown dataset'),
+    ([], 'name a study'),
+  ],
+)
+def test_bad_input_is_an_error_with_status_2(argv, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    run.main(argv + ['--cached-only', '--workdir', str(tmp_path), '--out', str(tmp_path / 'o.md')])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def _run(*argv):
+  """``python benchmarks/run.py ...`` in its own process (it imports an
+  example's modules, which another example's share names with)."""
+  done = subprocess.run(
+    [sys.executable, os.path.join(BENCHMARKS, 'run.py'), *argv],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+def test_cifar_smoke_trains_caches_and_renders_the_same_from_the_cache(tmp_path):
+  common = ['paper_tables', '--scale', 'smoke', '--dataset', SAMPLE, '--cells', 'batch 16']
+  common += ['--workdir', str(tmp_path / 'cache')]
+  out = tmp_path / 'tables.md'
+  _run(*common, '--out', str(out))
+  text = out.read_text()
+  sbs_row = next(r for r in text.splitlines() if r.startswith('| SBS, 1/100'))
+  cols = sbs_row.split(' | ')
+  assert cols[-3].endswith('/2')  # paired over the 2 trials
+  assert float(cols[-2]) > 0  # final train loss
+  # SBS's update fraction and mean count, from the logged rows.
+  fraction, count = (float(v) for v in cols[-1].rstrip(' |').split(' / '))
+  assert 0 < fraction < 1 and count >= 1
+  assert next(r for r in text.splitlines() if r.startswith('| SGD, 1/100')).endswith('|  |')
+  assert "--cells 'batch 16'" in text and 'PATH/cifar10_sample.npz' in text
+  assert (tmp_path / 'tables_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  cache = tmp_path / 'cache' / 'paper_tables_smoke.jsonl'
+  records = [json.loads(line) for line in cache.read_text().splitlines()]
+  assert len(records) == 6  # 3 cells x 2 trials, one record per finished run
+  assert all(r['data']['name'] == 'cifar10_sample.npz' and r['data']['sha256'] for r in records)
+  # From the cache alone (nothing trained, no data needed): the same file.
+  first = out.read_bytes()
+  cached = [a for a in common if a not in ('--dataset', SAMPLE)]
+  run.main(cached + ['--out', str(out), '--cached-only', '--no-figures'])
+  assert b'not run yet' in out.read_bytes()  # without --dataset: the scale's own data
+  run.main(common + ['--out', str(out), '--cached-only', '--no-figures'])
+  assert out.read_bytes() == first
+  # An unfinished cell is listed as such.
+  sgd = next(i for i, r in enumerate(records) if r['config']['optimizers'] == ['sgd'])
+  cache.write_text(''.join(json.dumps(r) + '\n' for i, r in enumerate(records) if i != sgd))
+  run.main(common + ['--out', str(out), '--cached-only', '--no-figures'])
+  partial = out.read_text()
+  assert '| SGD, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 1/2) |' in partial
+  assert '| SBS, 1/100, batch 16 | not run yet (trials cached, cell and its SGD: 2/2, 1/2) |' in (
+    partial
+  )
+
+
+def _corpus(path, n=4000):
+  lines = ['to be or not to be, that is the question.\n', 'all the world is a stage.\n']
+  text = ''.join(lines[i % 2] for i in range(n // 30))
+  path.write_text(text)
+  return str(path)
+
+
+def test_lm_smoke_sweeps_rates_and_resumes_from_the_cache(tmp_path):
+  corpus = _corpus(tmp_path / 'corpus.txt')
+  common = ['lm', '--scale', 'smoke', '--dataset', corpus, '--workdir', str(tmp_path / 'cache')]
+  common += ['--cells', '^(adamw|masked_updates)$', '--out', str(tmp_path / 'lm.md')]
+  _run(*common)
+  cells = json.load(open(tmp_path / 'lm.json'))['cells']
+  assert [c['method'] for c in cells] == ['adamw', 'masked_updates']
+  for cell in cells:
+    assert set(cell) == {'name', 'method', 'options', 'trials', 'val_loss', 'vs_adamw'}
+    assert cell['trials'] == 2 and cell['options']['learning_rate'] in (3e-3, 1e-2)
+  versus = cells[1]['vs_adamw']
+  assert versus['ci95'][0] <= versus['diff'] <= versus['ci95'][1]
+  md = (tmp_path / 'lm.md').read_text()
+  assert '- machine:' in md and '- versions:' in md and '(seeds 0..1)' in md
+  assert (tmp_path / 'lm_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  lines = (tmp_path / 'cache' / 'lm_smoke.jsonl').read_text().splitlines()
+  assert len(lines) == 2 * 2 * 2  # cells x rates x trials
+  first = (tmp_path / 'lm.md').read_bytes()
+  _run(*common, '--cached-only', '--no-figures')
+  assert (tmp_path / 'lm.md').read_bytes() == first
