@@ -53,15 +53,11 @@ def main(argv: list[str] | None = None) -> str | None:
     parser.error('name a study (see --list)')
   try:
     study = runner_lib.load_study(args.study)
+    chosen = ('dataset', 'data_dir', 'cells', 'cached_only', 'workdir', 'out')
     options = runner_lib.Options(
       study=args.study,
       scale=args.scale or study.DEFAULT_SCALE,
-      dataset=args.dataset,
-      data_dir=args.data_dir,
-      cells=args.cells,
-      cached_only=args.cached_only,
-      workdir=args.workdir,
-      out=args.out,
+      **{name: getattr(args, name) for name in chosen},
     )
     runner = runner_lib.Runner(study, options)
     analysis = importlib.import_module(f'harness.analyses.{study.ANALYSIS}')

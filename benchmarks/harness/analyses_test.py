@@ -183,6 +183,7 @@ def test_provenance_counts_runs_when_they_differ(tmp_path):
   assert runner.provenance_lines() == [
     '- machine: a machine',
     '- versions: some versions (1 runs); newer versions (1 runs)',
+    '- training time of all cells (sum over their cached trials): 0.00 h',
   ]
 
 

@@ -74,7 +74,10 @@ class Example:
     raise NotImplementedError
 
   def train(self, run: dict, data: Any, dataset: str, data_dir: str | None) -> list[dict]:
-    raise NotImplementedError
+    """The rows of one run (its ``trial`` field left to the harness)."""
+    (train,) = _modules(self.name, 'train')
+    rows = train.run(self.run_config(run, dataset, data_dir), data)
+    return [{k: v for k, v in r.items() if k != 'trial'} for r in rows]
 
   def facts(self, run: dict, data: Any) -> dict[str, Any]:
     raise NotImplementedError
@@ -93,11 +96,6 @@ class Cifar(Example):
     if size and size < len(data.y_test):
       data = balanced_test_subset(data, size)
     return data
-
-  def train(self, run, data, dataset, data_dir):
-    (train,) = _modules(self.name, 'train')
-    rows = train.run(self.run_config(run, dataset, data_dir), data)
-    return [{k: v for k, v in r.items() if k != 'trial'} for r in rows]
 
   def facts(self, run, data):
     return {'test_images': int(len(data.y_test))}
@@ -128,11 +126,6 @@ class Lm(Example):
     data = input_pipeline.load(dataset, data_dir)
     input_pipeline.check_lengths(data, scale['config']['context_length'])
     return data
-
-  def train(self, run, data, dataset, data_dir):
-    (train,) = _modules(self.name, 'train')
-    rows = train.run(self.run_config(run, dataset, data_dir), data)
-    return [{k: v for k, v in r.items() if k != 'trial'} for r in rows]
 
   def facts(self, run, data):
     (models,) = _modules(self.name, 'models')

@@ -36,13 +36,31 @@ def study_names() -> list[str]:
   )
 
 
-def load_study(name: str) -> ModuleType:
+class Study:
+  """A study module; what it leaves out comes from the study it names as
+  ``BASE`` (a variant: another output of the same cells, or other scales)."""
+
+  def __init__(self, module: ModuleType, base: 'Study | None' = None):
+    self.module, self.base = module, base
+    self.__doc__ = module.__doc__
+
+  def __getattr__(self, name: str) -> Any:
+    if hasattr(self.module, name):
+      return getattr(self.module, name)
+    if self.base is not None:
+      return getattr(self.base, name)
+    raise AttributeError(f'study {self.module.__name__} has no {name}')
+
+
+def load_study(name: str) -> Study:
   if name not in study_names():
     raise ValueError(f'no study {name!r}; the studies: {", ".join(study_names())}')
-  return importlib.import_module(f'studies.{name}')
+  module = importlib.import_module(f'studies.{name}')
+  base = getattr(module, 'BASE', None)
+  return Study(module, load_study(base) if base else None)
 
 
-def summary(study: ModuleType) -> str:
+def summary(study: Study) -> str:
   """The first line of a study's docstring."""
   return (study.__doc__ or '').strip().splitlines()[0]
 
@@ -64,7 +82,7 @@ class Options:
 class Runner:
   """The runs of one study at one scale: cache, data, training, provenance."""
 
-  def __init__(self, study: ModuleType, options: Options):
+  def __init__(self, study: Study, options: Options):
     self.study, self.options = study, options
     if options.scale not in study.SCALES:
       raise ValueError(
@@ -183,8 +201,14 @@ class Runner:
   def seconds(self) -> float:
     return sum(r['seconds'] for r in self.used.values())
 
-  def provenance_lines(self) -> list[str]:
-    return report.provenance_lines([r['provenance'] for r in self.used.values()])
+  def provenance_lines(self, runs: str = 'cells') -> list[str]:
+    """Where the runs behind the report trained, and how long they took
+    (``runs``: what the report calls its cells)."""
+    hours = self.seconds() / 3600
+    return [
+      *report.provenance_lines([r['provenance'] for r in self.used.values()]),
+      f'- training time of all {runs} (sum over their cached trials): {hours:.2f} h',
+    ]
 
   def command(self) -> str:
     """The command that trains what the cache lacks and writes this report."""

@@ -7,16 +7,10 @@ rates of the sweep, on the confirmation seeds (the cache of ``lm_confirm``).
 from studies import lm as _lm
 from studies import lm_confirm as _confirm
 
-EXAMPLE = 'lm'
-ANALYSIS = 'rate_sweep'
-CACHE = _confirm.CACHE
+BASE = 'lm_confirm'
 OUTPUT = 'lm_{scale}_accumulate'
-TITLE = _lm.TITLE
-DEFAULT_SCALE = 'cpu'
-DATASET = _lm.DATASET
 SCALES = {
   name: dict(scale, learning_rates=_lm.SCALES[name]['learning_rates'][1:])
   for name, scale in _confirm.SCALES.items()
 }
-CELLS = _lm.CELLS
 RUN = ('adamw', 'adamw_accumulate2')

@@ -7,17 +7,12 @@ paired trials whose seeds the sweep never saw.
 
 from studies import lm as _lm
 
-EXAMPLE = 'lm'
-ANALYSIS = 'rate_sweep'
+BASE = 'lm'
 CACHE = 'lm_{scale}_confirm'
 OUTPUT = 'lm_{scale}_confirm'
-TITLE = _lm.TITLE
-DEFAULT_SCALE = 'cpu'
-DATASET = _lm.DATASET
 SCALES = {
   name: dict(scale, learning_rates=scale['learning_rates'][2:3], trials=5, seed=100)
   for name, scale in _lm.SCALES.items()
 }
 SCALES['smoke'] = dict(_lm.SCALES['smoke'], learning_rates=(1e-2,), seed=100)
-CELLS = _lm.CELLS
 RUN = ('adamw', 'lr_dropout', 'sbs_lam0', 'sbs_p05', 'adamw_accumulate2')

@@ -25,30 +25,22 @@ TITLE = 'SBS in the overfitting regime'
 DEFAULT_SCALE = 'cpu'
 DATASET = 'cifar10'  # TFDS
 
+# One scale is a few lines of fields.
+# fmt: off
 SCALES = {
   # SGD fits its 500 training images (100% from epoch ~11) and tests ~60
   # points lower.
   'cpu': dict(
-    model='wide_cnn',
-    fraction=0.01,
-    epochs=30,
-    trials=5,
-    batch_size=16,
-    learning_rate=0.1,
-    test_examples=1000,
-    data=paper_tables.CPU_DATA,
+    model='wide_cnn', fraction=0.01, epochs=30, trials=5, batch_size=16, learning_rate=0.1,
+    test_examples=1000, data=paper_tables.CPU_DATA,
   ),
   # Seconds, for the tests.
   'smoke': dict(
-    model='small_cnn',
-    fraction=0.004,
-    epochs=2,
-    trials=2,
-    batch_size=16,
-    learning_rate=0.1,
+    model='small_cnn', fraction=0.004, epochs=2, trials=2, batch_size=16, learning_rate=0.1,
     test_examples=100,
   ),
 }
+# fmt: on
 
 PAPER = paper_tables.PAPER
 SBS_CELLS = (

@@ -35,6 +35,8 @@ DATA_NOTES = {'5d99a1b1962e0785': 'this CIFAR-10 copy has JPEG-decoded pixels'}
 # The local copy of CIFAR-10 the CPU scale's cached runs used.
 CPU_DATA = {'name': 'cifar10.npz', 'sha256': '5d99a1b1962e0785'}
 
+# One scale is a few lines of fields.
+# fmt: off
 SCALES = {
   # Small CNN, 1/32 of CIFAR-10 (1,562 images) for Tables 3 and 5, no
   # augmentation, so that SGD's train accuracy runs ahead of its test
@@ -43,42 +45,23 @@ SCALES = {
   # than training). Table 4's SBS cells under momentum ran SBS chained
   # before SGD (the momentum study compares it with Algorithm 2).
   'cpu': dict(
-    model='small_cnn',
-    epochs=30,
-    trials=5,
-    fraction=1 / 32,
-    batch_size=16,
-    table4_fractions=(1 / 16, 1 / 32, 1 / 64),
-    table4_batch_sizes=(16, 128),
-    table4_sbs_momentum='chain',
-    momentum_batch_sizes=(32, 128),
-    test_examples=2000,
-    data=CPU_DATA,
+    model='small_cnn', epochs=30, trials=5, fraction=1 / 32, batch_size=16, test_examples=2000,
+    table4_fractions=(1 / 16, 1 / 32, 1 / 64), table4_batch_sizes=(16, 128),
+    table4_sbs_momentum='chain', momentum_batch_sizes=(32, 128), data=CPU_DATA,
   ),
   # The paper's protocol (§5): run on an accelerator.
   'paper': dict(
-    model='resnet18',
-    epochs=100,
-    trials=10,
-    fraction=1 / 8,
-    batch_size=16,
-    table4_fractions=(1 / 2, 1 / 4, 1 / 8),
-    table4_batch_sizes=(16, 32, 64, 128),
+    model='resnet18', epochs=100, trials=10, fraction=1 / 8, batch_size=16,
+    table4_fractions=(1 / 2, 1 / 4, 1 / 8), table4_batch_sizes=(16, 32, 64, 128),
     momentum_batch_sizes=(32, 128),
   ),
   # Seconds: for the tests.
   'smoke': dict(
-    model='small_cnn',
-    epochs=2,
-    trials=2,
-    fraction=1 / 100,
-    batch_size=16,
-    table4_fractions=(1 / 100,),
-    table4_batch_sizes=(16,),
-    momentum_batch_sizes=(8, 16),
-    test_examples=100,
+    model='small_cnn', epochs=2, trials=2, fraction=1 / 100, batch_size=16, test_examples=100,
+    table4_fractions=(1 / 100,), table4_batch_sizes=(16,), momentum_batch_sizes=(8, 16),
   ),
 }
+# fmt: on
 
 TITLES = {
   '3': 'Table 3: SBS settings and readings (batch {batch_size}, 1/{denominator} of the '

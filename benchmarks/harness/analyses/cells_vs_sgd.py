@@ -154,7 +154,6 @@ def report(runner) -> Report:
     f'pairing), {scale["epochs"]} epochs, sigmoid learning rate {rate:g} -> 0.001, '
     f'{scale["trials"]} paired trials per cell',
     *runner.provenance_lines(),
-    f'- training time of all cells (sum over their cached trials): {runner.seconds() / 3600:.2f} h',
     '',
     'Test accuracy: mean ± std over trials of the mean over the last 10% of epochs and of '
     'the maximum; final train accuracy: the running accuracy of the last epoch. "vs SGD": '

@@ -3,8 +3,8 @@
 The study supplies ``SCALES`` (dicts: model, epochs, trials, fraction,
 batch_size, ...), ``TABLES`` (which, in training order), ``TITLES``,
 ``cells(scale, table)`` (a list of :class:`Cell`), and optionally ``NOTE``
-(lines quoted above the header), ``CELLS`` (a regular expression of the
-cells it reports) and ``DATA_NOTES`` (a data copy's content hash -> what the
+(lines quoted above the header), ``CELL_PATTERN`` (a regular expression of
+the cells it reports) and ``DATA_NOTES`` (a data copy's content hash -> what the
 report says of it).
 """
 
@@ -130,7 +130,7 @@ def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
 
 def report(runner) -> Report:
   study, scale = runner.study, runner.scale
-  pattern = getattr(study, 'CELLS', None)
+  pattern = getattr(study, 'CELL_PATTERN', None)
   todo = [
     c
     for t in study.TABLES
@@ -213,7 +213,6 @@ def report(runner) -> Report:
       else f'all {test_images} test images'
     ),
     *runner.provenance_lines(),
-    f'- training time of all cells (sum over their cached trials): {runner.seconds() / 3600:.2f} h',
     '',
     'Accuracy columns: mean ± std over trials of (a) the mean over the last '
     '10% of epochs, (b) the maximum over epochs. "vs SGD": the paired '

@@ -129,8 +129,7 @@ def report(runner) -> Report:
     + f'; {trials} paired trials per method and rate (seeds {seed}..{seed + trials - 1})',
     f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
     ' fixed windows of each split, after the last step',
-    *runner.provenance_lines(),
-    f'- training time of all runs (sum over their cached trials): {runner.seconds() / 3600:.2f} h',
+    *runner.provenance_lines('runs'),
     '',
     'Each method at its best peak rate (lowest mean final validation loss over the sweep). '
     '"vs AdamW": the paired difference of the final validation loss against AdamW at its best '
