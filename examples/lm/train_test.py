@@ -13,6 +13,7 @@ import checkpointing
 import input_pipeline
 import methods
 import models
+import results
 import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,7 +60,7 @@ def test_tiny_run_learns_and_probability_one_masks_give_adamw(corpus_file, tiny)
   assert 'test_loss' in adamw[-1] and 'test_loss' not in adamw[0]
   assert all(r['tokens_per_sec'] > 0 for r in adamw + masked)
   assert without_timing(masked) == [dict(r, method='masked_updates') for r in without_timing(adamw)]
-  summary = train.summarize(adamw + masked)
+  summary = results.summarize(adamw + masked)
   assert summary['masked_updates']['vs_adamw'] == dict(diff=0.0, wins=0, trials=1)
 
 
