@@ -1,7 +1,7 @@
 """The classic ``jax.pmap`` + ``TrainState`` pattern with SBS, in one short script.
 
 Data parallel over N devices: each device gets ``batch_size / N`` images,
-gradients are averaged with ``lax.pmean`` *before* the optimizer, BatchNorm
+gradients are averaged with ``lax.pmean`` *before* the tx's update, BatchNorm
 statistics are averaged over the global batch (``axis_name``), and the train
 state, SBS key included, is replicated. So every replica draws the same SBS
 masks and the replicas stay identical (see the README's rule).
@@ -56,7 +56,7 @@ def train(
       return loss.mean(), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, 'batch')  # average BEFORE the optimizer
+    grads = jax.lax.pmean(grads, 'batch')  # average BEFORE the tx's update
     state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
     return state, jax.lax.pmean(loss, 'batch')
 
