@@ -2,9 +2,9 @@
 
 The paper's Table 4 trains ResNet-18 on fractions of CIFAR-10; this is its
 batch-128, 1/8 cell (6,250 images) for SGD and SBS (the paper's alpha = 0.1,
-lam = -4, momentum 0.9 at batch 128), with the example's optimizers, model,
+lam = -4, momentum 0.9 at batch 128), with the example's methods, model,
 sigmoid learning-rate schedule and per-trial setup
-(``examples/cifar/train.py``: trial t has its own class-balanced subset,
+(``examples/cifar``: trial t has its own class-balanced subset,
 normalisation, init and SBS key, the same for both methods, so the trials are
 paired). Built for a GPU, where the example's host loop would idle it:
 
@@ -50,7 +50,9 @@ from configs.default import Config
 from harness import report
 from harness import stats
 import input_pipeline
+import steps as steps_lib
 import train as train_lib
+import trials
 
 METHODS = ('sgd', 'sbs')
 
@@ -123,20 +125,17 @@ def initial_states(config: Config, method: str, data, setups):
   """The stacked train states of every trial, and the shared train step."""
   first = setups[0]
   model = train_lib.create_method_model(config, method, data.num_classes)
-  # One optimizer for all trials; each trial's SBS key goes into its state.
-  tx = train_lib.build_optimizer(config, method, first.total_steps, first.sbs_key)
-  states = [train_lib.create_state(model, tx, first.x_train.shape[1:], t.model_key) for t in setups]
-  states = [
-    s.replace(opt_state=train_lib.with_optimizer_key(s.opt_state, t.sbs_key))
-    for s, t in zip(states, setups)
-  ]
+  # One tx for all trials; each trial's key goes into its state.
+  tx = train_lib.build_tx(config, method, first.total_steps)
+  shape = first.x_train.shape[1:]
+  states = [steps_lib.create_state(model, tx, shape, t.model_key, t.tx_key) for t in setups]
   return jax.tree.map(lambda *x: jnp.stack(x), *states)
 
 
 def make_epoch(steps: int, batch_size: int):
   """``epoch(state, x, y, mean, std, keys) -> (state, loss, accuracy)``,
   jitted with the state donated; arrays carry a leading trial axis."""
-  step = jax.vmap(train_lib.train_step)
+  step = jax.vmap(steps_lib.train_step)
 
   def epoch(state, x, y, mean, std, keys):
     n = x.shape[1]
@@ -159,7 +158,7 @@ def make_evaluate(eval_batch_size: int):
   """``evaluate(state, x, y, mask, mean, std) -> (loss, accuracy)`` per
   trial over a test set padded to whole batches (``mask`` marks the real
   examples); every trial at once, the batches by ``lax.map``."""
-  step = jax.vmap(train_lib.eval_step, in_axes=(0, None, None, None, 0, 0))
+  step = jax.vmap(steps_lib.eval_step, in_axes=(0, None, None, None, 0, 0))
 
   def evaluate(state, x, y, mask, mean, std):
     batches = (
@@ -188,7 +187,7 @@ class MethodRun:
   """Every trial of one method, advanced an epoch at a time."""
 
   def __init__(self, config: Config, method: str, data):
-    setups = [train_lib.setup_trial(config, data, t) for t in range(config.trials)]
+    setups = [trials.setup_trial(config, data, t) for t in range(config.trials)]
     if len({len(t.x_train) for t in setups}) > 1:
       raise ValueError('the trials need training subsets of one size')
     self.config, self.method = config, method

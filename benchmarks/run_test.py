@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harness import runner as runner_lib
+from harness import store
 import run
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
@@ -66,7 +67,7 @@ def test_committed_caches_name_no_machine_paths():
     with open(os.path.join(RESULTS, 'trials', name)) as f:
       text = f.read()
     assert '/work/' not in text and 'shared/data' not in text, name
-    assert all(json.loads(line)['schema'] == 2 for line in text.splitlines())
+    assert all(json.loads(line)['schema'] == store.SCHEMA for line in text.splitlines())
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,7 @@ def test_cifar_smoke_trains_caches_and_renders_the_same_from_the_cache(tmp_path)
   run.main(common + ['--out', str(out), '--cached-only', '--no-figures'])
   assert out.read_bytes() == first
   # An unfinished cell is listed as such.
-  sgd = next(i for i, r in enumerate(records) if r['config']['optimizers'] == ['sgd'])
+  sgd = next(i for i, r in enumerate(records) if r['config']['methods'] == ['sgd'])
   cache.write_text(''.join(json.dumps(r) + '\n' for i, r in enumerate(records) if i != sgd))
   run.main(common + ['--out', str(out), '--cached-only', '--no-figures'])
   partial = out.read_text()

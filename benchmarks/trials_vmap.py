@@ -24,6 +24,7 @@ import optax
 from configs.default import Config
 from harness import report
 import models
+import steps
 import train
 
 
@@ -77,8 +78,11 @@ def main():
     '|---|---|---|---|',
   ]
   for name in ('sgd', 'sbs'):
-    tx = train.build_optimizer(config, name, 1000, jax.random.key(0))
-    single = [train.create_state(model, tx, (32, 32, 3), jax.random.key(t)) for t in range(k)]
+    tx = train.build_tx(config, name, 1000)
+    single = [
+      steps.create_state(model, tx, (32, 32, 3), jax.random.key(t), jax.random.key(t))
+      for t in range(k)
+    ]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *single)
     seq_step = jax.jit(step_fn)
     vec_step = jax.jit(jax.vmap(step_fn))

@@ -58,7 +58,7 @@ from optax_sbs import _threefry
 
 from harness import report
 import models
-import train as train_lib
+import steps
 
 
 def optimizers():
@@ -254,16 +254,14 @@ def optimizer_step(tx, params, grads):
 def train_step(model_name, tx, batch):
   """(step callable, compile seconds) of the example's jitted train step."""
   model = models.create_model(model_name, 10)
-  state = train_lib.create_state(model, tx, (32, 32, 3), jax.random.key(0))
+  state = steps.create_state(model, tx, (32, 32, 3), jax.random.key(0), jax.random.key(1))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
   mean, std = jnp.zeros(3), jnp.ones(3)
   start = time.perf_counter()
   compiled = (
-    jax.jit(train_lib.train_step, donate_argnums=0)
-    .lower(state, images, labels, mean, std)
-    .compile()
+    jax.jit(steps.train_step, donate_argnums=0).lower(state, images, labels, mean, std).compile()
   )
   compile_s = time.perf_counter() - start
   box = [state]

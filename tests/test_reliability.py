@@ -150,7 +150,7 @@ def _cli(*args):
   return [
     sys.executable,
     MAIN,
-    '--optimizers',
+    '--methods',
     'sbs',
     '--trials',
     '1',
@@ -254,24 +254,25 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny, tiny_data)
   the last finalised epoch and finishes like an uninterrupted run."""
 
   from configs.default import Config  # pylint: disable=g-import-not-at-top
+  import parallel  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
 
   data = tiny_data
-  mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(tiny, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'a'))
+  mesh = parallel.mesh_over_local_devices(1)
+  config = Config(**dict(tiny, epochs=3), methods=('sbs',), workdir=str(tmp_path / 'a'))
   whole = train.run(config, data, mesh=mesh, checkpoint=True)
 
   class Stop(Exception):
     pass
 
-  def stop_after_2(optimizer, trial):
+  def stop_after_2(method, trial):
     def progress(row):
       if row['epoch'] == 2:
         raise Stop
 
     return progress
 
-  cut = Config(**dict(tiny, epochs=3), optimizers=('sbs',), workdir=str(tmp_path / 'b'))
+  cut = Config(**dict(tiny, epochs=3), methods=('sbs',), workdir=str(tmp_path / 'b'))
   with pytest.raises(Stop):
     train.run(cut, data, mesh=mesh, checkpoint=True, progress_factory=stop_after_2)
   run_dir = tmp_path / 'b' / 'checkpoints' / 'sbs_trial0'

@@ -47,7 +47,6 @@ class Example:
   """One example program, as the harness uses it."""
 
   name = ''
-  method_field = 'methods'
 
   def __init__(self):
     self._config = None
@@ -61,7 +60,7 @@ class Example:
     """The example's full configuration (a dict): its defaults, ``fields``,
     and ``method`` as the one method of the run."""
     if method is not None:
-      fields[self.method_field] = (method,)
+      fields['methods'] = (method,)
     return dataclasses.asdict(self.config_class()(**fields))
 
   def run_config(self, run: dict[str, Any], dataset: str, data_dir: str | None) -> Any:
@@ -87,7 +86,6 @@ class Cifar(Example):
   """``examples/cifar``: image classification, one row per epoch."""
 
   name = 'cifar'
-  method_field = 'optimizers'
 
   def load(self, dataset, data_dir, scale):
     (input_pipeline,) = _modules(self.name, 'input_pipeline')

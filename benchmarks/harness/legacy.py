@@ -26,8 +26,8 @@ ADDED: dict[str, dict[str, Any]] = {
   'lm': {'accumulate_steps': 2, 'scan_layers': False},
 }
 # Per example: configuration fields and row fields renamed since.
-RENAMED: dict[str, dict[str, str]] = {'cifar': {}, 'lm': {}}
-RENAMED_ROWS: dict[str, dict[str, str]] = {'cifar': {}, 'lm': {}}
+RENAMED: dict[str, dict[str, str]] = {'cifar': {'optimizers': 'methods'}, 'lm': {}}
+RENAMED_ROWS: dict[str, dict[str, str]] = {'cifar': {'optimizer': 'method'}, 'lm': {}}
 
 _NAME = re.compile(r'^([0-9a-f]{16})_trial(\d+)\.json$')
 

@@ -21,9 +21,7 @@ def _config(**extra):
   return dict(base, dataset='/machine/data/cifar10.npz', workdir='/machine/cache', **extra)
 
 
-def test_lift_renames_adds_and_takes_the_runs_own_seed(monkeypatch):
-  monkeypatch.setitem(legacy.RENAMED, 'cifar', {'optimizers': 'methods'})
-  monkeypatch.setitem(legacy.RENAMED_ROWS, 'cifar', {'optimizer': 'method'})
+def test_lift_renames_adds_and_takes_the_runs_own_seed():
   config, rows = legacy.lift('cifar', _legacy(_config(), trial=2), FIELDS)
   assert config == {
     'model': 'small_cnn',
@@ -36,12 +34,15 @@ def test_lift_renames_adds_and_takes_the_runs_own_seed(monkeypatch):
 
 
 def test_lift_refuses_fields_it_cannot_place():
-  with pytest.raises(ValueError, match=r"unknown \['optimizers'\], missing \['methods'\]"):
-    legacy.lift('cifar', _legacy(_config()), FIELDS)
+  with pytest.raises(ValueError, match=r"unknown \['gone'\], missing \[\]"):
+    legacy.lift('cifar', _legacy(_config(gone=1)), FIELDS)
+  with pytest.raises(ValueError, match=r"unknown \[\], missing \['learning_rate'\]"):
+    legacy.lift(
+      'cifar', _legacy({k: v for k, v in _config().items() if k != 'learning_rate'}), FIELDS
+    )
 
 
-def test_import_folder_hashes_the_data_and_drops_the_paths(tmp_path, monkeypatch):
-  monkeypatch.setitem(legacy.RENAMED, 'cifar', {'optimizers': 'methods'})
+def test_import_folder_hashes_the_data_and_drops_the_paths(tmp_path):
   folder = tmp_path / 'old'
   folder.mkdir()
   (folder / '0123456789abcdef_trial0.json').write_text(json.dumps(_legacy(_config(), trial=0)))

@@ -3,7 +3,7 @@
 A record is one training run (one trial of one cell) with everything its
 report needs, so that a study renders from its cache alone, on any machine:
 
-  {"schema": 2, "key": str, "config": {...}, "data": {"name": str,
+  {"schema": 3, "key": str, "config": {...}, "data": {"name": str,
    "sha256": str | null}, "facts": {...}, "rows": [...], "seconds": float,
    "provenance": {"machine": str, "versions": str, "command": str}}
 
@@ -30,16 +30,26 @@ import json
 import os
 from typing import Any
 
-SCHEMA = 2
+SCHEMA = 3
 
 # Fields of an example's configuration that never enter a run's key: where
 # things lie (the data enters by its identity instead), and the number of
 # trials (a run is one trial; its seed is its own).
 UNKEYED_FIELDS = ('dataset', 'data_dir', 'download', 'workdir', 'trials')
 
+
+def _methods_not_optimizers(record: dict) -> dict:
+  """Schema 2 -> 3: the cifar example's ``optimizers`` field and its rows'
+  ``optimizer`` became ``methods`` and ``method`` (the lm example's names)."""
+  rename = lambda d, old, new: {new if k == old else k: v for k, v in d.items()}
+  config = rename(record['config'], 'optimizers', 'methods')
+  rows = [rename(r, 'optimizer', 'method') for r in record['rows']]
+  return dict(record, config=config, rows=rows, key=run_key(config, record['data']), schema=3)
+
+
 # schema -> the function that lifts a record of that schema to the next one.
 # Every renamed or added configuration field gets an entry here.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {2: _methods_not_optimizers}
 
 
 def run_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,9 @@ def test_old_records_are_migrated_and_unknown_schemas_refused(tmp_path, monkeypa
   path.write_text(json.dumps(_record('k', schema=1, old=7)) + '\n')
   with pytest.raises(ValueError, match='schema 1 has no migration'):
     store.TrialStore(str(path))
-  lifted = lambda r: dict({k: v for k, v in r.items() if k != 'old'}, new=r['old'], schema=2)
+  lifted = lambda r: dict(
+    {k: v for k, v in r.items() if k != 'old'}, new=r['old'], schema=store.SCHEMA
+  )
   monkeypatch.setitem(store.MIGRATIONS, 1, lifted)
   record = store.TrialStore(str(path)).get('k')
   assert record['new'] == 7 and 'old' not in record
@@ -82,3 +84,20 @@ def test_a_run_is_claimed_by_one_live_process(tmp_path):
   store.release(lock)
   assert not os.path.exists(lock)
   store.release(lock)  # twice: nothing to do
+
+
+def test_schema_2_records_take_the_methods_field_and_a_new_key(tmp_path):
+  data = {'name': 'x.npz', 'sha256': 'ab'}
+  old = {'optimizers': ['sgd'], 'seed': 1}
+  record = dict(
+    _record(store.run_key(old, data), schema=2),
+    config=old,
+    data=data,
+    rows=[{'optimizer': 'sgd', 'epoch': 1}],
+  )
+  path = tmp_path / 'cache.jsonl'
+  path.write_text(json.dumps(record) + '\n')
+  new = {'methods': ['sgd'], 'seed': 1}
+  found = store.TrialStore(str(path)).get(store.run_key(new, data))
+  assert found['config'] == new and found['rows'] == [{'method': 'sgd', 'epoch': 1}]
+  assert found['schema'] == store.SCHEMA

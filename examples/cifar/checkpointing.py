@@ -1,7 +1,7 @@
 """Orbax checkpoints of a training run, one per epoch, for ``--resume``.
 
-Each (optimizer, trial) run has its own Orbax ``CheckpointManager`` folder,
-``<workdir>/checkpoints/<optimizer>_trial<k>/<epoch>/``, holding the train
+Each (method, trial) run has its own Orbax ``CheckpointManager`` folder,
+``<workdir>/checkpoints/<method>_trial<k>/<epoch>/``, holding the train
 state and, as JSON, the rows logged so far and the data-order generator's
 state. Orbax writes a checkpoint to a temporary folder and renames it when
 complete, so an interrupted save never leaves a half-written checkpoint
@@ -36,10 +36,10 @@ def _state_tree(state) -> dict:
 
 
 class RunCheckpointer:
-  """Saves and restores one (optimizer, trial) run."""
+  """Saves and restores one (method, trial) run."""
 
-  def __init__(self, workdir: str, optimizer: str, trial: int):
-    path = os.path.abspath(os.path.join(workdir, 'checkpoints', f'{optimizer}_trial{trial}'))
+  def __init__(self, workdir: str, method: str, trial: int):
+    path = os.path.abspath(os.path.join(workdir, 'checkpoints', f'{method}_trial{trial}'))
     self._manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     )

@@ -135,8 +135,8 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     except Exception as e:  # no network, not prepared, missing TFDS extras, ...
       raise DataError(
         f'{name}: TFDS could not load it ({type(e).__name__}: {e}). Prepare it '
-        'with TFDS (see shared/data/README.md for an offline copy) and pass '
-        '--data-dir, or pass a .npz path'
+        'with TFDS and pass --data-dir, or pass a .npz path with arrays '
+        'x_train, y_train, x_test, y_test'
       ) from e
     # One record at a time: tfds.testing.mock_data's batched access is broken.
     examples = [source[i] for i in range(len(source))]

@@ -6,10 +6,12 @@ CNN, a few trials; prints the summary table and writes the results folder.
   python examples/cifar/main.py                       # the main job
   python examples/cifar/main.py --dataset cifar10 --model resnet18 \\
       --batch-size 128 --epochs 100 --trials 10 --train-fraction 0.125
-  python examples/cifar/main.py --dataset ../shared/data/cifar10.npz
+  python examples/cifar/main.py --dataset path/to/cifar10.npz
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 import sys
 import time
@@ -18,27 +20,24 @@ from typing import Literal
 
 import tyro
 
-# Runnable as a script from anywhere: this folder holds its sibling modules.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from configs.default import Config  # pylint: disable=g-import-not-at-top
-import methods  # pylint: disable=g-import-not-at-top  (light: no JAX import)
+from configs.default import Config
+from configs.default import ConfigError
+import methods  # light: no JAX import
 
 MethodName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
+# Computed out here: inside the class body, ``methods`` is the field.
+METHODS_HELP = (
+  'Methods to compare, each trained on the same trials. '
+  + '; '.join(f'{m.name}: {m.description}' for m in methods.METHODS.values())
+  + '.'
+)
 
 
 @dataclasses.dataclass
 class CommandLineConfig(Config):
   """Everything that defines a run. Saved as config.json in the workdir."""
 
-  optimizers: Annotated[
-    tuple[MethodName, ...],
-    tyro.conf.arg(
-      help='Methods to compare, each trained on the same trials. '
-      + '; '.join(f'{m.name}: {m.description}' for m in methods.METHODS.values())
-      + '.'
-    ),
-  ] = Config.optimizers
+  methods: Annotated[tuple[MethodName, ...], tyro.conf.arg(help=METHODS_HELP)] = Config.methods
 
 
 @dataclasses.dataclass
@@ -68,7 +67,8 @@ class Flags:
 def parse_args(argv) -> tuple[RunOptions, Config]:
   """The command line (generated from ``Config``) -> ``(run options, config)``.
 
-  Raises ``SystemExit(2)`` with tyro's message on a malformed command line.
+  Raises ``SystemExit(2)`` with tyro's message on a malformed command line,
+  ``ConfigError`` on incomplete multi-host options.
   """
   flags = tyro.cli(
     Flags,
@@ -80,24 +80,18 @@ def parse_args(argv) -> tuple[RunOptions, Config]:
   run = flags.run
   multi_host = (run.coordinator_address, run.num_processes, run.process_id)
   if any(x is not None for x in multi_host) and any(x is None for x in multi_host):
-    print(
-      'error: multi-host runs need --coordinator-address, --num-processes and --process-id',
-      file=sys.stderr,
+    raise ConfigError(
+      'multi-host runs need --coordinator-address, --num-processes and --process-id'
     )
-    raise SystemExit(2)
-  if run.coordinator_address is not None:
-    import jax  # pylint: disable=g-import-not-at-top
-
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(run.coordinator_address, run.num_processes, run.process_id)
   config = Config(**{f.name: getattr(flags.config, f.name) for f in dataclasses.fields(Config)})
   return run, config
 
 
-def progress_bar(optimizer, trial, epochs):
+def progress_bar(method: str, trial, epochs: int):
+  """A progress bar of one run (``trial == 'all'``: vectorised trials)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-  desc = f'{optimizer} trial {trial}' if trial != 'all' else f'{optimizer} all trials'
+  desc = f'{method} trial {trial}' if trial != 'all' else f'{method} all trials'
   bar = tqdm(total=epochs, desc=desc, unit='epoch', leave=True, dynamic_ncols=True, file=sys.stdout)
 
   def update(row):
@@ -112,14 +106,40 @@ def progress_bar(optimizer, trial, epochs):
   return update
 
 
+def _box_text(text: str) -> str:
+  """The message inside tyro's framed error box, on one line."""
+  body = []
+  for line in text.splitlines()[1:]:  # below the top border (the box's title)
+    line = line.strip().strip('│').strip()
+    if not line or set(line) <= set('─╰╯ '):
+      break
+    body.append(line)
+  return ' '.join(body) or ' '.join(text.split())
+
+
 def main(argv=None) -> int:
+  """Runs the command line; returns the exit status (2 on any error, with
+  one line ``error: ...`` on stderr)."""
+  captured = io.StringIO()
   try:
-    run, config = parse_args(sys.argv[1:] if argv is None else argv)
-  except SystemExit as e:  # --help, or a malformed command line (message printed)
-    return 0 if e.code is None else int(e.code)
+    with contextlib.redirect_stderr(captured):
+      run, config = parse_args(sys.argv[1:] if argv is None else argv)
+  except SystemExit as e:  # --help (printed), or a malformed command line
+    if e.code in (None, 0):
+      return 0
+    print(f'error: {_box_text(captured.getvalue())} (see main.py --help)', file=sys.stderr)
+    return int(e.code) if isinstance(e.code, int) else 2
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  sys.stderr.write(captured.getvalue())
   checkpoint = run.checkpoint and not run.vmap_trials
   # Heavy imports after argument parsing, so --help is instant.
   import jax  # pylint: disable=g-import-not-at-top
+
+  if run.coordinator_address is not None:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(run.coordinator_address, run.num_processes, run.process_id)
 
   import checkpointing  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -138,20 +158,20 @@ def main(argv=None) -> int:
     rows = train.run(
       config,
       data,
-      progress_factory=lambda o, t: progress_bar(o, t, config.epochs),
+      progress_factory=lambda m, t: progress_bar(m, t, config.epochs),
       checkpoint=checkpoint,
       resume=run.resume,
       vectorized=run.vmap_trials,
     )
-  except (input_pipeline.DataError, train.ConfigError, checkpointing.ResumeError) as e:
+  except (input_pipeline.DataError, ConfigError, checkpointing.ResumeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  summary = train.summarize(rows, config.epochs)
+  summary = results.summarize(rows, config.epochs)
   if jax.process_count() > 1:  # replicas must hold identical params
     for r in rows:
       if 'params_sha256' in r:
         print(
-          f'process {jax.process_index()}: {r["optimizer"]} trial '
+          f'process {jax.process_index()}: {r["method"]} trial '
           f'{r["trial"]} final params sha256 {r["params_sha256"]}'
         )
   if jax.process_index() != 0:  # every process has the same rows

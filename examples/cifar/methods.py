@@ -1,8 +1,16 @@
 """The methods of the paper's comparison (§5.4), one registry entry each.
 
-A method is a model option (dropout variants regularise the model) and an
-optimizer factory. Adding a method is adding one entry to ``METHODS``; the
-training program, its flags and the benchmarks read the registry.
+A method is a model option (dropout variants regularise the model) and a
+factory of its Optax transformation (its ``tx``). Adding a method is adding
+one entry to ``METHODS``; the training program, its flags and the benchmarks
+read the registry.
+
+A trial's key reaches the tx's state one way: every tx is built with
+``BUILD_KEY``, and ``steps.create_state`` puts the trial's key in place of
+every PRNG key of the initial state (``steps.with_tx_key``). The library's
+transformations read their key only in ``init``, where it becomes the
+state's, so the state is the one the tx built with the trial's key would
+start from, and one tx serves every trial (vmapped trials share it).
 
 The factories import JAX, Optax and optax_sbs when they run, not when this
 module loads: the command line reads the registry's names and descriptions,
@@ -19,7 +27,6 @@ from typing import Any
 from configs.default import Config
 
 if TYPE_CHECKING:
-  import jax
   import optax
 
 
@@ -30,24 +37,32 @@ class Method:
   Attributes:
     name: the name used on the command line and in results.
     description: one line for ``--help``.
-    optimizer: ``(config, learning_rate, momentum, key) -> optimizer`` where
-      ``learning_rate`` is the schedule, ``momentum`` the resolved momentum
-      and ``key`` the trial's optimizer key; the program adds the coupled L2
-      decay before it.
+    tx: ``(config, learning_rate, momentum) -> tx`` where ``learning_rate``
+      is the schedule and ``momentum`` the resolved momentum; the program
+      adds the coupled L2 decay before it. A tx that draws random numbers
+      is built with ``BUILD_KEY`` (see the module's docstring).
     model_options: ``config -> keyword arguments`` of
       ``models.create_model`` (the regulariser of dropout variants).
+    takes_value_fn: the tx's ``update`` takes ``value_fn``, the loss of the
+      step's batch as a function of the parameters (Entropy-SGD's inner
+      steps); the train step passes it to these methods only.
   """
 
   name: str
   description: str
-  optimizer: Callable[[Config, optax.Schedule, float, jax.Array], optax.GradientTransformation]
+  tx: Callable[[Config, optax.Schedule, float], optax.GradientTransformation]
   model_options: Callable[[Config], dict[str, Any]] = lambda config: {}
+  takes_value_fn: bool = False
 
 
-def _sgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+# The key every tx is built with; the trial's key replaces it in the state.
+BUILD_KEY = 0
+
+
+def _sgd(config: Config, lr: optax.Schedule, momentum: float):
   import optax  # pylint: disable=g-import-not-at-top
 
-  del config, key
+  del config
   return optax.sgd(lr, momentum=momentum or None)
 
 
@@ -67,25 +82,25 @@ def sbs_options(config: Config) -> dict[str, Any]:
   )
 
 
-def _sbs(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+def _sbs(config: Config, lr: optax.Schedule, momentum: float):
   import optax  # pylint: disable=g-import-not-at-top
 
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
-  sgd = _sgd(config, lr, momentum, key)
+  sgd = _sgd(config, lr, momentum)
   if config.sbs_momentum == 'frozen':
     # Algorithm 2: a waiting element keeps its value and momentum trace.
-    return optax_sbs.with_stochastic_batch_size(sgd, key, **sbs_options(config))
+    return optax_sbs.with_stochastic_batch_size(sgd, BUILD_KEY, **sbs_options(config))
   # SBS then SGD: the trace keeps moving the waiting elements.
-  return optax.chain(optax_sbs.stochastic_batch_size(key, **sbs_options(config)), sgd)
+  return optax.chain(optax_sbs.stochastic_batch_size(BUILD_KEY, **sbs_options(config)), sgd)
 
 
-def _esgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+def _esgd(config: Config, lr: optax.Schedule, momentum: float):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
   return optax_sbs.baselines.entropy_sgd(
     lr,
-    key=key,
+    key=BUILD_KEY,
     momentum=momentum or None,
     num_inner_steps=config.esgd_inner_steps,
     inner_learning_rate=config.esgd_inner_learning_rate,
@@ -98,10 +113,10 @@ def _esgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
   )
 
 
-def _asgd(config: Config, lr: optax.Schedule, momentum: float, key: jax.Array):
+def _asgd(config: Config, lr: optax.Schedule, momentum: float):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
-  del momentum, key  # Accelerated SGD has its own momentum-like iterate.
+  del momentum  # Accelerated SGD has its own momentum-like iterate.
   return optax_sbs.baselines.accelerated_sgd(lr, kappa=config.asgd_kappa, xi=config.asgd_xi)
 
 
@@ -123,15 +138,7 @@ METHODS: dict[str, Method] = {
       _sgd,
       lambda config: {'depth_dropout': config.depth_dropout},
     ),
-    Method('esgd', "Entropy-SGD (--esgd-*), the authors' outer step", _esgd),
+    Method('esgd', "Entropy-SGD (--esgd-*), the authors' outer step", _esgd, takes_value_fn=True),
     Method('asgd', 'Accelerated SGD (--asgd-kappa, --asgd-xi)', _asgd),
   )
 }
-
-
-def keyed_states() -> tuple[type, ...]:
-  """Optimizer state types that carry a PRNG key (replaced per trial when
-  trials are vectorised)."""
-  import optax_sbs  # pylint: disable=g-import-not-at-top
-
-  return (optax_sbs.StochasticBatchSizeState, optax_sbs.baselines.ScaleByEntropySGDState)

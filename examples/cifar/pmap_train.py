@@ -1,7 +1,7 @@
 """The classic ``jax.pmap`` + ``TrainState`` pattern with SBS, in one short script.
 
 Data parallel over N devices: each device gets ``batch_size / N`` images,
-gradients are averaged with ``lax.pmean`` *before* the optimizer, BatchNorm
+gradients are averaged with ``lax.pmean`` *before* the tx's update, BatchNorm
 statistics are averaged over the global batch (``axis_name``), and the train
 state, SBS key included, is replicated. So every replica draws the same SBS
 masks and the replicas stay identical (see the README's rule).
@@ -12,12 +12,8 @@ masks and the replicas stay identical (see the README's rule).
 
 import argparse
 import functools
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -27,7 +23,7 @@ import optax_sbs
 from configs.default import EMBEDDED_SAMPLE
 import input_pipeline
 import models
-import train as train_lib
+import steps as steps_lib
 
 
 def replicate(tree, n):
@@ -43,7 +39,8 @@ def train(
   devices = jax.devices()[:num_devices]
   model = models.SmallCNN(num_classes=data.num_classes, axis_name='batch')
   tx = optax_sbs.sbs(optax_sbs.sigmoid_schedule(0.1, 0.001, steps), key=seed, momentum=0.3)
-  state = train_lib.create_state(model, tx, data.x_train.shape[1:], jax.random.key(seed))
+  key = jax.random.key(seed)  # the model's and the tx's (as ``key=seed`` above)
+  state = steps_lib.create_state(model, tx, data.x_train.shape[1:], key, key)
   state = replicate(state, num_devices)
   mean, std = input_pipeline.channel_stats(data.x_train)
 
@@ -59,7 +56,7 @@ def train(
       return loss.mean(), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, 'batch')  # average BEFORE the optimizer
+    grads = jax.lax.pmean(grads, 'batch')  # average BEFORE the tx's update
     state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
     return state, jax.lax.pmean(loss, 'batch')
 

@@ -149,7 +149,8 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
       raise DataError(
         f'{name}: TFDS could not load its {split} split ({type(e).__name__}: {e}). '
         'Prepare it with TFDS and pass --data-dir, or pass the text file itself '
-        '(offline: --dataset ../shared/data/tinyshakespeare.txt gives the same splits)'
+        '(offline: --dataset path/to/tinyshakespeare.txt, a copy of the file TFDS '
+        'downloads, gives the same splits)'
       ) from e
   return from_splits(name, *texts)
 

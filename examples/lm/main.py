@@ -2,10 +2,11 @@
 
 With no arguments: AdamW, masked_updates(AdamW) and magma(AdamW) on TFDS's
 tiny_shakespeare, one trial each; prints the summary table and writes the
-results folder. Offline, pass the text file (the same splits):
+results folder. Offline, pass a local copy of the file TFDS downloads (the
+same splits):
 
-  python examples/lm/main.py --dataset ../shared/data/tinyshakespeare.txt
-  python examples/lm/main.py --dataset ../shared/data/tinyshakespeare.txt \\
+  python examples/lm/main.py --dataset path/to/tinyshakespeare.txt
+  python examples/lm/main.py --dataset path/to/tinyshakespeare.txt \\
       --methods adamw lr_dropout sbs --trials 3 --steps 2000 --learning-rate 2e-3
 """
 
@@ -20,11 +21,9 @@ from typing import Literal
 
 import tyro
 
-# Runnable as a script from anywhere: this folder holds its sibling modules.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from configs.default import Config  # pylint: disable=g-import-not-at-top
-import methods  # pylint: disable=g-import-not-at-top  (light: no JAX import)
+from configs.default import Config
+from configs.default import ConfigError
+import methods  # light: no JAX import
 
 MethodName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
 # Computed out here: inside the class body, ``methods`` is the field.
@@ -100,6 +99,8 @@ def _box_text(text: str) -> str:
 
 
 def main(argv=None) -> int:
+  """Runs the command line; returns the exit status (2 on any error, with
+  one line ``error: ...`` on stderr)."""
   captured = io.StringIO()
   try:
     with contextlib.redirect_stderr(captured):
@@ -138,10 +139,10 @@ def main(argv=None) -> int:
       checkpoint=run.checkpoint,
       resume=run.resume,
     )
-  except (input_pipeline.DataError, train.ConfigError, checkpointing.ResumeError) as e:
+  except (input_pipeline.DataError, ConfigError, checkpointing.ResumeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  summary = train.summarize(rows)
+  summary = results.summarize(rows)
   paths = results.write(config.workdir, config, rows, summary)
   print()
   print(results.summary_markdown(summary, config))

@@ -1,9 +1,17 @@
 """The compared methods: AdamW and update masks around it, one registry entry each.
 
-Every method is an optimizer factory ``(config, learning_rate, key) ->
-optax.GradientTransformation``; the training program clips the gradient
-before it (``--clip-norm``). Adding a method is adding one entry to
-``METHODS``; the flags and the benchmark read the registry.
+Every method is a factory of its Optax transformation (its ``tx``),
+``(config, learning_rate) -> optax.GradientTransformation``; the training
+program clips the gradient before it (``--clip-norm``). Adding a method is
+adding one entry to ``METHODS``; the flags and the benchmark read the
+registry.
+
+A trial's key reaches the tx's state one way: every tx is built with
+``BUILD_KEY``, and ``train.create`` puts the trial's key in place of every
+PRNG key of the initial state (``train.with_tx_key``). The library's
+transformations read their key only in ``init``, where it becomes the
+state's, so the state is the one the tx built with the trial's key would
+start from, and one tx (one compiled step) serves every trial.
 
 The methods that act per layer (``masked_updates``, ``lr_dropout``, ``magma``,
 ``sbs``) get ``layer_axes=models.layer_axes(config)``: None for the unrolled
@@ -24,7 +32,6 @@ from typing import TYPE_CHECKING
 from configs.default import Config
 
 if TYPE_CHECKING:
-  import jax
   import optax
 
 
@@ -35,18 +42,22 @@ class Method:
   Attributes:
     name: the name used on the command line and in results.
     description: one line for ``--help``.
-    optimizer: ``(config, learning_rate, key) -> optimizer``, where
-      ``learning_rate`` is the warm-up + cosine schedule and ``key`` the
-      trial's optimizer key (the masks' randomness).
+    tx: ``(config, learning_rate) -> tx``, where ``learning_rate`` is the
+      warm-up + cosine schedule. A tx that draws random numbers (the masks)
+      is built with ``BUILD_KEY`` (see the module's docstring).
   """
 
   name: str
   description: str
-  optimizer: Callable[[Config, optax.Schedule, jax.Array], optax.GradientTransformation]
+  tx: Callable[[Config, optax.Schedule], optax.GradientTransformation]
+
+
+# The key every tx is built with; the trial's key replaces it in the state.
+BUILD_KEY = 0
 
 
 def _layer_axes(config: Config):
-  """The model's stacked-layer axes for the optimizers (None: unrolled)."""
+  """The model's stacked-layer axes for the txs (None: unrolled)."""
   import models  # pylint: disable=g-import-not-at-top
 
   return models.layer_axes(config)
@@ -63,21 +74,20 @@ def _decay_mask(config: Config):
   )
 
 
-def _adamw(config: Config, lr: optax.Schedule, key: jax.Array):
+def _adamw(config: Config, lr: optax.Schedule):
   import optax  # pylint: disable=g-import-not-at-top
 
-  del key
   return optax.adamw(
     lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=_decay_mask(config)
   )
 
 
-def _masked_updates(config: Config, lr: optax.Schedule, key: jax.Array):
+def _masked_updates(config: Config, lr: optax.Schedule):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
   return optax_sbs.masked_updates(
-    _adamw(config, lr, key),
-    key,
+    _adamw(config, lr),
+    BUILD_KEY,
     probability=config.probability,
     rescale=True,
     granularity=config.granularity,
@@ -85,14 +95,14 @@ def _masked_updates(config: Config, lr: optax.Schedule, key: jax.Array):
   )
 
 
-def _lr_dropout(config: Config, lr: optax.Schedule, key: jax.Array):
+def _lr_dropout(config: Config, lr: optax.Schedule):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
   # Learning-Rate Dropout (Lin et al., 2019): each coordinate's step is
   # dropped with probability 1 - p, kept steps are not rescaled.
   return optax_sbs.masked_updates(
-    _adamw(config, lr, key),
-    key,
+    _adamw(config, lr),
+    BUILD_KEY,
     probability=config.probability,
     rescale=False,
     granularity='element',
@@ -100,12 +110,12 @@ def _lr_dropout(config: Config, lr: optax.Schedule, key: jax.Array):
   )
 
 
-def _magma(config: Config, lr: optax.Schedule, key: jax.Array):
+def _magma(config: Config, lr: optax.Schedule):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
   return optax_sbs.magma(
-    _adamw(config, lr, key),
-    key,
+    _adamw(config, lr),
+    BUILD_KEY,
     probability=config.probability,
     tau=config.tau,
     score_decay=config.score_decay,
@@ -115,12 +125,12 @@ def _magma(config: Config, lr: optax.Schedule, key: jax.Array):
   )
 
 
-def _sbs(config: Config, lr: optax.Schedule, key: jax.Array):
+def _sbs(config: Config, lr: optax.Schedule):
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
   return optax_sbs.with_stochastic_batch_size(
-    _adamw(config, lr, key),
-    key,
+    _adamw(config, lr),
+    BUILD_KEY,
     alpha=config.alpha,
     lam=config.lam,
     probability=config.sbs_probability,
@@ -129,13 +139,13 @@ def _sbs(config: Config, lr: optax.Schedule, key: jax.Array):
   )
 
 
-def _adamw_accumulate(config: Config, lr: optax.Schedule, key: jax.Array):
+def _adamw_accumulate(config: Config, lr: optax.Schedule):
   import optax  # pylint: disable=g-import-not-at-top
 
   k = config.accumulate_steps
   # The inner AdamW counts its own updates (one per k steps): its schedule
   # reads the outer step, so warm-up and decay end where AdamW's do.
-  return optax.MultiSteps(_adamw(config, lambda count: lr(count * k), key), every_k_schedule=k)
+  return optax.MultiSteps(_adamw(config, lambda count: lr(count * k)), every_k_schedule=k)
 
 
 METHODS: dict[str, Method] = {

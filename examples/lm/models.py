@@ -14,7 +14,7 @@ Flax's ``nnx.MultiHeadAttention`` with the dense kernels too).
 With ``scan_layers`` the blocks are one ``Block`` whose parameters all have a
 leading axis of ``num_layers`` (``nnx.vmap`` creates it, ``nnx.scan`` runs
 it), stored as ``layers``: ``optax_sbs.layers_under('layers')`` (see
-:func:`layer_axes`) tells the optimizers that each slice along that axis is a
+:func:`layer_axes`) tells the methods' txs that each slice along that axis is a
 layer. ``stack_blocks`` and ``unstack_layers`` convert parameters between the
 two layouts.
 """
@@ -162,7 +162,7 @@ def create_model(config, vocab_size: int, rngs: nnx.Rngs) -> Transformer:
 
 
 def layer_axes(config):
-  """The optimizers' ``layer_axes`` for the configuration's model: axis 0 of
+  """The txs' ``layer_axes`` for the configuration's model: axis 0 of
   every leaf under ``layers`` with ``scan_layers``, else None (no stacked leaves)."""
   return optax_sbs.layers_under('layers') if config.scan_layers else None
 

@@ -1,4 +1,5 @@
-"""Writing a run's results: JSON and CSV of every evaluation, summary markdown, curves PNG."""
+"""A run's results: the summary over trials, and its files (JSON and CSV of
+every evaluation, summary markdown, curves PNG)."""
 
 import csv
 import dataclasses
@@ -6,6 +7,42 @@ import json
 import os
 
 import numpy as np
+
+
+def final_rows(rows: list[dict], method: str) -> list[dict]:
+  """The last row of every trial of ``method``, by trial."""
+  last: dict[int, dict] = {}
+  for r in rows:
+    if r['method'] == method and r['step'] >= last.get(r['trial'], {'step': -1})['step']:
+      last[r['trial']] = r
+  return [last[t] for t in sorted(last)]
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+  """Per method: final validation (and test) loss per trial, mean and std over
+  trials; against 'adamw' (when both ran), the paired differences."""
+  summary = {}
+  for method in dict.fromkeys(r['method'] for r in rows):
+    last = final_rows(rows, method)
+    val = [r['val_loss'] for r in last]
+    test = [r['test_loss'] for r in last if 'test_loss' in r]
+    summary[method] = dict(
+      trials=len(val),
+      val_loss_mean=float(np.mean(val)),
+      val_loss_std=float(np.std(val, ddof=1)) if len(val) > 1 else 0.0,
+      per_trial_val_loss=val,
+      test_loss_mean=float(np.mean(test)) if test else None,
+      tokens_per_sec=float(np.mean([r['tokens_per_sec'] for r in rows if r['method'] == method])),
+    )
+  if 'adamw' in summary:
+    base = np.asarray(summary['adamw']['per_trial_val_loss'])
+    for method, s in summary.items():
+      values = np.asarray(s['per_trial_val_loss'])
+      if method == 'adamw' or len(values) != len(base):
+        continue
+      diff = values - base
+      s['vs_adamw'] = dict(diff=float(diff.mean()), wins=int(np.sum(diff < 0)), trials=len(diff))
+  return summary
 
 
 def paired_difference(a, b) -> tuple[float, float, float, int]:

@@ -1,10 +1,10 @@
-"""Training and evaluation of the NNX transformer: steps, loop, trials, summary.
+"""Training and evaluation of the NNX transformer: the methods' txs, steps, loop, trials.
 
 The entry point is :func:`run` (every method x trial of a configuration);
 :func:`run_trial` trains one. The trial's seed fixes the model's
-initialisation, the training windows and the optimizer's key, so the methods
-of one trial differ only in the method (a paired comparison). Losses are
-cross-entropies in nats per character.
+initialisation, the training windows and the tx's key, so the methods of one
+trial differ only in the method (a paired comparison). Losses are
+cross-entropies in nats per character. Summaries are in ``results``.
 """
 
 from collections.abc import Callable
@@ -20,16 +20,14 @@ import optax
 
 import checkpointing
 from configs.default import Config
+from configs.default import ConfigError
 import input_pipeline
 import methods
 import models
 
 
-class ConfigError(ValueError):
-  """A configuration that cannot run, with a message saying why."""
-
-
 def validate(config: Config) -> None:
+  """Raises ``ConfigError`` naming the first field that cannot run."""
   unknown = [m for m in config.methods if m not in methods.METHODS]
   if unknown or not config.methods:
     raise ConfigError(
@@ -84,9 +82,10 @@ def learning_rate_schedule(config: Config) -> optax.Schedule:
   )
 
 
-def build_optimizer(config: Config, method: str, key: jax.Array) -> optax.GradientTransformation:
-  """The method's optimizer (``methods.METHODS``) after gradient clipping."""
-  tx = methods.METHODS[method].optimizer(config, learning_rate_schedule(config), key)
+def build_tx(config: Config, method: str) -> optax.GradientTransformation:
+  """The method's tx (``methods.METHODS``) after gradient clipping. Built with
+  ``methods.BUILD_KEY``: :func:`create` keys its state by trial."""
+  tx = methods.METHODS[method].tx(config, learning_rate_schedule(config))
   if config.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   return optax.chain(tx)
@@ -94,19 +93,19 @@ def build_optimizer(config: Config, method: str, key: jax.Array) -> optax.Gradie
 
 def trial_seeds(config: Config, trial: int) -> tuple[jax.Array, jax.Array, np.random.Generator]:
   """What trial ``trial`` fixes, for every method alike: the model's init key,
-  the optimizer's key and the Generator of the training windows."""
+  the tx's key and the Generator of the training windows."""
   seed = config.seed + trial
-  model_key, optimizer_key = jax.random.split(jax.random.key(seed))
-  return model_key, optimizer_key, np.random.default_rng([seed, 1])
+  model_key, tx_key = jax.random.split(jax.random.key(seed))
+  return model_key, tx_key, np.random.default_rng([seed, 1])
 
 
-# One optimizer per configuration and method, shared by its trials: the
-# trial's key goes into the state instead (``create``), so the trials run the
-# train step that nnx.jit compiled for the first one (it caches on the
-# optimizer object, and a new one per trial would compile again).
-_OPTIMIZERS: dict[tuple[str, str], optax.GradientTransformation] = {}
-# Fields that do not enter an optimizer (``methods``: the method is named apart).
-NOT_OPTIMIZER_FIELDS = (
+# One tx per configuration and method, shared by its trials: the trial's key
+# goes into the state instead (``create``), so the trials run the train step
+# that nnx.jit compiled for the first one (it caches on the tx object, and a
+# new one per trial would compile again).
+_TXS: dict[tuple[str, str], optax.GradientTransformation] = {}
+# Fields that do not enter a tx (``methods``: the method is named apart).
+NOT_TX_FIELDS = (
   'dataset',
   'data_dir',
   'download',
@@ -119,32 +118,37 @@ NOT_OPTIMIZER_FIELDS = (
 )
 
 
-def shared_optimizer(config: Config, method: str) -> optax.GradientTransformation:
-  """``build_optimizer`` with a placeholder key, one object for every trial."""
+def shared_tx(config: Config, method: str) -> optax.GradientTransformation:
+  """``build_tx``, one object for every trial of a configuration and method."""
   fields = dataclasses.asdict(config)
-  for name in NOT_OPTIMIZER_FIELDS:
+  for name in NOT_TX_FIELDS:
     fields.pop(name)
   cache_key = (json.dumps(fields, sort_keys=True, default=str), method)
-  if cache_key not in _OPTIMIZERS:
-    _OPTIMIZERS[cache_key] = build_optimizer(config, method, jax.random.key(0))
-  return _OPTIMIZERS[cache_key]
+  if cache_key not in _TXS:
+    _TXS[cache_key] = build_tx(config, method)
+  return _TXS[cache_key]
 
 
-def _is_key(x) -> bool:
-  return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+def with_tx_key(opt_state, key: jax.Array):
+  """``opt_state`` with every PRNG key in it replaced by ``key``.
 
-
-def create(config: Config, method: str, vocab_size: int, model_key, optimizer_key):
-  """A fresh ``(model, nnx.Optimizer)`` for one run.
-
-  The optimizer state's PRNG keys (the masks') are ``optimizer_key``: the
-  state that ``build_optimizer(config, method, optimizer_key)`` would start
-  from (the library's transformations use their key only in ``init``).
+  The one way a trial's key reaches the tx's state (``methods`` builds every
+  tx with ``methods.BUILD_KEY``): the library's transformations read their
+  key only in ``init``, where it becomes the state's, so the result is the
+  state the tx built with ``key`` would start from. A no-op for a state
+  without keys.
   """
+  is_key = lambda x: jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+  return jax.tree.map(lambda x: key if is_key(x) else x, opt_state)
+
+
+def create(config: Config, method: str, vocab_size: int, model_key, tx_key):
+  """A fresh ``(model, nnx.Optimizer)`` for one run: the model initialised
+  from ``model_key``, the shared tx's state keyed by ``tx_key``
+  (:func:`with_tx_key`)."""
   model = models.create_model(config, vocab_size, nnx.Rngs(params=model_key))
-  optimizer = nnx.Optimizer(model, shared_optimizer(config, method), wrt=nnx.Param)
-  state = nnx.state(optimizer)
-  nnx.update(optimizer, jax.tree.map(lambda x: optimizer_key if _is_key(x) else x, state))
+  optimizer = nnx.Optimizer(model, shared_tx(config, method), wrt=nnx.Param)
+  nnx.update(optimizer, with_tx_key(nnx.state(optimizer), tx_key))
   # Committed to the device, as Orbax restores them: a resumed run then
   # finds the train step compiled (nnx.jit tells the two apart).
   device = jax.devices()[0]
@@ -231,8 +235,8 @@ def run_trial(
   any) and saves one after every evaluation, so a resumed run ends with the
   rows of an uninterrupted one (timings aside).
   """
-  model_key, optimizer_key, rng = trial_seeds(config, trial)
-  model, optimizer = create(config, method, data.vocab_size, model_key, optimizer_key)
+  model_key, tx_key, rng = trial_seeds(config, trial)
+  model, optimizer = create(config, method, data.vocab_size, model_key, tx_key)
   schedule = learning_rate_schedule(config)
   num_windows = config.eval_batches * config.batch_size
   val_windows = input_pipeline.eval_windows(data.validation, num_windows, config.context_length)
@@ -318,39 +322,3 @@ def run(
         if checkpointer is not None:
           checkpointer.close()
   return rows
-
-
-def final_rows(rows: list[dict], method: str) -> list[dict]:
-  """The last row of every trial of ``method``, by trial."""
-  last: dict[int, dict] = {}
-  for r in rows:
-    if r['method'] == method and r['step'] >= last.get(r['trial'], {'step': -1})['step']:
-      last[r['trial']] = r
-  return [last[t] for t in sorted(last)]
-
-
-def summarize(rows: list[dict]) -> dict[str, dict]:
-  """Per method: final validation (and test) loss per trial, mean and std over
-  trials; against 'adamw' (when both ran), the paired differences."""
-  summary = {}
-  for method in dict.fromkeys(r['method'] for r in rows):
-    last = final_rows(rows, method)
-    val = [r['val_loss'] for r in last]
-    test = [r['test_loss'] for r in last if 'test_loss' in r]
-    summary[method] = dict(
-      trials=len(val),
-      val_loss_mean=float(np.mean(val)),
-      val_loss_std=float(np.std(val, ddof=1)) if len(val) > 1 else 0.0,
-      per_trial_val_loss=val,
-      test_loss_mean=float(np.mean(test)) if test else None,
-      tokens_per_sec=float(np.mean([r['tokens_per_sec'] for r in rows if r['method'] == method])),
-    )
-  if 'adamw' in summary:
-    base = np.asarray(summary['adamw']['per_trial_val_loss'])
-    for method, s in summary.items():
-      values = np.asarray(s['per_trial_val_loss'])
-      if method == 'adamw' or len(values) != len(base):
-        continue
-      diff = values - base
-      s['vs_adamw'] = dict(diff=float(diff.mean()), wins=int(np.sum(diff < 0)), trials=len(diff))
-  return summary

@@ -18,6 +18,11 @@ EMBEDDED_SAMPLE = os.path.join(
 # The paper's batch size -> momentum pairing (§5.1, Table 2).
 PAPER_MOMENTUM = {16: 0.0, 32: 0.3, 64: 0.6, 128: 0.9}
 
+
+class ConfigError(ValueError):
+  """A configuration that cannot run, with a message saying why."""
+
+
 # The networks of ``models.MODELS`` (a test keeps the two in step).
 ModelName = Literal['small_cnn', 'wide_cnn', 'vgg11', 'resnet18', 'resnet50']
 
@@ -43,7 +48,7 @@ class Config:
   """The network."""
 
   # Optimisation.
-  optimizers: tuple[str, ...] = ('sgd', 'sbs')
+  methods: tuple[str, ...] = ('sgd', 'sbs')
   """Methods to compare (names of ``methods.METHODS``)."""
   epochs: int = 12
   """Epochs per run."""
@@ -100,12 +105,8 @@ class Config:
   trials: int = 3
   """Paired trials: trial t uses seed + t for every method."""
   seed: int = 0
-  """Seed of trial 0 (init, data subset and order, augmentation, optimizer key)."""
+  """Seed of trial 0 (init, data subset and order, augmentation, the tx's key)."""
   eval_batch_size: int = 500
   """Batch size of evaluation."""
   workdir: str = 'results/default'
   """Folder of the results files and checkpoints."""
-
-
-def get_config() -> Config:
-  return Config()

@@ -12,6 +12,10 @@ from typing import Literal
 TFDS_NAME = 'tiny_shakespeare'
 
 
+class ConfigError(ValueError):
+  """A configuration that cannot run, with a message saying why."""
+
+
 @dataclasses.dataclass
 class Config:
   """Everything that defines a run. Saved as config.json in the workdir."""
@@ -38,7 +42,7 @@ class Config:
   tie_embeddings: bool = False
   """Use the token embedding as the output head."""
   scan_layers: bool = False
-  """Stack the blocks' parameters along a leading layer axis (nnx.vmap) and run them with nnx.scan (one block compiled, not num_layers); the optimizers get layer_axes (optax_sbs.layers_under('layers')), so each slice is a layer to them, as each block of the unrolled model is."""
+  """Stack the blocks' parameters along a leading layer axis (nnx.vmap) and run them with nnx.scan (one block compiled, not num_layers); the methods' transformations get layer_axes (optax_sbs.layers_under('layers')), so each slice is a layer to them, as each block of the unrolled model is."""
 
   # Optimisation.
   methods: tuple[str, ...] = ('adamw', 'masked_updates', 'magma')
@@ -88,12 +92,8 @@ class Config:
   eval_batches: int = 8
   """Validation batches per evaluation: fixed windows spread evenly over the split."""
   trials: int = 1
-  """Paired trials: trial t uses seed + t for every method (init, batches, optimizer key)."""
+  """Paired trials: trial t uses seed + t for every method (init, batches, the tx's key)."""
   seed: int = 0
   """Seed of trial 0."""
   workdir: str = 'results/lm'
   """Folder of the results files and checkpoints."""
-
-
-def get_config() -> Config:
-  return Config()

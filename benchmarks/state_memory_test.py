@@ -1,10 +1,5 @@
 """benchmarks/state_memory.py: state bytes read off jax.eval_shape."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
-
 import jax
 import jax.numpy as jnp
 import optax

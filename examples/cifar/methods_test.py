@@ -11,7 +11,11 @@ import pytest
 import optax_sbs
 
 from configs.default import Config
+from configs.default import ConfigError
+import methods
 import models
+import parallel
+import steps
 import train
 
 
@@ -89,26 +93,30 @@ def test_stochastic_depth_drops_whole_residual_branches():
   assert abs(dropped.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 4000)
 
 
-def test_method_names_and_their_optimisers(tiny):
+def test_method_names_and_their_txs(tiny):
   config = Config(**tiny)
   key = jax.random.key(0)
-  for method in train.OPTIMIZERS:
-    tx = train.build_optimizer(config, method, 100, key)
+  for method in methods.METHODS:
+    tx = train.build_tx(config, method, 100)
     params = {'w': jnp.ones((3, 2))}
-    state = tx.init(params)
+    state = steps.with_tx_key(tx.init(params), key)
     updates, _ = tx.update(
       {'w': jnp.ones((3, 2))}, state, params, value_fn=lambda p: jnp.sum(p['w'] ** 2)
     )
     assert updates['w'].shape == (3, 2)
-  with pytest.raises(train.ConfigError, match='unknown optimizer'):
-    train.validate(Config(**dict(tiny), optimizers=('adamw',)), 1)
+    if not methods.METHODS[method].takes_value_fn:  # the train step passes none
+      updates, _ = tx.update({'w': jnp.ones((3, 2))}, state, params)
+      assert updates['w'].shape == (3, 2)
+  assert [m for m, e in methods.METHODS.items() if e.takes_value_fn] == ['esgd']
+  with pytest.raises(ConfigError, match='unknown method'):
+    train.validate(Config(**dict(tiny), methods=('adamw',)), 1)
   for bad, match in (
     ({'dropout_rate': 1.0}, 'dropout_rate'),
     ({'esgd_inner_steps': 0}, 'esgd_inner_steps'),
     ({'esgd_gamma': 0.0}, 'esgd_gamma'),
     ({'asgd_xi': 100.0}, 'asgd'),
   ):
-    with pytest.raises(train.ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
       train.validate(Config(**dict(tiny, **bad)), 1)
 
 
@@ -118,10 +126,8 @@ def test_sbs_momentum_semantics_frozen_holds_waiting_elements_chain_moves_them(t
   grads = {'w': jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
   moved = {}
   for semantics in train.SBS_MOMENTUM:
-    tx = train.build_optimizer(
-      dataclasses.replace(config, sbs_momentum=semantics), 'sbs', 100, jax.random.key(0)
-    )
-    state = tx.init(params)
+    tx = train.build_tx(dataclasses.replace(config, sbs_momentum=semantics), 'sbs', 100)
+    state = steps.with_tx_key(tx.init(params), jax.random.key(0))
     for _ in range(4):
       updates, state = tx.update(grads, state, params)
     released = np.asarray(optax_sbs.find_state(state).count['w']) == 1
@@ -135,7 +141,7 @@ def test_sbs_momentum_semantics_frozen_holds_waiting_elements_chain_moves_them(t
         )
       )
   assert moved['chain'].mean() > moved['frozen'].mean() + 0.2
-  with pytest.raises(train.ConfigError, match='sbs_momentum'):
+  with pytest.raises(ConfigError, match='sbs_momentum'):
     train.validate(Config(**dict(tiny, sbs_momentum='dense')), 1)
 
 
@@ -148,8 +154,9 @@ def test_entropy_sgd_outer_step_is_the_authors_lr_times_x_minus_mu(tiny):
   params = {'w': jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)}
   value_fn = lambda p: jnp.sum(jnp.sin(p['w']) ** 2)
   grads = jax.grad(value_fn)(params)
-  tx = train.build_optimizer(config, 'esgd', 100, key)
-  updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
+  tx = train.build_tx(config, 'esgd', 100)
+  state = steps.with_tx_key(tx.init(params), key)
+  updates, _ = tx.update(grads, state, params, value_fn=value_fn)
   scaled = optax_sbs.baselines.scale_by_entropy_sgd(
     key,
     num_inner_steps=config.esgd_inner_steps,
@@ -164,10 +171,10 @@ def test_entropy_sgd_outer_step_is_the_authors_lr_times_x_minus_mu(tiny):
 
 def test_every_method_trains_on_tiny_data(tiny, tiny_data):
   data = tiny_data
-  config = Config(**dict(tiny, epochs=2), optimizers=('dropout', 'adrop', 'esgd', 'asgd'))
-  rows = train.run(config, data, mesh=train.mesh_over_local_devices(1))
-  for method in config.optimizers:
-    mine = [r for r in rows if r['optimizer'] == method]
+  config = Config(**dict(tiny, epochs=2), methods=('dropout', 'adrop', 'esgd', 'asgd'))
+  rows = train.run(config, data, mesh=parallel.mesh_over_local_devices(1))
+  for method in config.methods:
+    mine = [r for r in rows if r['method'] == method]
     assert len(mine) == 2
     assert all(np.isfinite(r['train_loss']) for r in mine), method
     assert mine[-1]['val_accuracy'] > 25, (method, mine[-1])  # chance: 25%
@@ -177,8 +184,8 @@ def test_every_method_trains_on_tiny_data(tiny, tiny_data):
 def test_vectorized_trials_equal_sequential_for_entropy_sgd(tiny, tiny_data):
   """Each trial's Entropy-SGD noise key goes into its vmapped state."""
   data = tiny_data
-  mesh = train.mesh_over_local_devices(1)
-  config = Config(**dict(tiny, epochs=1, trials=2, esgd_noise=1e-2), optimizers=('esgd',))
+  mesh = parallel.mesh_over_local_devices(1)
+  config = Config(**dict(tiny, epochs=1, trials=2, esgd_noise=1e-2), methods=('esgd',))
   seq = train.run(config, data, mesh=mesh)
   vec = train.run(config, data, mesh=mesh, vectorized=True)
   for a, b in zip(seq, vec):

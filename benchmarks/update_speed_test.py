@@ -1,10 +1,5 @@
 """benchmarks/update_speed.py: the stand-in generator and the leaf-count tree."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
-
 import jax
 import numpy as np
 

@@ -9,12 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import paper_slice
 
-import paper_slice  # noqa: E402
-
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'device_check.sh')
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'device_check.sh')
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""examples/cifar/input_pipeline.py: sources, subsets, augmentation, batches."""
+"""input_pipeline.py: sources, subsets, augmentation, batches."""
 
 import os
 

@@ -1,0 +1,56 @@
+"""Test set-up of the CIFAR example: 8 virtual CPU devices, tiny data.
+
+The example's tests run in their own pytest process
+(``python -m pytest -n 2 examples/cifar``): pytest puts this folder on
+``sys.path``, so they import the example's modules as ``main.py`` does.
+
+The device flag must be set before JAX initialises its backends, so it is
+set here, at collection time, for the whole run. Single-device tests are
+unaffected: they run on the default device.
+"""
+
+import os
+
+_FLAG = '--xla_force_host_platform_device_count=8'
+if _FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The training program's options for runs of a few seconds on tiny data.
+_TINY = dict(
+  model='small_cnn',
+  epochs=3,
+  batch_size=16,
+  trials=1,
+  eval_batch_size=8,
+  augment=False,
+  learning_rate=0.05,
+)
+
+
+def _tiny_dataset(n_train=96, n_test=40, hw=8):
+  """Four learnable classes (the class sets the mean colour) of 8x8 images."""
+  import input_pipeline  # noqa: PLC0415  (after the device flag)
+
+  rng = np.random.default_rng(0)
+  y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
+
+  def images(y):
+    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
+    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
+
+  return input_pipeline.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
+
+
+@pytest.fixture
+def tiny():
+  """Keyword options of the training program's Config for tiny runs."""
+  return dict(_TINY)
+
+
+@pytest.fixture(scope='session')
+def tiny_data():
+  """A tiny in-memory dataset (96 train / 40 test images, 4 classes)."""
+  return _tiny_dataset()
