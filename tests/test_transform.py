@@ -159,7 +159,7 @@ def test_first_step_update_is_masked_gradient():
   params = make_params()
   grads = random_grads(np.random.default_rng(1))
   tx = optax_sbs.stochastic_batch_size(key=0)
-  updates, state = tx.update(grads, tx.init(params), params)
+  updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   for g, u, c, k in zip(leaves(grads), leaves(updates), leaves(state.cma), leaves(state.count)):
     chi = k == 1
     np.testing.assert_array_equal(u, np.where(chi, g, 0))
@@ -390,9 +390,9 @@ def test_count_saturates(count_dtype):
 def test_update_fraction_and_mean_count():
   params = make_params()
   tx = optax.chain(optax_sbs.stochastic_batch_size(key=1), optax.sgd(0.1))
-  state = tx.init(params)
+  state, update = tx.init(params), jax.jit(tx.update)
   for i in range(4):
-    _, state = tx.update(random_grads(np.random.default_rng(i)), state, params)
+    _, state = update(random_grads(np.random.default_rng(i)), state, params)
   sbs_state = optax_sbs.find_state(state)
   fraction, mean_count = sbs_state.update_fraction(), sbs_state.mean_count()
   for k, f, m in zip(
