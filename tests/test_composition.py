@@ -1,15 +1,15 @@
-"""SBS composed with jit, Optax combinators and wrappers, and vmap.
+"""SBS inside Optax's combinators and wrappers (chain, inject_hyperparams,
+MultiSteps, apply_if_finite, masked) and under vmap: what the transformation
+does when another transformation holds it or feeds it.
 
-Includes the contract Optax's own optimizers pass (``contrib/_common_test.py``):
-extra args ignored, no recompilation on the second call, inject_hyperparams
-equality, dtype stability, MultiSteps, tree_map_params.
+The contract Optax's own optimizers pass is in test_contract.py.
 """
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import test_utils
 import pytest
 
 import optax_sbs
@@ -28,40 +28,8 @@ def grads_at(step):
   )
 
 
-def assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def run(tx, steps=10, jit=True, **extra):
-  params, state = PARAMS, tx.init(PARAMS)
-  update = jax.jit(tx.update) if jit else tx.update
-  for i in range(steps):
-    updates, state = update(grads_at(i), state, params, **extra)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
-def test_sbs_alias_without_momentum_equals_explicit_chain():
-  lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
-  a = run(optax_sbs.sbs(lr, key=4))
-  b = run(optax.chain(optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr)))
-  assert_trees_equal(a, b)
-
-
-def test_sbs_alias_with_momentum_is_the_wrapper_not_the_chain():
-  lr = optax_sbs.sigmoid_schedule(0.1, 0.001, 10)
-  a = run(optax_sbs.sbs(lr, key=4, momentum=0.9, nesterov=True))
-  b = run(optax_sbs.with_stochastic_batch_size(optax.sgd(lr, momentum=0.9, nesterov=True), key=4))
-  assert_trees_equal(a, b)
-  chain_params, _ = run(
-    optax.chain(optax_sbs.stochastic_batch_size(key=4), optax.sgd(lr, momentum=0.9))
-  )
-  assert not all(
-    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[0]), jax.tree.leaves(chain_params))
-  )
+def run(tx, steps):
+  return helpers.run_steps(tx, PARAMS, [grads_at(i) for i in range(steps)])
 
 
 def test_momentum_accumulates_only_emitted_updates():
@@ -81,30 +49,6 @@ def test_momentum_accumulates_only_emitted_updates():
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
 
 
-def test_extra_args_ignored_and_no_recompilation():
-  tx = optax_sbs.sbs(0.1, key=0)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(grads_at(0), state, params, unexpected_extra_arg=1, value=2.0)
-    return optax.apply_updates(params, updates), state
-
-  params, state = step(PARAMS, tx.init(PARAMS))
-  with test_utils.log_compilations() as logs:
-    step(params, state)
-  assert not logs
-
-
-def test_inject_hyperparams_equals_plain():
-  plain = optax_sbs.stochastic_batch_size(key=2, alpha=0.3, lam=-2.0)
-  injected = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(key=2, alpha=0.3, lam=-2.0)
-  params_p, state_p = run(plain)
-  params_i, state_i = run(injected)
-  assert_trees_equal(params_p, params_i)
-  assert_trees_equal(state_p, state_i.inner_state)
-  assert float(state_i.hyperparams['alpha']) == pytest.approx(0.3)
-
-
 def test_inject_hyperparams_changes_take_effect_without_recompiling():
   tx = optax.inject_hyperparams(optax_sbs.stochastic_batch_size)(
     key=0, alpha=0.0, lam=0.0, probability=0.5
@@ -113,7 +57,7 @@ def test_inject_hyperparams_changes_take_effect_without_recompiling():
   state = tx.init(PARAMS)
   _, state = update(grads_at(0), state, PARAMS)
   state.hyperparams['probability'] = jnp.asarray(1.0, jnp.float32)
-  with test_utils.log_compilations() as logs:
+  with helpers.log_compilations() as logs:
     _, state = update(grads_at(1), state, PARAMS)
   assert not logs
   for k in jax.tree.leaves(state.inner_state.count):
@@ -151,7 +95,9 @@ def test_multisteps():
     params_i = optax.apply_updates(params_i, updates)
   for x, y in zip(jax.tree.leaves(params_m), jax.tree.leaves(params_i)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5)
-  assert_trees_equal(optax_sbs.find_state(state_m).count, optax_sbs.find_state(state_i).count)
+  helpers.assert_trees_equal(
+    optax_sbs.find_state(state_m).count, optax_sbs.find_state(state_i).count
+  )
 
 
 def test_apply_if_finite_leaves_state_untouched_on_nan():
@@ -163,7 +109,7 @@ def test_apply_if_finite_leaves_state_untouched_on_nan():
   bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads_at(1))
   updates, state = update(bad, state, PARAMS)
   after = optax_sbs.find_state(state)
-  assert_trees_equal(before, after)
+  helpers.assert_trees_equal(before, after)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(np.asarray(u), 0)
   assert int(state.notfinite_count) == 1
@@ -183,7 +129,7 @@ def test_vmap_over_keys_runs_independent_trials():
   batched = jax.jit(jax.vmap(trial))(keys)
   for t in range(num_trials):
     single = trial(keys[t])
-    assert_trees_equal(
+    helpers.assert_trees_equal(
       jax.tree.map(lambda x: x[t], (batched.cma, batched.count)),
       (single.cma, single.count),
     )
@@ -200,43 +146,7 @@ def test_vmap_over_update_with_batched_state():
   for t in range(3):
     single_tx = optax_sbs.stochastic_batch_size(t)
     u, _ = single_tx.update(grads_at(0), single_tx.init(PARAMS))
-    assert_trees_equal(jax.tree.map(lambda x: x[t], updates), u)
-
-
-def test_tree_map_params_and_dtype_stability_under_cond():
-  tx = optax_sbs.sbs(0.1, key=0)
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
-  state = tx.init(params)
-  state = optax.tree.map_params(tx, lambda v: v, state)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.tree.map(lambda p: p * 2, params)
-    cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
-    updates, state = jax.lax.cond(
-      cond, lambda: tx.update(grads, state, params), lambda: (params, state)
-    )
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(2):
-    params, state = step(params, state)
-  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
-
-
-def test_scan_converges_on_parabola():
-  """SBS still minimises a quadratic (each element is updated eventually)."""
-  target = jnp.array([1.0, -1.0, 2.0, 0.5])
-  tx = optax_sbs.sbs(0.1, key=0)
-
-  def step(carry, _):
-    params, state = carry
-    grads = jax.grad(lambda p: jnp.sum((p - target) ** 2))(params)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  params = jnp.zeros(4)
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=2000)
-  np.testing.assert_allclose(np.asarray(params), np.asarray(target), atol=1e-3)
+    helpers.assert_trees_equal(jax.tree.map(lambda x: x[t], updates), u)
 
 
 def test_reset_accumulators_inside_wrappers():
@@ -250,7 +160,7 @@ def test_reset_accumulators_inside_wrappers():
   for c, k in zip(jax.tree.leaves(reset.cma), jax.tree.leaves(reset.count)):
     np.testing.assert_array_equal(np.asarray(c), 0)
     np.testing.assert_array_equal(np.asarray(k), 1)
-  assert_trees_equal(before.key, reset.key)
+  helpers.assert_trees_equal(before.key, reset.key)
   assert any(np.any(np.asarray(k) > 1) for k in jax.tree.leaves(before.count))
 
 
@@ -264,5 +174,17 @@ def test_inject_hyperparams_with_static_group_fn_and_typed_key():
   )
   params_p, state_p = run(plain, steps=3)
   params_i, state_i = run(injected, steps=3)
-  assert_trees_equal((params_p, state_p), (params_i, state_i.inner_state))
+  helpers.assert_trees_equal((params_p, state_p), (params_i, state_i.inner_state))
   assert jax.tree.leaves(state_p.cma)[0].dtype == jnp.bfloat16
+
+
+def test_under_optax_masked():
+  params = {'a': jnp.ones(3), 'b': jnp.ones(4)}
+  tx = optax.masked(
+    optax_sbs.stochastic_batch_size(key=0, probability=0.0),
+    {'a': True, 'b': False},
+  )
+  state = tx.init(params)
+  updates, state = tx.update({'a': jnp.ones(3), 'b': jnp.ones(4)}, state, params)
+  np.testing.assert_array_equal(np.asarray(updates['a']), 0)
+  np.testing.assert_array_equal(np.asarray(updates['b']), 1)

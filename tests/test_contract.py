@@ -1,16 +1,20 @@
 """The contract Optax's contributed optimizers pass (optax/contrib/_common_test.py),
-for ``sbs`` and ``with_stochastic_batch_size``: extra args, no recompilation,
-convergence in ``lax.scan`` on four targets, inject_hyperparams, dtypes,
-MultiSteps, state stability under ``lax.cond``, learning-rate schedules.
+for ``sbs`` (with momentum: the wrapper; without: the chain) and
+``with_stochastic_batch_size``: extra args, no recompilation, convergence in
+``lax.scan`` on four targets, inject_hyperparams (also of the bare
+``stochastic_batch_size``), dtypes, MultiSteps, ``optax.tree.map_params`` and
+state stability under ``lax.cond``, learning-rate schedules; and for every
+export: dtypes, extra args, no recompilation, MultiSteps, trees of more than
+2**32 elements.
 """
 
 import functools
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import test_utils
 import pytest
 
 import optax_sbs
@@ -18,6 +22,7 @@ import optax_sbs
 # name -> (factory of keyword hyperparameters, those hyperparameters)
 FACTORIES = {
   'sbs': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0, momentum=0.9)),
+  'sbs_without_momentum': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0)),
   'sbs_around_adam': (
     functools.partial(optax_sbs.with_stochastic_batch_size, optax.adam(1e-2)),
     dict(key=0),
@@ -64,21 +69,27 @@ def mixed_tree(dtype):
   )
 
 
+@pytest.mark.parametrize('target', [rosenbrock, mixed_tree])
 @pytest.mark.parametrize('name', sorted(FACTORIES))
-def test_extra_args_accepted_and_no_recompilation(name):
+def test_extra_args_accepted_and_no_recompilation(name, target):
   tx = make(name)
-  initial, _, objective = rosenbrock(jnp.float32)
+  initial, _, objective = target(jnp.float32)
 
   @jax.jit
   def step(params, state):
     grads = jax.grad(objective)(params)
-    updates, state = tx.update(grads, state, params, not_expected_by_anyone=1)
+    updates, state = tx.update(grads, state, params, not_expected_by_anyone=1, value=2.0)
     return optax.apply_updates(params, updates), state
 
   params, state = step(initial, tx.init(initial))
-  with test_utils.log_compilations() as logs:
+  with helpers.log_compilations() as logs:
     step(params, state)
   assert not logs
+
+
+# The quadratic targets: SBS without momentum reaches their minimum to 1e-3
+# (each element is updated eventually); the other cases to 3e-2.
+QUADRATICS = ('parabola', 'matrix_parabola', 'mixed_tree')
 
 
 @pytest.mark.parametrize('target', [parabola, rosenbrock, matrix_parabola, mixed_tree])
@@ -94,25 +105,40 @@ def test_converges_in_scan(name, target):
 
   state = optax.tree.map_params(tx, lambda v: v, tx.init(initial))
   (params, _), _ = jax.lax.scan(step, (initial, state), length=30_000)
+  tight = name == 'sbs_without_momentum' and target.__name__ in QUADRATICS
+  tolerance = 1e-3 if tight else 3e-2
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(solution)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize('name', sorted(FACTORIES))
+# The contract's factories and the bare transformation, with hyperparameters.
+INJECTABLE = dict(
+  FACTORIES,
+  stochastic_batch_size=(optax_sbs.stochastic_batch_size, dict(key=2, alpha=0.3, lam=-2.0)),
+)
+
+
+@pytest.mark.parametrize('name', sorted(INJECTABLE))
 def test_inject_hyperparams_equals_plain(name):
-  factory, hparams = FACTORIES[name]
+  """Ten steps: the same updates, params and state, and the hyperparameters
+  kept by inject_hyperparams are those given."""
+  factory, hparams = INJECTABLE[name]
   plain = factory(**hparams)
   injected = optax.inject_hyperparams(factory)(**hparams)
-  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  params = params_i = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
   grads = [jnp.ones((2, 3)), -jnp.linspace(0.1, 2.0, 20).reshape(2, 5, 2)]
-  updates, state = jax.jit(plain.update)(grads, jax.jit(plain.init)(params), params)
-  updates_i, state_i = jax.jit(injected.update)(grads, jax.jit(injected.init)(params), params)
-  for x, y in zip(
-    jax.tree.leaves((updates, state)), jax.tree.leaves((updates_i, state_i.inner_state))
-  ):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  state, state_i = jax.jit(plain.init)(params), jax.jit(injected.init)(params)
+  update, update_i = jax.jit(plain.update), jax.jit(injected.update)
+  for _ in range(10):
+    updates, state = update(grads, state, params)
+    updates_i, state_i = update_i(grads, state_i, params_i)
+    helpers.assert_trees_equal(updates, updates_i)
+    params = optax.apply_updates(params, updates)
+    params_i = optax.apply_updates(params_i, updates_i)
+  helpers.assert_trees_equal((params, state), (params_i, state_i.inner_state))
+  for k, v in hparams.items():
+    if isinstance(v, float):
+      assert float(state_i.hyperparams[k]) == pytest.approx(v)
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
@@ -131,10 +157,10 @@ def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
 
 @pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
 @pytest.mark.parametrize('name', sorted(FACTORIES))
-def test_state_shape_and_dtype_stable_under_cond(name, dtype):
+def test_tree_map_params_and_state_shape_and_dtype_stable_under_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
     tx = make(name)
-    initial, _, objective = parabola(dtype)
+    initial, _, objective = mixed_tree(dtype)
 
     @jax.jit
     def step(params, state):
@@ -145,10 +171,10 @@ def test_state_shape_and_dtype_stable_under_cond(name, dtype):
       )
       return optax.apply_updates(params, updates), state
 
-    params, state = initial, tx.init(initial)
+    params, state = initial, optax.tree.map_params(tx, lambda v: v, tx.init(initial))
     for _ in range(2):
       params, new_state = step(params, state)
-      assert params.dtype == dtype
+      assert all(p.dtype == dtype for p in jax.tree.leaves(params))
       cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
       state = jax.lax.cond(cond, lambda s=state: s, lambda s=new_state: s)
 
@@ -260,7 +286,7 @@ def test_every_export_keeps_dtypes_accepts_extra_args_and_does_not_recompile(nam
   state = tx.init(params)
   updates, params, state = step(params, state)
   assert updates.dtype == params.dtype == jnp.dtype(dtype)
-  with test_utils.log_compilations() as logs:
+  with helpers.log_compilations() as logs:
     step(params, state)
   assert not logs
   # Methods are told apart by their state, not only by shapes: each holds

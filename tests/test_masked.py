@@ -3,6 +3,7 @@ references, mask rates, exact limits, composition, replicas, checkpoints."""
 
 import math
 
+import helpers
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -127,15 +128,8 @@ def test_magma_matches_numpy_reference(granularity):
   the inner state dense; z read back from the updates."""
   p, tau, beta_s, beta_m, s0 = 0.5, 2.0, 0.9, 0.8, 1.0
   inner = optax.adamw(1e-2, weight_decay=1e-3)
-  tx = optax_sbs.magma(
-    inner,
-    5,
-    probability=p,
-    tau=tau,
-    score_decay=beta_s,
-    momentum_decay=beta_m,
-    granularity=granularity,
-  )
+  options = dict(probability=p, tau=tau, score_decay=beta_s, momentum_decay=beta_m)
+  tx = optax_sbs.magma(inner, 5, granularity=granularity, **options)
   m = [np.zeros(s) for s in jax.tree.leaves(SHAPES, is_leaf=lambda x: isinstance(x, tuple))]
   s = [np.full(() if granularity == 'leaf' else x.shape, s0) for x in m]
   kept = total = 0
@@ -251,11 +245,7 @@ def test_apply_if_finite_skips_a_nan_step_and_state_is_stable_under_cond(make):
   bad = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
   updates, new_state = jax.jit(tx.update)(bad, state, params)
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
-  inner_new, inner_old = new_state.inner_state, state.inner_state
-  for a, b in zip(jax.tree.leaves(inner_new), jax.tree.leaves(inner_old)):
-    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-      a, b = jax.random.key_data(a), jax.random.key_data(b)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  helpers.assert_trees_equal(new_state.inner_state, state.inner_state)
   good = jax.tree.map(jnp.ones_like, params)
   _, after = jax.jit(tx.update)(good, new_state, params)
   assert jax.tree.structure(after) == jax.tree.structure(state)
@@ -314,8 +304,4 @@ def test_orbax_round_trip_into_an_abstract_template_resumes_bit_for_bit(tmp_path
     ckpt.save(tmp_path / 'ckpt', half)
   with ocp.StandardCheckpointer() as ckpt:
     restored = ckpt.restore(tmp_path / 'ckpt', jax.eval_shape(lambda: half))
-  resumed = train(*restored, grads[3:])
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
-    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-      a, b = jax.random.key_data(a), jax.random.key_data(b)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  helpers.assert_trees_equal(train(*restored, grads[3:]), whole)

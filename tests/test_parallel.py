@@ -153,23 +153,3 @@ def test_jit_named_sharding_equals_single_device(shard_params):
     assert kernel.sharding.spec == P('data')
     count = optax_sbs.find_state(state).count['dense']['kernel']
     assert len(count.sharding.device_set) == NUM_DEVICES
-
-
-def test_masks_independent_of_sharding():
-  from optax_sbs import _sampling  # pylint: disable=g-import-not-at-top
-
-  mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ('data',))
-  shapes = ((64, 32), (8,), (3, 3, 16, 8))
-  probs = [jnp.full(s, 0.3) for s in shapes]
-  key = jax.random.key(5)
-  plain = jax.jit(_sampling.bernoulli_masks, static_argnums=2)(key, probs, shapes)
-  out = [
-    NamedSharding(mesh, P('data')),
-    NamedSharding(mesh, P()),
-    NamedSharding(mesh, P(None, None, 'data')),
-  ]
-  sharded = jax.jit(_sampling.bernoulli_masks, static_argnums=2, out_shardings=out)(
-    key, probs, shapes
-  )
-  for a, b in zip(plain, sharded):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,4 +1,7 @@
-"""Faults and restarts: Orbax round trips, SIGKILL mid-run, determinism, bad input."""
+"""Faults and restarts, library and training program together: Orbax round
+trips of the optimizer state, masks identical across device counts, a
+non-finite gradient without a guard, SIGKILL mid-run and half-written
+checkpoints of the training program, and bad input to it."""
 
 import json
 import os
@@ -7,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,14 +45,6 @@ def _train(tx, params, state, steps, start=0):
   return params, state
 
 
-def _assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.mark.parametrize('recipe', ['orbax', 'key_data_helpers'])
 @pytest.mark.parametrize('semantics', ['chain', 'wrapper'])
 def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
@@ -79,34 +75,9 @@ def test_optimizer_state_round_trips_through_orbax_and_resumes_bit_for_bit(
     restored = optax_sbs.wrap_key_data_tree(raw, like=abstract)
   sbs_state = optax_sbs.find_state(restored)
   assert jnp.issubdtype(sbs_state.key.dtype, jax.dtypes.prng_key)
-  _assert_trees_equal(restored, half)
+  helpers.assert_trees_equal(restored, half)
   resumed = _train(tx, *restored, 5, start=5)
-  _assert_trees_equal(resumed, whole)
-
-
-def test_key_data_tree_keeps_other_leaves_and_key_impls():
-  tree = {'k': jax.random.key(1), 'rbg': jax.random.key(2, impl='rbg'), 'x': jnp.ones(2), 'n': None}
-  raw = optax_sbs.key_data_tree(tree)
-  assert raw['k'].dtype == jnp.uint32 and raw['rbg'].shape == (4,)
-  back = optax_sbs.wrap_key_data_tree(raw, like=tree)
-  assert jax.random.key_impl(back['rbg']) == jax.random.key_impl(tree['rbg'])
-  _assert_trees_equal(back, tree)
-  abstract_like = optax_sbs.wrap_key_data_tree(raw, like=jax.eval_shape(lambda: tree))
-  assert jax.random.key_impl(abstract_like['rbg']) == jax.random.key_impl(tree['rbg'])
-  _assert_trees_equal(abstract_like, tree)
-  with pytest.raises(ValueError, match='structure'):
-    optax_sbs.wrap_key_data_tree({'k': raw['k']}, like=tree)
-
-
-def test_same_key_same_run_eager_and_jit_and_repeated():
-  tx = optax_sbs.stochastic_batch_size(7)
-  params = _params()
-  state = tx.init(params)
-  eager = tx.update(_grads(0), state, params)
-  jitted = jax.jit(tx.update)(_grads(0), state, params)
-  again = jax.jit(tx.update)(_grads(0), tx.init(params), params)
-  _assert_trees_equal(eager, jitted)
-  _assert_trees_equal(jitted, again)
+  helpers.assert_trees_equal(resumed, whole)
 
 
 @pytest.mark.parametrize('num_devices', [2, 8])
@@ -146,20 +117,12 @@ def _tiny_npz(path):
   np.savez(path, x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
 
 
+# The training program's options for one trial on tiny batches.
+_TINY_RUN = ['--trials', '1', '--batch-size', '16', '--eval-batch-size', '8']
+
+
 def _cli(*args):
-  return [
-    sys.executable,
-    MAIN,
-    '--methods',
-    'sbs',
-    '--trials',
-    '1',
-    '--batch-size',
-    '16',
-    '--eval-batch-size',
-    '8',
-    *args,
-  ]
+  return [sys.executable, MAIN, '--methods', 'sbs', *_TINY_RUN, *args]
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
@@ -218,7 +181,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     path = workdir / 'checkpoints' / 'sbs_trial0' / '12' / 'state'
     with ocp.StandardCheckpointer() as ckpt:
       finals.append(ckpt.restore(path))
-  _assert_trees_equal(finals[0], finals[1])
+  helpers.assert_trees_equal(finals[0], finals[1])
 
 
 def test_unguarded_non_finite_gradient_freezes_its_group_as_documented():
@@ -302,20 +265,7 @@ def test_bad_input_to_the_training_program_fails_before_training(tmp_path, capsy
 
   path = tmp_path / 'd.npz'
   _tiny_npz(path)
-  args = [
-    '--dataset',
-    str(path),
-    '--epochs',
-    '1',
-    '--trials',
-    '1',
-    '--batch-size',
-    '16',
-    '--eval-batch-size',
-    '8',
-    '--workdir',
-    str(tmp_path / 'w'),
-  ]
+  args = ['--dataset', str(path), '--epochs', '1', *_TINY_RUN, '--workdir', str(tmp_path / 'w')]
   if override == 'truncated':
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 3])

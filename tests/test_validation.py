@@ -34,30 +34,6 @@ def test_bad_hyperparameters(kwargs, error, match):
     optax_sbs.stochastic_batch_size(key=0, **kwargs)
 
 
-@pytest.mark.parametrize('key', ['0', 1.5, jnp.zeros(3, jnp.uint32), jnp.float32(0.0)])
-def test_bad_key(key):
-  with pytest.raises(TypeError, match='key must be'):
-    optax_sbs.stochastic_batch_size(key)  # refused when built
-
-
-@pytest.mark.parametrize(
-  'keys',
-  [
-    jax.random.split(jax.random.key(0), 2),
-    jax.random.split(jax.random.PRNGKey(0), 2),
-  ],
-)
-def test_a_batch_of_keys_is_refused_when_built(keys):
-  for build in (
-    lambda: optax_sbs.stochastic_batch_size(keys),
-    lambda: optax_sbs.sbs(0.1, key=keys),
-    lambda: optax_sbs.with_stochastic_batch_size(optax.adam(1e-3), keys),
-  ):
-    with pytest.raises(ValueError, match='batch of'):
-      build()
-  optax_sbs.stochastic_batch_size(keys[0])  # one of them is fine
-
-
 @pytest.mark.parametrize('dtype', [jnp.int32, jnp.bool_, jnp.complex64])
 def test_non_float_leaf_named_at_init(dtype):
   params = {'dense': {'kernel': jnp.ones((2, 2)), 'step': jnp.ones(2, dtype)}}
@@ -83,6 +59,19 @@ def test_errors_raise_under_jit_at_trace_time():
   state = tx.init({'a': jnp.ones(2)})
   with pytest.raises(ValueError, match='does not have the structure'):
     jax.jit(tx.update)([jnp.ones(2)], state)
+
+
+@pytest.mark.parametrize('fn', ['transform', 'wrapper', 'alias', 'probability'])
+def test_bad_global_normalization_is_rejected(fn):
+  with pytest.raises(ValueError, match="global_normalization must be 'std' or 'mean'"):
+    if fn == 'transform':
+      optax_sbs.stochastic_batch_size(0, global_normalization='median')
+    elif fn == 'wrapper':
+      optax_sbs.with_stochastic_batch_size(optax.sgd(0.1), 0, global_normalization='median')
+    elif fn == 'alias':
+      optax_sbs.sbs(0.1, key=0, global_normalization='median')
+    else:
+      optax_sbs.update_probability([jnp.ones(3)], [0], 0.1, -4.0, 'median')
 
 
 def test_injected_hyperparameters_are_validated_when_concrete():

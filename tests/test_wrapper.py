@@ -5,6 +5,7 @@ the parameter itself are held where an element is not released (chi = 0);
 scalars such as Adam's step count advance every step.
 """
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,12 +135,6 @@ def run(tx, steps, seed=0, params=None, jit=True):
   return history
 
 
-def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.mark.parametrize('name', sorted(INNERS))
 def test_probability_one_is_the_inner_optimizer_bit_for_bit(name):
   """Op by op (eager), the wrapper at p = 1 computes exactly the inner
@@ -153,9 +148,9 @@ def test_probability_one_is_the_inner_optimizer_bit_for_bit(name):
   )
   alone = run(INNERS[name](), steps=10, jit=False)
   for (u_w, p_w, s_w), (u_a, p_a, s_a) in zip(wrapped, alone):
-    assert_trees_equal(u_w, u_a)
-    assert_trees_equal(p_w, p_a)
-    assert_trees_equal(s_w.inner_state, s_a)
+    helpers.assert_trees_equal(u_w, u_a)
+    helpers.assert_trees_equal(p_w, p_a)
+    helpers.assert_trees_equal(s_w.inner_state, s_a)
   jitted = run(
     optax_sbs.with_stochastic_batch_size(INNERS[name](), key=0, probability=1.0), steps=10
   )
@@ -176,7 +171,7 @@ def test_probability_zero_never_moves_params_or_per_parameter_state(name):
   for updates, new_params, state in history:
     for u in jax.tree.leaves(updates):
       np.testing.assert_array_equal(np.asarray(u), 0)
-    assert_trees_equal(new_params, params)
+    helpers.assert_trees_equal(new_params, params)
     for new, old in zip(jax.tree.leaves(state.inner_state), jax.tree.leaves(initial)):
       if np.ndim(old):  # per-parameter: held at its initial value
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
@@ -208,7 +203,7 @@ def test_chain_moves_waiting_elements_the_wrapper_does_not():
     assert moved(u_w) == pytest.approx(np.mean(chis))
     assert moved(u_c) > 0.9 > np.mean(chis) + 0.2
     # Same masks in both: the chain's SBS state is the wrapper's.
-    assert_trees_equal(optax_sbs.find_state(s_c).count, s_w.sbs_state.count)
+    helpers.assert_trees_equal(optax_sbs.find_state(s_c).count, s_w.sbs_state.count)
 
 
 def rosenbrock(w):
@@ -285,8 +280,8 @@ def test_composed_inner_states_are_held_per_element(name):
     updates, state = tx.update(grads, state, params)
     chis = {np.shape(c): c for c in released(state)}
     want = held_by_shape(chis, expected_inner, old_inner)
-    assert_trees_equal(state.inner_state, want)
-    assert_trees_equal(
+    helpers.assert_trees_equal(state.inner_state, want)
+    helpers.assert_trees_equal(
       updates, held_by_shape(chis, expected_updates, jax.tree.map(jnp.zeros_like, params))
     )
     params = optax.apply_updates(params, updates)
@@ -319,8 +314,8 @@ def test_masks_equal_those_of_the_transform_with_the_same_key():
     [(None, make_params(), None)] + wrapped[:-1], wrapped
   ):
     _, lone_state = lone.update(random_grads(rng), lone_state, params_before)
-    assert_trees_equal(state.sbs_state.count, lone_state.count)
-    assert_trees_equal(
+    helpers.assert_trees_equal(state.sbs_state.count, lone_state.count)
+    helpers.assert_trees_equal(
       jax.random.key_data(state.sbs_state.key), jax.random.key_data(lone_state.key)
     )
 
@@ -332,14 +327,14 @@ def test_state_helpers_work_through_the_wrapper():
   assert isinstance(sbs_state, optax_sbs.StochasticBatchSizeState)
   wrapper_state = state.inner_state
   assert isinstance(wrapper_state, optax_sbs.WithStochasticBatchSizeState)
-  assert_trees_equal(wrapper_state.update_fraction(), sbs_state.update_fraction())
-  assert_trees_equal(wrapper_state.mean_count(), sbs_state.mean_count())
+  helpers.assert_trees_equal(wrapper_state.update_fraction(), sbs_state.update_fraction())
+  helpers.assert_trees_equal(wrapper_state.mean_count(), sbs_state.mean_count())
   assert any(float(c) > 1 for c in jax.tree.leaves(sbs_state.mean_count()))
   reset = optax_sbs.reset_accumulators(state)
   for k in jax.tree.leaves(optax_sbs.find_state(reset).count):
     np.testing.assert_array_equal(np.asarray(k), 1)
   # The momentum trace is the inner optimizer's, untouched by the reset.
-  assert_trees_equal(reset.inner_state.inner_state, state.inner_state.inner_state)
+  helpers.assert_trees_equal(reset.inner_state.inner_state, state.inner_state.inner_state)
 
 
 def test_unsupported_inner_states_fail_at_init_with_a_clear_message():
@@ -379,4 +374,4 @@ def test_apply_if_finite_around_the_wrapper_leaves_its_state_on_nan():
     lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
     s.inner_state,
   )
-  assert_trees_equal(keep(after), keep(state))
+  helpers.assert_trees_equal(keep(after), keep(state))
