@@ -6,7 +6,8 @@
 # 1. the tests that exercise devices (tests/test_device.py: masks equal to the
 #    CPU's bit for bit, determinism, p = 1 == inner, donation, NamedSharding,
 #    pmap; two of tests/test_layers.py: stacked layers (layer_axes) per slice;
-#    tests/test_reliability.py: eager == jit, Orbax round trip, ...);
+#    tests/test_reliability.py: Orbax round trip, ...; eager == jit and key
+#    data round trips from tests/test_transform.py and tests/test_keys.py);
 # 2. benchmarks/update_speed.py on the ResNet-18 and transformer trees: SBS,
 #    with_stochastic_batch_size, masked_updates, magma vs optax.sgd / adam
 #    (step time, compile time, state bytes, kernels per update);
@@ -101,6 +102,8 @@ TESTS=(tests/test_device.py tests/test_layers.py::test_sbs_steps_and_mask_rates_
 # virtual devices or the training program's flags library).
 KEYWORDS='test_device or per_slice or round_trips or same_key or key_data or bit_identical'
 ((SMOKE)) || TESTS+=(tests/test_reliability.py tests/test_masked.py
+  tests/test_transform.py::test_same_key_same_run_eager_and_jit_and_repeated
+  tests/test_keys.py::test_key_data_tree_keeps_other_leaves_and_key_impls
   -k "$KEYWORDS or probability_one")
 LOG="$OUT/device_tests_${PLATFORM}.log"
 part "$TEST_LIMIT" tests "$PY" -m pytest -q -p no:cacheprovider -o addopts='-ra' "${TESTS[@]}" \
