@@ -221,6 +221,11 @@ class Runner:
       words += ['--cells', self.options.cells]
     return shlex.join(words)
 
+  def data_label(self) -> str:
+    """The data behind the report: its name, and a local copy's content hash."""
+    sha = self.data_id.get('sha256')
+    return f'`{self.data_id["name"]}`' + (f' (sha256 {sha}...)' if sha else '')
+
   def command_line(self) -> str:
     """The report's command item."""
     text = f'- command: `{self.command()}`'

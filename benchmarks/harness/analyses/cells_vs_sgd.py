@@ -142,12 +142,11 @@ def report(runner) -> Report:
   else:
     rate_text = ['Learning-rate check: not finished yet.', '']
 
-  data = runner.data_id
   lines = [
     f'# {study.TITLE}',
     '',
     runner.command_line(),
-    f'- data: `{data["name"]}`, a class-balanced {scale["fraction"]:g} of the '
+    f'- data: {runner.data_label()}, a class-balanced {scale["fraction"]:g} of the '
     f'training set per trial, no augmentation; test accuracy after every epoch on a fixed '
     f'class-balanced subset of {runner.facts().get("test_images")} test images',
     f"- regime: {scale['model']}, batch {scale['batch_size']} (momentum 0 by the paper's "

@@ -195,14 +195,13 @@ def report(runner) -> Report:
   facts = runner.facts()
   test_images = facts.get('test_images', scale.get('test_examples'))
   subset = bool(scale.get('test_examples')) and scale['test_examples'] <= (test_images or 0)
-  data = runner.data_id
-  data_note = getattr(study, 'DATA_NOTES', {}).get(data.get('sha256'))
+  data_note = getattr(study, 'DATA_NOTES', {}).get(runner.data_id.get('sha256'))
   lines = [
     f'# {study.TITLE.format(scale=runner.options.scale)}',
     '',
     *getattr(study, 'NOTE', ()),
     runner.command_line(),
-    f'- data: `{data["name"]}`' + (f' ({data_note})' if data_note else ''),
+    f'- data: {runner.data_label()}' + (f', {data_note}' if data_note else ''),
     f'- scale: {scale["model"]}, {scale["epochs"]} epochs, {trials} paired '
     f'trials per cell, sigmoid learning rate 0.1 -> 0.001, {study.MOMENTUM}, '
     + ('random crop + flip' if scale.get('augment') else 'no augmentation (the paper names none)')

@@ -106,7 +106,7 @@ def report(runner) -> Report:
     ]
     sweep.append(f'| {method} | ' + ' | '.join(entries) + ' |')
 
-  facts, config, data = runner.facts(), scale['config'], runner.data_id
+  facts, config = runner.facts(), scale['config']
   characters = facts.get('characters', ['?'] * 3)
   fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
   seed = scale['seed']
@@ -114,7 +114,7 @@ def report(runner) -> Report:
     f'# {study.TITLE.format(scale=runner.options.scale)}',
     '',
     runner.command_line(),
-    f'- data: `{data["name"]}`: {" / ".join(fmt(n) for n in characters)}'
+    f'- data: {runner.data_label()}: {" / ".join(fmt(n) for n in characters)}'
     f" characters (train / validation / test, TFDS tiny_shakespeare's split),"
     f' vocabulary {facts.get("vocab_size", "?")}',
     f'- model: decoder-only transformer (Flax NNX), {config["num_layers"]} block(s), width'
