@@ -63,7 +63,9 @@ def test_committed_results_are_written_again_byte_for_byte(study, stem, tmp_path
 
 
 def test_committed_caches_name_no_machine_paths():
-  for name in os.listdir(os.path.join(RESULTS, 'trials')):
+  caches = [n for n in os.listdir(os.path.join(RESULTS, 'trials')) if n.endswith('.jsonl')]
+  assert caches
+  for name in caches:
     with open(os.path.join(RESULTS, 'trials', name)) as f:
       text = f.read()
     assert '/work/' not in text and 'shared/data' not in text, name
