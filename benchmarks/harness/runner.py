@@ -126,7 +126,6 @@ class Runner:
   def data(self) -> Any:
     """The example's dataset (loaded on first use: only to train)."""
     if self._data is None:
-      self._data = self.example.load(self.dataset, self.options.data_dir, self.scale)
       if store_lib.data_identity(self.dataset) != self.data_id:
         sha = self.data_id.get('sha256')
         raise ValueError(
@@ -135,6 +134,7 @@ class Runner:
           + ': pass that copy as --dataset to train what the cache lacks, or name other '
           'data with --dataset (its runs are cached apart)'
         )
+      self._data = self.example.load(self.dataset, self.options.data_dir, self.scale)
     return self._data
 
   def config(self, **fields: Any) -> dict[str, Any]:
