@@ -108,17 +108,9 @@ def export_subset(data, fraction: float, test_examples: int, path: str) -> None:
 
 
 def make_config(sl: Slice, learning_rate: float) -> Config:
-  return dataclasses.replace(
-    Config(),
-    model=sl.model,
-    train_fraction=sl.fraction,
-    batch_size=sl.batch_size,
-    epochs=sl.epochs,
-    trials=sl.trials,
-    eval_batch_size=sl.eval_batch_size,
-    learning_rate=learning_rate,
-    augment=False,
-  )
+  """The example's configuration of the slice (its fields named alike)."""
+  same = {f.name: getattr(sl, f.name) for f in dataclasses.fields(sl) if f.name != 'fraction'}
+  return Config(**same, train_fraction=sl.fraction, learning_rate=learning_rate, augment=False)
 
 
 def initial_states(config: Config, method: str, data, setups):
