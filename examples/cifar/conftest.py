@@ -54,3 +54,18 @@ def tiny():
 def tiny_data():
   """A tiny in-memory dataset (96 train / 40 test images, 4 classes)."""
   return _tiny_dataset()
+
+
+@pytest.fixture
+def tiny_npz(tmp_path, tiny_data):
+  """The tiny dataset as an .npz file (what ``--dataset`` takes); its path."""
+  path = tmp_path / 'tiny.npz'
+  d = tiny_data
+  np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+  return str(path)
+
+
+@pytest.fixture
+def tiny_run_flags():
+  """The command line's flags for one trial on tiny batches."""
+  return ['--trials', '1', '--batch-size', '16', '--eval-batch-size', '8']

@@ -87,9 +87,9 @@ def test_cli_npz_without_arrays(tmp_path, capsys):
 
 
 @pytest.mark.slow  # kept out of the default run for time; run with -m slow
-def test_cli_end_to_end_subprocess(tmp_path, tiny_data):
+def test_cli_end_to_end_subprocess(tmp_path, tiny_npz):
   """The entry point as a user runs it, on a tiny .npz, 1 device."""
-  path = _save(tiny_data, tmp_path)
+  path = tiny_npz
   env = dict(os.environ, XLA_FLAGS='')
   out = subprocess.run(
     [
@@ -131,19 +131,8 @@ def test_cli_end_to_end_subprocess(tmp_path, tiny_data):
   ]
 
 
-# One trial of one epoch on tiny batches.
-_ONE_TINY_EPOCH = ['--epochs', '1', '--trials', '1', '--batch-size', '16', '--eval-batch-size', '8']
-
-
-def _save(data, folder) -> str:
-  """The tiny dataset as an .npz file in ``folder``; its path."""
-  path = folder / 'tiny.npz'
-  np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
-  return str(path)
-
-
-def test_resume_with_other_config_is_refused(tmp_path, capsys, tiny_data):
-  common = ['--dataset', _save(tiny_data, tmp_path), *_ONE_TINY_EPOCH]
+def test_resume_with_other_config_is_refused(tmp_path, capsys, tiny_npz, tiny_run_flags):
+  common = ['--dataset', tiny_npz, '--epochs', '1', *tiny_run_flags]
   common += ['--workdir', str(tmp_path / 'w')]
   assert cli.main(common + ['--resume']) == 2
   assert 'has no config.json' in capsys.readouterr().err
@@ -155,11 +144,11 @@ def test_resume_with_other_config_is_refused(tmp_path, capsys, tiny_data):
   assert cli.main(common + ['--methods', 'sgd', '--resume']) == 0
 
 
-def test_two_processes_equal_one_process(tmp_path, tiny_data):
+def test_two_processes_equal_one_process(tmp_path, tiny_npz, tiny_run_flags):
   """jax.distributed over 2 processes x 2 CPU devices == 1 process x 4."""
   import socket  # pylint: disable=g-import-not-at-top
 
-  path = _save(tiny_data, tmp_path)
+  path = tiny_npz
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -169,7 +158,9 @@ def test_two_processes_equal_one_process(tmp_path, tiny_data):
     main_py,
     '--dataset',
     path,
-    *_ONE_TINY_EPOCH,
+    '--epochs',
+    '1',
+    *tiny_run_flags,
     '--no-checkpoint',
     '--methods',
     'sbs',  # the method whose replicas must draw identical masks

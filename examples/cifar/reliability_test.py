@@ -3,6 +3,7 @@ half-written checkpoint, and bad input that must fail before training."""
 
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -31,33 +32,19 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _tiny_npz(path):
-  rng = np.random.default_rng(0)
-  y = np.arange(96) % 4
-  x = np.clip(y[:, None, None, None] * 60 + 20 + rng.normal(0, 30, (96, 8, 8, 3)), 0, 255).astype(
-    np.uint8
-  )
-  np.savez(path, x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
+def _cli(flags, *args):
+  return [sys.executable, MAIN, '--methods', 'sbs', *flags, *args]
 
 
-# The training program's options for one trial on tiny batches.
-_TINY_RUN = ['--trials', '1', '--batch-size', '16', '--eval-batch-size', '8']
-
-
-def _cli(*args):
-  return [sys.executable, MAIN, '--methods', 'sbs', *_TINY_RUN, *args]
-
-
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, tiny_npz, tiny_run_flags):
   """SIGKILL once a checkpoint exists; --resume finishes with the same state."""
-  data = tmp_path / 'tiny.npz'
-  _tiny_npz(data)
+  data = tiny_npz
   common = ['--dataset', str(data), '--epochs', '12']
   env = dict(os.environ, XLA_FLAGS='')
   # The uninterrupted run alongside the one to be killed.
   whole_err = open(tmp_path / 'whole.err', 'w')
   whole = subprocess.Popen(
-    _cli(*common, '--workdir', str(tmp_path / 'whole')),
+    _cli(tiny_run_flags, *common, '--workdir', str(tmp_path / 'whole')),
     stdout=subprocess.DEVNULL,
     stderr=whole_err,
     env=env,
@@ -65,7 +52,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   killed_dir = tmp_path / 'killed'
   ckpts = killed_dir / 'checkpoints' / 'sbs_trial0'
   proc = subprocess.Popen(
-    _cli(*common, '--workdir', str(killed_dir)),
+    _cli(tiny_run_flags, *common, '--workdir', str(killed_dir)),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
     env=env,
@@ -85,7 +72,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
   assert finished and finished[-1] < 12
 
   resumed = subprocess.run(
-    _cli(*common, '--workdir', str(killed_dir), '--resume'),
+    _cli(tiny_run_flags, *common, '--workdir', str(killed_dir), '--resume'),
     capture_output=True,
     text=True,
     timeout=600,
@@ -151,11 +138,19 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny, tiny_data)
     ('fraction 0.1', 'fewer than one batch'),
   ],
 )
-def test_bad_input_to_the_training_program_fails_before_training(tmp_path, capsys, override, match):
-
-  path = tmp_path / 'd.npz'
-  _tiny_npz(path)
-  args = ['--dataset', str(path), '--epochs', '1', *_TINY_RUN, '--workdir', str(tmp_path / 'w')]
+def test_bad_input_to_the_training_program_fails_before_training(
+  tmp_path, capsys, tiny_npz, tiny_run_flags, override, match
+):
+  path = pathlib.Path(tiny_npz)
+  args = [
+    '--dataset',
+    str(path),
+    '--epochs',
+    '1',
+    *tiny_run_flags,
+    '--workdir',
+    str(tmp_path / 'w'),
+  ]
   if override == 'truncated':
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 3])
