@@ -21,7 +21,7 @@ mean ± std over trials, SBS minus SGD paired per trial with a 95% t interval,
 the train accuracy, and the time per step of each method (the ratio is the
 step overhead of SBS inside a real training step).
 
-  python benchmarks/paper_slice.py --dataset ../shared/data/cifar10.npz   # GPU
+  python benchmarks/paper_slice.py --dataset PATH/TO/cifar10.npz   # GPU
   python benchmarks/paper_slice.py --smoke --out /tmp/slice.md             # CPU, seconds
 
 The methods advance an epoch each in turn; with ``--time-budget`` both stop

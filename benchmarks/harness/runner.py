@@ -126,7 +126,8 @@ class Runner:
   def data(self) -> Any:
     """The example's dataset (loaded on first use: only to train)."""
     if self._data is None:
-      if store_lib.data_identity(self.dataset) != self.data_id:
+      # A dataset named on the command line was hashed into data_id already.
+      if not self.options.dataset and store_lib.data_identity(self.dataset) != self.data_id:
         sha = self.data_id.get('sha256')
         raise ValueError(
           f'the runs of scale {self.options.scale} used {self.data_id["name"]}'
