@@ -279,11 +279,19 @@ def summary_rows(results: dict) -> list[str]:
       train=np.asarray(r['curves']['train_accuracy'])[-1],
       train_loss=np.asarray(r['curves']['train_loss'])[-1],
     )
-  rows = [
-    '| method | trials | test, last epoch | test, last 10% | vs SGD (points) | 95% CI | '
-    'wins | train acc | train loss | step (ms) | step / SGD |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
-  ]
+  rows = report.table_head(
+    'method',
+    'trials',
+    'test, last epoch',
+    'test, last 10%',
+    'vs SGD (points)',
+    '95% CI',
+    'wins',
+    'train acc',
+    'train loss',
+    'step (ms)',
+    'step / SGD',
+  )
   base = per_method.get('sgd')
   for method, m in per_method.items():
     r = results[method]

@@ -103,8 +103,7 @@ def memory_rows() -> tuple[list[str], list[dict]]:
     f'GPT-2 small ({n / 1e6:.1f}M parameters, {LAYERS} stacked layers). Bytes of optimizer',
     'state per parameter (the params themselves not counted), from `jax.eval_shape(tx.init)`.',
     '',
-    '| method | f32 params | / adamw | bf16 params | / adamw |',
-    '|---|---|---|---|---|',
+    *report.table_head('method', 'f32 params', '/ adamw', 'bf16 params', '/ adamw'),
   ]
   payload = []
   base = {name: state_bytes(optax.adamw(1e-3), tree) / n for name, tree in trees.items()}
@@ -157,8 +156,7 @@ def precision_rows() -> tuple[list[str], dict]:
     'elements whose CMA changed at step k; "error": RMS distance to the exact running mean',
     'in units of its standard error 1/sqrt(k) (1.0 = as large as the sampling noise itself).',
     '',
-    '| k | ' + ' | '.join(f'{name}: moved / error' for name in runs) + ' |',
-    '|---|' + '---|' * len(runs),
+    *report.table_head('k', *(f'{name}: moved / error' for name in runs)),
   ]
   for i, k in enumerate(CHECKPOINTS):
     cells = [f'{r[i]["moved"]:.2f} / {r[i]["rms_error_in_se"]:.2f}' for r in runs.values()]

@@ -74,8 +74,9 @@ def main():
     *report.machine_and_versions(),
     f'- median of {args.reps} steps after warm-up, in one process',
     '',
-    f'| optimizer | {k} sequential steps (ms) | one vmapped step (ms) | vmapped / sequential |',
-    '|---|---|---|---|',
+    *report.table_head(
+      'optimizer', f'{k} sequential steps (ms)', 'one vmapped step (ms)', 'vmapped / sequential'
+    ),
   ]
   for name in ('sgd', 'sbs'):
     tx = train.build_tx(config, name, 1000)

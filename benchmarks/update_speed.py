@@ -428,10 +428,7 @@ def collectives_section(devices: int) -> list[str]:
   if child.returncode:
     return [f'(the child process failed: {child.stderr.strip().splitlines()[-1:]})']
   counts = json.loads(child.stdout.strip().splitlines()[-1])
-  rows = [
-    '| optimizer | ' + ' | '.join(COLLECTIVE_OPS) + ' |',
-    '|---|' + '---|' * len(COLLECTIVE_OPS),
-  ]
+  rows = report.table_head('optimizer', *COLLECTIVE_OPS)
   for name, ops in counts.items():
     rows.append(f'| {name} | ' + ' | '.join(str(ops[op]) for op in COLLECTIVE_OPS) + ' |')
   return rows

@@ -22,9 +22,13 @@ def _folder(name: str) -> str:
   return os.path.join(ROOT, 'examples', name)
 
 
-def _config_module(name: str) -> ModuleType:
-  path = os.path.join(_folder(name), 'configs', 'default.py')
-  spec = importlib.util.spec_from_file_location(f'{name}_example_config', path)
+def light_module(name: str, path: str) -> ModuleType:
+  """A module of the example that imports none of its others (its
+  configuration, its results writer), loaded by file under its own name."""
+  stem = os.path.splitext(path)[0].replace('/', '_')
+  spec = importlib.util.spec_from_file_location(
+    f'{name}_example_{stem}', os.path.join(_folder(name), path)
+  )
   assert spec is not None and spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -53,7 +57,7 @@ class Example:
 
   def config_class(self) -> Any:
     if self._config is None:
-      self._config = _config_module(self.name).Config
+      self._config = light_module(self.name, 'configs/default.py').Config
     return self._config
 
   def config(self, method: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -55,25 +55,3 @@ def train_and_test(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str) 
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-
-
-def loss_by_step(
-  lines: dict[str, tuple[np.ndarray, np.ndarray]], path: str, title: str = ''
-) -> None:
-  """Validation loss against step, ``{label: (steps, values per trial)}``:
-  the mean over trials, ± std shaded."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, (steps, values) in lines.items():
-    mean, std = values.mean(0), values.std(0)
-    ax.plot(steps, mean, label=f'{label} ({len(values)} trials)')
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-  ax.set_xlabel('step')
-  ax.set_ylabel('validation loss (nats/char)')
-  if title:
-    ax.set_title(title, fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)

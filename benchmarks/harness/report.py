@@ -51,6 +51,11 @@ def provenance_lines(provenance: list[dict[str, str]]) -> list[str]:
   return lines
 
 
+def table_head(*columns: str) -> list[str]:
+  """The first two lines of a markdown table with these column titles."""
+  return ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+
+
 def write_results(out: str, lines: list[str], payload: Any = None, indent: int = 1) -> None:
   """Writes the markdown ``lines`` to ``out`` (its folder made if missing)
   and, given a ``payload``, the JSON beside it (``out`` with ``.json``)."""

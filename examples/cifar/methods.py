@@ -66,20 +66,26 @@ def _sgd(config: Config, lr: optax.Schedule, momentum: float):
   return optax.sgd(lr, momentum=momentum or None)
 
 
+# The configuration's fields that are SBS keyword arguments of the same name.
+_SBS_FIELDS = (
+  'alpha',
+  'lam',
+  'global_normalization',
+  'probability',
+  'scale_by_count',
+  'magnitude',
+  'count_dtype',
+)
+
+
 def sbs_options(config: Config) -> dict[str, Any]:
   """The SBS keyword arguments a configuration asks for."""
   import optax_sbs  # pylint: disable=g-import-not-at-top
 
-  return dict(
-    alpha=config.alpha,
-    lam=config.lam,
-    global_normalization=config.global_normalization,
-    probability=config.probability,
-    scale_by_count=config.scale_by_count,
-    magnitude=config.magnitude,
-    group_fn=optax_sbs.single_group if config.group == 'single' else optax_sbs.parameter_type,
-    count_dtype=config.count_dtype,
-  )
+  return {
+    **{name: getattr(config, name) for name in _SBS_FIELDS},
+    'group_fn': optax_sbs.single_group if config.group == 'single' else optax_sbs.parameter_type,
+  }
 
 
 def _sbs(config: Config, lr: optax.Schedule, momentum: float):

@@ -122,14 +122,18 @@ def _add_shortcut(x, y, strides: int, norm: ModuleDef, drop_rate: float, train: 
   return nn.relu(x + y)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+class _Block(nn.Module):
+  """The fields every residual block has; subclasses define ``__call__``."""
 
   filters: int
   norm: ModuleDef
   strides: int = 1
   drop_rate: float = 0.0
   train: bool = False
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
 
   @nn.compact
   def __call__(self, x):
@@ -140,14 +144,8 @@ class BasicBlock(nn.Module):
     return _add_shortcut(x, y, self.strides, self.norm, self.drop_rate, self.train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 reduce, 3x3, 1x1 expand (x4), with a projection shortcut if needed."""
-
-  filters: int
-  norm: ModuleDef
-  strides: int = 1
-  drop_rate: float = 0.0
-  train: bool = False
 
   @nn.compact
   def __call__(self, x):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 from typing import TYPE_CHECKING
+from typing import Any
 
 from configs.default import Config
 
@@ -82,61 +83,51 @@ def _adamw(config: Config, lr: optax.Schedule):
   )
 
 
-def _masked_updates(config: Config, lr: optax.Schedule):
-  import optax_sbs  # pylint: disable=g-import-not-at-top
+def _around_adamw(factory: str, options: Callable[[Config, Any], dict[str, Any]]):
+  """The tx ``optax_sbs.<factory>`` around AdamW, built with ``BUILD_KEY`` and
+  the model's ``layer_axes``; ``options(config, optax_sbs)`` gives its own
+  keyword arguments."""
 
-  return optax_sbs.masked_updates(
-    _adamw(config, lr),
-    BUILD_KEY,
-    probability=config.probability,
-    rescale=True,
-    granularity=config.granularity,
-    layer_axes=_layer_axes(config),
-  )
+  def tx(config: Config, lr: optax.Schedule):
+    import optax_sbs  # pylint: disable=g-import-not-at-top
 
+    return getattr(optax_sbs, factory)(
+      _adamw(config, lr),
+      BUILD_KEY,
+      layer_axes=_layer_axes(config),
+      **options(config, optax_sbs),
+    )
 
-def _lr_dropout(config: Config, lr: optax.Schedule):
-  import optax_sbs  # pylint: disable=g-import-not-at-top
-
-  # Learning-Rate Dropout (Lin et al., 2019): each coordinate's step is
-  # dropped with probability 1 - p, kept steps are not rescaled.
-  return optax_sbs.masked_updates(
-    _adamw(config, lr),
-    BUILD_KEY,
-    probability=config.probability,
-    rescale=False,
-    granularity='element',
-    layer_axes=_layer_axes(config),  # no effect per element; passed for uniformity
-  )
+  return tx
 
 
-def _magma(config: Config, lr: optax.Schedule):
-  import optax_sbs  # pylint: disable=g-import-not-at-top
-
-  return optax_sbs.magma(
-    _adamw(config, lr),
-    BUILD_KEY,
-    probability=config.probability,
-    tau=config.tau,
-    score_decay=config.score_decay,
-    momentum_decay=config.momentum_decay,
-    granularity=config.granularity,
-    layer_axes=_layer_axes(config),
-  )
-
-
-def _sbs(config: Config, lr: optax.Schedule):
-  import optax_sbs  # pylint: disable=g-import-not-at-top
-
-  return optax_sbs.with_stochastic_batch_size(
-    _adamw(config, lr),
-    BUILD_KEY,
-    alpha=config.alpha,
-    lam=config.lam,
-    probability=config.sbs_probability,
-    group_fn=optax_sbs.parameter_type,
-    layer_axes=_layer_axes(config),
-  )
+_masked_updates = _around_adamw(
+  'masked_updates',
+  lambda c, _: dict(probability=c.probability, rescale=True, granularity=c.granularity),
+)
+# Learning-Rate Dropout (Lin et al., 2019): each coordinate's step is dropped
+# with probability 1 - p, kept steps are not rescaled (layer_axes has no effect
+# per element; passed for uniformity).
+_lr_dropout = _around_adamw(
+  'masked_updates',
+  lambda c, _: dict(probability=c.probability, rescale=False, granularity='element'),
+)
+_magma = _around_adamw(
+  'magma',
+  lambda c, _: dict(
+    probability=c.probability,
+    tau=c.tau,
+    score_decay=c.score_decay,
+    momentum_decay=c.momentum_decay,
+    granularity=c.granularity,
+  ),
+)
+_sbs = _around_adamw(
+  'with_stochastic_batch_size',
+  lambda c, sbs: dict(
+    alpha=c.alpha, lam=c.lam, probability=c.sbs_probability, group_fn=sbs.parameter_type
+  ),
+)
 
 
 def _adamw_accumulate(config: Config, lr: optax.Schedule):

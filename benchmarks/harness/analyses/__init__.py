@@ -17,3 +17,10 @@ class Report:
   payload: Any = None
   indent: int = 1
   figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def add_curves(self, stem: str, caption: str, draw: Any) -> 'Report':
+    """Adds the figure ``<stem>_curves.png``, drawn by ``draw(path)``, and a
+    last line naming it after ``caption``."""
+    self.figures['_curves.png'] = draw
+    self.lines.append(f'{caption}: `{stem}_curves.png`.')
+    return self

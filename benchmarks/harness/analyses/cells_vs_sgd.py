@@ -165,8 +165,7 @@ def report(runner) -> Report:
     *study.AFTER,
     '',
   ]
-  figures = {}
+  result = Report(lines, {'cells': json_cells})
   if curves:
-    figures['_curves.png'] = lambda path: plots.train_and_test(curves, path)
-    lines.append(f'Curves: `{runner.stem()}_curves.png`.')
-  return Report(lines, {'cells': json_cells}, figures=figures)
+    result.add_curves(runner.stem(), 'Curves', lambda path: plots.train_and_test(curves, path))
+  return result

@@ -224,8 +224,9 @@ def report(runner) -> Report:
     '',
     *body,
   ]
-  figures = {}
+  result = Report(lines)
   if panels:
-    figures['_curves.png'] = lambda path: plots.epoch_panels(panels, path)
-    lines.append(f'Learning curves: `{runner.stem()}_curves.png`.')
-  return Report(lines, figures=figures)
+    result.add_curves(
+      runner.stem(), 'Learning curves', lambda path: plots.epoch_panels(panels, path)
+    )
+  return result

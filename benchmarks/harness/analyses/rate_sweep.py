@@ -13,9 +13,10 @@ runs is given too.
 
 import numpy as np
 
-from harness import plots
+from harness import examples
 from harness import stats
 from harness.analyses import Report
+from harness.report import table_head
 
 
 def cell_name(cells: dict, cell: str) -> str:
@@ -137,23 +138,31 @@ def report(runner) -> Report:
     'in which the method is lower. The rate is chosen on the same validation loss, so the test '
     'loss of the same runs is given too. *: the best rate is at an edge of the sweep.',
     '',
-    '| method | best rate | val loss | test loss | vs AdamW (nats/char) | 95% CI | lower than AdamW | tokens/s |',
-    '|---|---|---|---|---|---|---|---|',
+    *table_head(
+      'method',
+      'best rate',
+      'val loss',
+      'test loss',
+      'vs AdamW (nats/char)',
+      '95% CI',
+      'lower than AdamW',
+      'tokens/s',
+    ),
     *table,
     '',
     '## Learning-rate sweep: mean final validation loss',
     '',
-    '| method | ' + ' | '.join(f'lr {lr:g}' for lr in rates) + ' |',
-    '|---|' + '---|' * len(rates),
+    *table_head('method', *(f'lr {lr:g}' for lr in rates)),
     *sweep,
     '',
   ]
-  figures = {}
+  result = Report(lines, {'cells': cells}, indent=2)
   if curves:
     title = f'mean ± std over trials, scale {runner.options.scale}'
-    figures['_curves.png'] = lambda path: plots.loss_by_step(curves, path, title=title)
-    lines.append(
-      'Learning curves (validation loss, each method at its best rate): '
-      f'`{runner.stem()}_curves.png`.'
+    plot = examples.light_module('lm', 'results.py').plot_curves
+    result.add_curves(
+      runner.stem(),
+      'Learning curves (validation loss, each method at its best rate)',
+      lambda path: plot(curves, path, title=title),
     )
-  return Report(lines, {'cells': cells}, indent=2, figures=figures)
+  return result
