@@ -7,6 +7,7 @@ from harness import store
 from harness.analyses import cells_vs_sgd
 from harness.analyses import cifar_tables
 from harness.analyses import rate_sweep
+from harness.analyses import scale_confirmation
 
 PROVENANCE = {'machine': 'a machine', 'versions': 'some versions', 'command': 'a command'}
 
@@ -275,3 +276,76 @@ def test_rate_sweep_reports_each_method_at_its_best_rate(tmp_path):
   )
   assert '| adamw | 1.5050 | 1.6050 |' not in text  # the sweep table holds validation losses
   assert '| masked_updates | 1.4050 | 1.8050 |' in text
+
+
+def _medium_cache(runner, cell, lr, phase, finals):
+  """Caches ``cell`` at ``lr`` with final validation losses ``finals`` (one
+  per trial); train loss 0.2 lower, test 0.1 higher."""
+  scale = runner.scale
+  method, options, _ = runner.study.CELLS[cell]
+  seed = scale['sweep_seed'] if phase == 'sweep' else scale['seed']
+  config = runner.config(method=method, **scale['config'], **options, learning_rate=lr, seed=seed)
+  per_trial = []
+  for val in finals:
+    rows = _steps(val)
+    for r in rows:
+      r['train_eval_loss'] = r['val_loss'] - 0.2
+    per_trial.append(rows)
+  _cache(runner, config, per_trial, facts={'params': 99, 'unigram_entropy': 3.0})
+
+
+def test_scale_confirmation_runs_each_cell_at_the_rate_the_sweep_chose(tmp_path):
+  runner = _runner(tmp_path, 'lm_medium')
+  low, high = runner.scale['learning_rates']
+  sweep = {('adamw', low): [2.0, 2.2], ('adamw', high): [1.5, 1.7]}
+  sweep |= {('sbs_lam0', low): [1.4, 1.5], ('sbs_lam0', high): [float('nan'), 3.5]}
+  for (cell, lr), finals in sweep.items():
+    _medium_cache(runner, cell, lr, 'sweep', finals)
+  # The confirmation: AdamW and dropout at AdamW's best (high), the rest at SBS's (low).
+  at = {'adamw': high, 'dropout': high, 'sbs_lam0': low, 'sbs_p05': low, 'lr_dropout': low}
+  finals = {'adamw': [1.6, 1.8], 'dropout': [1.7, 1.7], 'sbs_lam0': [1.5, 1.6]}
+  finals |= {'sbs_p05': [1.6, 1.9], 'lr_dropout': [1.55, 1.85]}
+  for cell, lr in at.items():
+    _medium_cache(runner, cell, lr, 'confirmation', finals[cell])
+  _medium_cache(runner, 'sbs_lam0', high, 'confirmation', [0.1, 0.1])  # never read
+  report = scale_confirmation.report(runner)
+  cells = {c['name']: c for c in report.payload['cells']}
+  assert report.payload['model'] == {
+    'params': 99,
+    'num_layers': 2,
+    'embed_dim': 16,
+    'scan_layers': True,
+  }
+  confirm = {n.split()[1]: c for n, c in cells.items() if c['phase'] == 'confirmation'}
+  assert {n: c['learning_rate'] for n, c in confirm.items()} == at
+  assert confirm['sbs_lam0']['vs_adamw']['diff'] == pytest.approx(-0.15)
+  assert confirm['sbs_lam0']['vs_adamw']['wins'] == 2
+  assert confirm['adamw']['vs_adamw'] is None and confirm['adamw']['seeds'] == [100, 101]
+  assert confirm['dropout']['method'] == 'dropout' and confirm['dropout']['options'] == {
+    'rate': 0.1
+  }
+  assert confirm['sbs_p05']['options'] == {'lam': -4.0, 'alpha': 0.1, 'probability': 0.5}
+  assert confirm['sbs_lam0']['options'] == {'lam': 0.0, 'alpha': 0.1, 'probability': None}
+  assert confirm['sbs_lam0']['train_loss'] == pytest.approx(1.35)
+  assert confirm['sbs_lam0']['test_loss'] == pytest.approx(1.65)
+  # The sweep: paired with AdamW at its best rate on the sweep's seeds; a
+  # NaN and a loss above the character entropy both count as stalled.
+  diverged = [c for c in cells.values() if c['phase'] == 'sweep' and c['stalled']]
+  assert [(c['method'], c['learning_rate'], c['stalled']) for c in diverged] == [('sbs', high, 2)]
+  assert len(cells) == 9
+  sbs_low = cells[f'sweep: sbs_lam0 lr={low:g}']
+  assert sbs_low['vs_adamw']['diff'] == pytest.approx(-0.15) and sbs_low['seeds'] == [0, 1]
+  text = '\n'.join(report.lines)
+  assert '(best), 2 stalled' not in text and '1.4500 ± 0.0707 (best)' in text
+  assert 'nan ± nan, 2 stalled' in text or 'nan, 2 stalled' in text
+
+
+def test_scale_confirmation_waits_for_the_sweep(tmp_path):
+  runner = _runner(tmp_path, 'lm_medium')
+  low, _ = runner.scale['learning_rates']
+  _medium_cache(runner, 'adamw', low, 'sweep', [2.0, 2.1])
+  report = scale_confirmation.report(runner)
+  text = '\n'.join(report.lines)
+  assert 'confirmation adamw (waits for the sweep of adamw)' in text
+  assert 'sweep adamw lr=0.01 (0/2 trials cached)' in text
+  assert report.payload['cells'][0]['vs_adamw'] is None  # AdamW's best rate not known yet

@@ -136,7 +136,18 @@ class Lm(Example):
       'characters': [len(data.train), len(data.validation), len(data.test)],
       'vocab_size': int(data.vocab_size),
       'params': int(models.num_params(config, data.vocab_size)),
+      'unigram_entropy': unigram_entropy(data.train, data.vocab_size),
     }
+
+
+def unigram_entropy(tokens: Any, vocab_size: int) -> float:
+  """The entropy (nats) of the characters' frequencies in ``tokens``: the
+  loss of a model that predicts them and nothing else."""
+  import numpy as np  # noqa: PLC0415
+
+  p = np.bincount(np.asarray(tokens), minlength=vocab_size) / len(tokens)
+  p = p[p > 0]
+  return float(-(p * np.log(p)).sum())
 
 
 EXAMPLES: dict[str, Example] = {'cifar': Cifar(), 'lm': Lm()}

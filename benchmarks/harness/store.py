@@ -30,7 +30,7 @@ import json
 import os
 from typing import Any
 
-SCHEMA = 3
+SCHEMA = 4
 
 # Fields of an example's configuration that never enter a run's key: where
 # things lie (the data enters by its identity instead), and the number of
@@ -47,9 +47,19 @@ def _methods_not_optimizers(record: dict) -> dict:
   return dict(record, config=config, rows=rows, key=run_key(config, record['data']), schema=3)
 
 
+def _lm_dropout(record: dict) -> dict:
+  """Schema 3 -> 4: the lm example's model took a ``dropout`` rate; the runs
+  made before it had none (0). An lm configuration is the one with a
+  ``context_length``."""
+  config = record['config']
+  if 'context_length' in config:
+    config = dict(config, dropout=0.0)
+  return dict(record, config=config, key=run_key(config, record['data']), schema=4)
+
+
 # schema -> the function that lifts a record of that schema to the next one.
 # Every renamed or added configuration field gets an entry here.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {2: _methods_not_optimizers}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {2: _methods_not_optimizers, 3: _lm_dropout}
 
 
 def run_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,23 @@ def test_schema_2_records_take_the_methods_field_and_a_new_key(tmp_path):
   )
   path = tmp_path / 'cache.jsonl'
   path.write_text(json.dumps(record) + '\n')
-  new = {'methods': ['sgd'], 'seed': 1}
+  new = {'methods': ['sgd'], 'seed': 1}  # a cifar configuration: no dropout added
   found = store.TrialStore(str(path)).get(store.run_key(new, data))
   assert found['config'] == new and found['rows'] == [{'method': 'sgd', 'epoch': 1}]
   assert found['schema'] == store.SCHEMA
+
+
+def test_schema_3_lm_records_take_dropout_0_and_a_new_key(tmp_path):
+  data = {'name': 'x.txt', 'sha256': 'ab'}
+  lm, cifar = {'context_length': 64, 'seed': 1}, {'methods': ['sgd'], 'seed': 1}
+  path = tmp_path / 'cache.jsonl'
+  path.write_text(
+    ''.join(
+      json.dumps(dict(_record(store.run_key(c, data), schema=3), config=c, data=data)) + '\n'
+      for c in (lm, cifar)
+    )
+  )
+  cache = store.TrialStore(str(path))
+  assert cache.get(store.run_key(dict(lm, dropout=0.0), data))['config']['dropout'] == 0.0
+  assert cache.get(store.run_key(lm, data)) is None
+  assert cache.get(store.run_key(cifar, data))['config'] == cifar

@@ -11,6 +11,13 @@ The attention's query, key and value come from one 2-D ``qkv`` kernel, one
 matmul for the three (the library's grouping would put the 3-D kernels of
 Flax's ``nnx.MultiHeadAttention`` with the dense kernels too).
 
+With ``dropout`` > 0, GPT-2's dropout of the attention weights and of both
+residual branches (before they are added), at that rate, in training only:
+evaluation runs the model through ``nnx.view(model, deterministic=True)``
+(:func:`deterministic`). Every block's dropout has its own PRNG stream, split
+from the ``dropout`` stream of the ``rngs`` it is built with (per layer, also
+when the blocks are stacked).
+
 With ``scan_layers`` the blocks are one ``Block`` whose parameters all have a
 leading axis of ``num_layers`` (``nnx.vmap`` creates it, ``nnx.scan`` runs
 it), stored as ``layers``: ``optax_sbs.layers_under('layers')`` (see
@@ -31,7 +38,9 @@ import optax_sbs
 class CausalSelfAttention(nnx.Module):
   """Multi-head self-attention in which position t sees positions <= t."""
 
-  def __init__(self, embed_dim: int, num_heads: int, residual_std: float, *, rngs: nnx.Rngs):
+  def __init__(
+    self, embed_dim: int, num_heads: int, residual_std: float, dropout: float, *, rngs: nnx.Rngs
+  ):
     if embed_dim % num_heads:
       raise ValueError(f'num_heads {num_heads} does not divide embed_dim {embed_dim}')
     self.num_heads = num_heads
@@ -40,6 +49,7 @@ class CausalSelfAttention(nnx.Module):
     self.proj = nnx.Linear(
       embed_dim, embed_dim, kernel_init=nnx.initializers.normal(residual_std), rngs=rngs
     )
+    self.dropout = _dropout(dropout, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -49,9 +59,16 @@ class CausalSelfAttention(nnx.Module):
     scores = jnp.einsum('bthd,bshd->bhts', q, k) / math.sqrt(d // h)
     causal = jnp.tril(jnp.ones((t, t), bool))
     scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = self.dropout(jax.nn.softmax(scores, axis=-1))
     out = jnp.einsum('bhts,bshd->bthd', weights, v).reshape(b, t, d)
     return self.proj(out)
+
+
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
+  """Dropout at ``rate`` with its own stream forked from ``rngs.dropout``; at
+  rate 0 the identity, with no stream (the model's state is then that of a
+  model without dropout)."""
+  return nnx.Dropout(rate, rngs=rngs if rate > 0 else None)
 
 
 class MLP(nnx.Module):
@@ -70,17 +87,27 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
   """Pre-LayerNorm: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
-  def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, num_layers: int, *, rngs):
+  def __init__(
+    self,
+    embed_dim: int,
+    num_heads: int,
+    mlp_ratio: int,
+    num_layers: int,
+    dropout: float = 0.0,
+    *,
+    rngs: nnx.Rngs,
+  ):
     # GPT-2: residual projections start smaller, by 1/sqrt(2 * layers).
     residual_std = 0.02 / math.sqrt(2 * num_layers)
     self.ln_1 = nnx.LayerNorm(embed_dim, rngs=rngs)
-    self.attention = CausalSelfAttention(embed_dim, num_heads, residual_std, rngs=rngs)
+    self.attention = CausalSelfAttention(embed_dim, num_heads, residual_std, dropout, rngs=rngs)
     self.ln_2 = nnx.LayerNorm(embed_dim, rngs=rngs)
     self.mlp = MLP(embed_dim, mlp_ratio * embed_dim, residual_std, rngs=rngs)
+    self.residual_dropout = _dropout(dropout, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.attention(self.ln_1(x))
-    return x + self.mlp(self.ln_2(x))
+    x = x + self.residual_dropout(self.attention(self.ln_1(x)))
+    return x + self.residual_dropout(self.mlp(self.ln_2(x)))
 
 
 class Transformer(nnx.Module):
@@ -97,6 +124,7 @@ class Transformer(nnx.Module):
     context_length: int,
     tie_embeddings: bool = False,
     scan_layers: bool = False,
+    dropout: float = 0.0,
     rngs: nnx.Rngs,
   ):
     self.context_length = context_length
@@ -110,12 +138,15 @@ class Transformer(nnx.Module):
       @nnx.split_rngs(splits=num_layers)
       @nnx.vmap(in_axes=0, out_axes=0)
       def create_blocks(rngs):
-        return Block(embed_dim, num_heads, mlp_ratio, num_layers, rngs=rngs)
+        return Block(embed_dim, num_heads, mlp_ratio, num_layers, dropout, rngs=rngs)
 
       self.layers = create_blocks(rngs)
     else:
       self.blocks = nnx.List(
-        [Block(embed_dim, num_heads, mlp_ratio, num_layers, rngs=rngs) for _ in range(num_layers)]
+        [
+          Block(embed_dim, num_heads, mlp_ratio, num_layers, dropout, rngs=rngs)
+          for _ in range(num_layers)
+        ]
       )
     self.ln_f = nnx.LayerNorm(embed_dim, rngs=rngs)
     self.head = (
@@ -157,8 +188,14 @@ def create_model(config, vocab_size: int, rngs: nnx.Rngs) -> Transformer:
     context_length=config.context_length,
     tie_embeddings=config.tie_embeddings,
     scan_layers=config.scan_layers,
+    dropout=config.dropout,
     rngs=rngs,
   )
+
+
+def deterministic(model: Transformer) -> Transformer:
+  """The model with its dropout off (evaluation), sharing its arrays."""
+  return nnx.view(model, deterministic=True)
 
 
 def layer_axes(config):

@@ -197,3 +197,59 @@ def test_scanned_layers_give_sbs_the_unrolled_update_probabilities(scan_pair):
   per_block = want[0]['blocks']
   stacked = np.stack([per_block[i]['mlp']['fc']['kernel'] for i in (0, 1)])
   assert np.abs(np.asarray(whole) - stacked).max() > 1e-4
+
+
+def _dropout_models(scan_config, rate: float):
+  """An unrolled and a scanned 2-layer model with dropout ``rate``: the same
+  weights, and the unrolled blocks' dropout streams set to the scanned
+  model's per-layer streams."""
+  config = scan_config(dropout=rate)
+  rngs = lambda: nnx.Rngs(params=jax.random.key(0), dropout=jax.random.key(1))
+  unrolled = models.create_model(config, 11, rngs())
+  scanned = models.create_model(dataclasses.replace(config, scan_layers=True), 11, rngs())
+  for kind in (nnx.Param, nnx.RngState):
+    state = nnx.state(unrolled, kind)
+    nnx.replace_by_pure_dict(
+      state, models.unstack_layers(nnx.to_pure_dict(nnx.state(scanned, kind)))
+    )
+    nnx.update(unrolled, state)
+  return unrolled, scanned
+
+
+def _layer_keys(model) -> list[np.ndarray]:
+  """The key data of every dropout stream of the scanned model, per layer."""
+  keys = nnx.to_pure_dict(nnx.state(model, nnx.RngKey))
+  return [np.asarray(jax.random.key_data(k)) for k in jax.tree.leaves(keys)]
+
+
+def test_dropout_is_off_at_evaluation_and_draws_new_masks_every_call(scan_config):
+  """Training mode drops (a new mask each call); ``models.deterministic``
+  gives exactly the model without dropout, with the same weights."""
+  tokens = jnp.arange(16).reshape(2, 8) % 11
+  for scan in (False, True):
+    config = scan_config(dropout=0.3, scan_layers=scan)
+    model = models.create_model(config, 11, nnx.Rngs(params=0, dropout=1))
+    reference = models.create_model(dataclasses.replace(config, dropout=0.0), 11, nnx.Rngs(2))
+    nnx.update(reference, nnx.state(model, nnx.Param))
+    first, second = model(tokens), model(tokens)
+    assert not np.allclose(first, second)
+    evaluated = models.deterministic(model)(tokens)
+    np.testing.assert_array_equal(np.asarray(evaluated), np.asarray(reference(tokens)))
+    assert not np.allclose(evaluated, first)
+
+
+def test_scanned_dropout_uses_each_layers_own_stream(scan_config):
+  """Under nnx.scan every layer draws its masks from its own stream (split
+  per layer when the blocks are created): the scanned model's training-mode
+  logits are those of the unrolled model whose block i has layer i's
+  stream; the streams differ, and with layer 0's stream in both blocks the
+  logits differ."""
+  tokens = jnp.arange(16).reshape(2, 8) % 11
+  unrolled, scanned = _dropout_models(scan_config, 0.5)
+  keys = _layer_keys(scanned)
+  assert keys and all(k.shape[0] == 2 and not np.array_equal(k[0], k[1]) for k in keys)
+  logits = np.asarray(scanned(tokens))
+  np.testing.assert_allclose(logits, np.asarray(unrolled(tokens)), rtol=1e-5, atol=1e-5)
+  shared, _ = _dropout_models(scan_config, 0.5)
+  nnx.update(shared.blocks[1], nnx.state(shared.blocks[0], nnx.RngState))
+  assert not np.allclose(np.asarray(shared(tokens)), logits, atol=1e-3)

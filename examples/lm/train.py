@@ -64,6 +64,8 @@ def validate(config: Config) -> None:
     raise ConfigError(f'sbs_probability must lie in [0, 1], got {config.sbs_probability}')
   if not config.tau > 0:
     raise ConfigError(f'tau must be positive, got {config.tau}')
+  if not 0.0 <= config.dropout < 1.0:
+    raise ConfigError(f'dropout must lie in [0, 1), got {config.dropout}')
   if config.weight_decay < 0 or config.clip_norm < 0:
     raise ConfigError('weight_decay and clip_norm must not be negative')
   if config.granularity not in ('leaf', 'element'):
@@ -146,7 +148,9 @@ def create(config: Config, method: str, vocab_size: int, model_key, tx_key):
   """A fresh ``(model, nnx.Optimizer)`` for one run: the model initialised
   from ``model_key``, the shared tx's state keyed by ``tx_key``
   (:func:`with_tx_key`)."""
-  model = models.create_model(config, vocab_size, nnx.Rngs(params=model_key))
+  # The dropout stream (used only with --dropout) derives from the model's key.
+  rngs = nnx.Rngs(params=model_key, dropout=jax.random.fold_in(model_key, 1))
+  model = models.create_model(config, vocab_size, rngs)
   optimizer = nnx.Optimizer(model, shared_tx(config, method), wrt=nnx.Param)
   nnx.update(optimizer, with_tx_key(nnx.state(optimizer), tx_key))
   # Committed to the device, as Orbax restores them: a resumed run then
@@ -179,7 +183,9 @@ def eval_step(model: models.Transformer, inputs, targets):
 
 
 def evaluate(model, windows: tuple[np.ndarray, np.ndarray], batch_size: int) -> float:
-  """Mean loss (nats per character) over fixed windows, ``batch_size`` at a time."""
+  """Mean loss (nats per character) over fixed windows, ``batch_size`` at a
+  time, with the model's dropout off."""
+  model = models.deterministic(model)
   inputs, targets = windows
   total = 0.0
   for start in range(0, len(inputs), batch_size):
@@ -227,7 +233,9 @@ def run_trial(
   """Trains ``method`` for one trial; returns one row per evaluation.
 
   A row: ``method, trial, step, train_loss`` (mean over the steps since the
-  previous row), ``val_loss`` (on fixed validation windows),
+  previous row, in training mode), ``train_eval_loss`` (on fixed training
+  windows, evaluated as the validation loss is), ``val_loss`` (on fixed
+  validation windows),
   ``tokens_per_sec`` (without the compiling step), ``learning_rate`` (of
   the row's last step); the last row adds ``test_loss`` (fixed test windows).
 
@@ -240,6 +248,7 @@ def run_trial(
   schedule = learning_rate_schedule(config)
   num_windows = config.eval_batches * config.batch_size
   val_windows = input_pipeline.eval_windows(data.validation, num_windows, config.context_length)
+  train_windows = input_pipeline.eval_windows(data.train, num_windows, config.context_length)
   rows: list[dict] = []
   if checkpointer is not None:
     restored = checkpointer.restore(model, optimizer)
@@ -270,6 +279,7 @@ def run_trial(
       trial=trial,
       step=step,
       train_loss=train_loss,
+      train_eval_loss=evaluate(model, train_windows, config.batch_size),
       val_loss=evaluate(model, val_windows, config.batch_size),
       tokens_per_sec=tokens_per_sec,
       learning_rate=float(schedule(step - 1)),

@@ -157,12 +157,15 @@ def report(runner) -> Report:
     '',
   ]
   result = Report(lines, {'cells': cells}, indent=2)
+  caption = 'Learning curves (validation loss, each method at its best rate)'
+  return add_loss_curves(result, runner, curves, caption, 'mean ± std over trials')
+
+
+def add_loss_curves(result: Report, runner, curves: dict, caption: str, title: str) -> Report:
+  """``result`` with the validation curves ``{label: (steps, values per
+  trial)}`` drawn by the lm example's own plot (if there are any)."""
   if curves:
-    title = f'mean ± std over trials, scale {runner.options.scale}'
+    title = f'{title}, scale {runner.options.scale}'
     plot = examples.light_module('lm', 'results.py').plot_curves
-    result.add_curves(
-      runner.stem(),
-      'Learning curves (validation loss, each method at its best rate)',
-      lambda path: plot(curves, path, title=title),
-    )
+    result.add_curves(runner.stem(), caption, lambda path: plot(curves, path, title=title))
   return result

@@ -43,6 +43,8 @@ class Config:
   """Use the token embedding as the output head."""
   scan_layers: bool = False
   """Stack the blocks' parameters along a leading layer axis (nnx.vmap) and run them with nnx.scan (one block compiled, not num_layers); the methods' transformations get layer_axes (optax_sbs.layers_under('layers')), so each slice is a layer to them, as each block of the unrolled model is."""
+  dropout: float = 0.0
+  """Dropout of the attention weights and of both residual branches of every block, in training only (GPT-2's attention and residual dropout); 0: none."""
 
   # Optimisation.
   methods: tuple[str, ...] = ('adamw', 'masked_updates', 'magma')

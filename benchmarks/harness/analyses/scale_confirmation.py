@@ -1,0 +1,268 @@
+"""A rate sweep, then a confirmation on fresh seeds at the rates it chose.
+
+The study supplies ``SCALES`` (dicts: ``config``, the example's fields of
+every run; ``learning_rates``; ``sweep_trials`` and ``sweep_seed``, the
+sweep's paired trials; ``trials`` and ``seed``, the confirmation's),
+``CELLS`` (name -> (the example's method, its options, the kind the JSON
+names)), ``SWEEP`` (the cells whose rate is swept; AdamW, ``'adamw'``,
+among them) and ``CONFIRM`` (cell -> the swept cell whose best rate it runs
+at). A swept cell's best rate has the lowest mean final validation loss.
+Every cell is compared with AdamW at its best rate on the same seeds: the
+paired difference of the final validation loss, its 95% t interval and the
+trials it wins. Train loss is measured as the validation loss is
+(evaluation mode, fixed windows of the training split). A run *stalls* when
+its final validation loss is not finite or no lower than the training
+split's character entropy (what predicting the character frequencies
+scores).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from harness import stats
+from harness.analyses import Report
+from harness.analyses import rate_sweep
+from harness.report import table_head
+
+
+@dataclasses.dataclass
+class Cell:
+  """The finished runs of one cell at one rate on one set of seeds."""
+
+  name: str
+  rate: float
+  rows: list[dict]
+  config: dict
+  seeds: list[int]
+
+  def final(self, key: str = 'val_loss') -> np.ndarray:
+    return stats.final(self.rows, key, order='step')
+
+  def mean_val(self) -> float:
+    val = self.final()
+    return float(val.mean()) if np.all(np.isfinite(val)) else float('inf')
+
+  def tokens_per_sec(self) -> float:
+    """The median over runs of each run's mean training throughput."""
+    per_trial = stats.by_trial(self.rows, 'step')
+    return float(np.median([np.mean([r['tokens_per_sec'] for r in t]) for t in per_trial]))
+
+
+def _options(kind: str, config: dict) -> dict:
+  """The options the JSON gives a cell of this kind, from its configuration."""
+  if kind == 'sbs':
+    return {
+      'lam': config['lam'],
+      'alpha': config['alpha'],
+      'probability': config['sbs_probability'],
+    }
+  if kind == 'dropout':
+    return {'rate': config['dropout']}
+  if kind == 'lr_dropout':
+    return {'probability': config['probability']}
+  return {}
+
+
+class _Grid:
+  """The study's runs, fetched (or trained) through the runner."""
+
+  def __init__(self, runner):
+    self.runner, self.study, self.scale = runner, runner.study, runner.scale
+    self.waiting: dict[str, str] = {}  # label -> what it waits for
+
+  def cell(self, name: str, rate: float, phase: str) -> Cell | None:
+    method, options, _ = self.study.CELLS[name]
+    trials, seed = (
+      (self.scale['sweep_trials'], self.scale['sweep_seed'])
+      if phase == 'sweep'
+      else (self.scale['trials'], self.scale['seed'])
+    )
+    config = self.runner.config(
+      method=method, **self.scale['config'], **options, learning_rate=rate, seed=seed
+    )
+    label = f'{phase} {name} lr={rate:g}'
+    rows = self.runner.rows(config, trials, label) if self.runner.wanted(label) else None
+    if rows is None:
+      done = self.runner.missing.get(label, 0)
+      self.waiting[label] = f'{done}/{trials} trials cached'
+      return None
+    return Cell(name, rate, rows, config, list(range(seed, seed + trials)))
+
+
+def _stalled(cell: Cell, entropy: float) -> int:
+  val = cell.final()
+  return int(np.sum(~np.isfinite(val) | (val >= entropy)))
+
+
+def _versus(cell: Cell, base: Cell | None) -> dict | None:
+  if base is None or cell is base:
+    return None
+  diff, lo, hi, wins = stats.paired_difference(cell.final(), base.final(), better='lower')
+  return {'diff': diff, 'ci95': None if np.isnan(lo) else [lo, hi], 'wins': wins}
+
+
+def _json_cell(study, cell: Cell, phase: str, base: Cell | None, entropy: float) -> dict:
+  kind = study.CELLS[cell.name][2]
+  val = cell.final()
+  return {
+    'name': f'{phase}: {cell.name} lr={cell.rate:g}',
+    'phase': phase,
+    'method': kind,
+    'options': _options(kind, cell.config),
+    'learning_rate': cell.rate,
+    'trials': len(val),
+    'seeds': cell.seeds,
+    'val_loss': float(val.mean()),
+    'val_loss_std': float(val.std(ddof=1)) if len(val) > 1 else 0.0,
+    'test_loss': float(cell.final('test_loss').mean()),
+    'train_loss': float(cell.final('train_eval_loss').mean()),
+    'stalled': _stalled(cell, entropy),
+    'tokens_per_sec': cell.tokens_per_sec(),
+    'vs_adamw': _versus(cell, base),
+  }
+
+
+def _versus_text(versus: dict | None, trials: int) -> str:
+  if versus is None:
+    return '(baseline) | | '
+  lo, hi = versus['ci95'] or (float('nan'), float('nan'))
+  return f'{versus["diff"]:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {versus["wins"]}/{trials}'
+
+
+def report(runner) -> Report:
+  study, scale = runner.study, runner.scale
+  rates = scale['learning_rates']
+  grid = _Grid(runner)
+
+  sweep = {(c, lr): grid.cell(c, lr, 'sweep') for c in study.SWEEP for lr in rates}
+  best: dict[str, float] = {}
+  for name in study.SWEEP:
+    cells = [sweep[name, lr] for lr in rates]
+    if all(cells):
+      best[name] = min(cells, key=lambda c: c.mean_val()).rate  # type: ignore[union-attr]
+  confirm: dict[str, Cell | None] = {}
+  for name, chooser in study.CONFIRM.items():
+    if chooser in best:
+      confirm[name] = grid.cell(name, best[chooser], 'confirmation')
+    else:
+      grid.waiting[f'confirmation {name}'] = f'waits for the sweep of {chooser}'
+      confirm[name] = None
+
+  facts = runner.facts()
+  entropy = facts.get('unigram_entropy', float('inf'))
+  sweep_base = sweep.get(('adamw', best['adamw'])) if 'adamw' in best else None
+  confirm_base = confirm.get('adamw')
+  payload_cells, confirm_table, curves = [], [], {}
+  for name, cell in confirm.items():
+    if cell is None:
+      confirm_table.append(f'| {name} | not run yet |' + ' |' * 10)
+      continue
+    entry = _json_cell(study, cell, 'confirmation', confirm_base, entropy)
+    payload_cells.append(entry)
+    train, val = cell.final('train_eval_loss'), cell.final()
+    gap = stats.mean_std(val - train, 4)
+    edge = '*' if cell.rate in (min(rates), max(rates)) else ''
+    confirm_table.append(
+      f'| {name} | {cell.rate:g}{edge} | {stats.mean_std(val, 4)} | '
+      f'{stats.mean_std(cell.final("test_loss"), 4)} | {stats.mean_std(train, 4)} | {gap} | '
+      f'{_versus_text(entry["vs_adamw"], len(val))} | {entry["stalled"]} | '
+      f'{entry["tokens_per_sec"]:.0f} |'
+    )
+    curves[f'{name}, lr {cell.rate:g}'] = stats.step_curves(cell.rows)
+
+  sweep_table = []
+  for name in study.SWEEP:
+    entries = []
+    for lr in rates:
+      cell = sweep[name, lr]
+      if cell is None:
+        entries.append('not run yet')
+        continue
+      payload_cells.append(_json_cell(study, cell, 'sweep', sweep_base, entropy))
+      stalled = _stalled(cell, entropy)
+      mark = ' (best)' if best.get(name) == lr else ''
+      entries.append(
+        f'{stats.mean_std(cell.final(), 4)}{mark}' + (f', {stalled} stalled' if stalled else '')
+      )
+    sweep_table.append(f'| {name} | ' + ' | '.join(entries) + ' |')
+
+  config = scale['config']
+  base = runner.config(**config)
+  characters = facts.get('characters', ['?'] * 3)
+  fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
+  seeds = lambda n, s: f'{n} paired trials (seeds {s}..{s + n - 1})'
+  lines = [
+    f'# {study.TITLE.format(scale=runner.options.scale)}',
+    '',
+    runner.command_line(),
+    f'- data: {runner.data_label()}: {" / ".join(fmt(n) for n in characters)}'
+    f" characters (train / validation / test, TFDS tiny_shakespeare's split), vocabulary"
+    f' {facts.get("vocab_size", "?")}, character entropy of the training split'
+    f' {entropy:.4f} nats',
+    f'- model: decoder-only transformer (Flax NNX), {config["num_layers"]} blocks'
+    f' {"stacked and scanned (nnx.scan; the txs get layer_axes)" if config["scan_layers"] else ""},'
+    f' width {config["embed_dim"]}, {config["num_heads"]} heads, context'
+    f' {config["context_length"]}, {fmt(facts.get("params", "?"))} parameters',
+    f'- training: {config["steps"]} steps of {config["batch_size"]} random windows, AdamW (b1 '
+    f'{base["b1"]}, b2 {base["b2"]}, weight decay {base["weight_decay"]} on matrices and '
+    f'embeddings), linear warm-up {config["warmup_steps"]} steps then cosine to '
+    f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}',
+    f'- sweep: peak rates {", ".join(f"{lr:g}" for lr in rates)} for '
+    f'{", ".join(study.SWEEP)}, {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
+    f'confirmation: {seeds(scale["trials"], scale["seed"])} the sweep never saw',
+    f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
+    ' fixed windows of each split (training split included, dropout off), after the last step',
+    *runner.provenance_lines('runs'),
+    '',
+    '## Confirmation: each cell at its rate, on fresh seeds',
+    '',
+    'AdamW and SBS at their own best rates of the sweep; the controls (SBS at a fixed p, '
+    'Learning-Rate Dropout) at SBS\'s, dropout in the model at AdamW\'s. "vs AdamW": the '
+    'paired difference of the final validation loss against AdamW (negative: lower), its 95% '
+    't interval and the trials in which the cell is lower. "train": the loss on fixed '
+    'training windows in evaluation mode; "gap": validation minus train, per trial. '
+    'Stalled: runs whose final validation loss is not finite or no lower than the character '
+    'entropy. tokens/s: the median over the runs, which ran one after another on one machine. '
+    '*: the rate is at an edge of the sweep.',
+    '',
+    *table_head(
+      'cell',
+      'rate',
+      'val loss',
+      'test loss',
+      'train loss',
+      'gap',
+      'vs AdamW (nats/char)',
+      '95% CI',
+      'lower than AdamW',
+      'stalled',
+      'tokens/s',
+    ),
+    *confirm_table,
+    '',
+    "## Rate sweep: final validation loss, mean ± std over the sweep's seeds",
+    '',
+    *table_head('method', *(f'lr {lr:g}' for lr in rates)),
+    *sweep_table,
+    '',
+  ]
+  if grid.waiting:
+    lines += ['Not run yet: ' + '; '.join(f'{k} ({v})' for k, v in grid.waiting.items()), '']
+  payload = {
+    'model': {
+      'params': facts.get('params'),
+      'num_layers': config['num_layers'],
+      'embed_dim': config['embed_dim'],
+      'scan_layers': config['scan_layers'],
+    },
+    'steps': config['steps'],
+    'cells': payload_cells,
+  }
+  return rate_sweep.add_loss_curves(
+    Report(lines, payload, indent=2),
+    runner,
+    curves,
+    'Validation curves of the confirmation',
+    'confirmation, mean ± std over trials',
+  )
