@@ -1,5 +1,5 @@
 """benchmarks/paper_slice.py (the on-device Table 4 slice) and
-benchmarks/device_check.sh (the script to run when a GPU is lent)."""
+benchmarks/device_check.sh (the checks to run on an accelerator)."""
 
 import dataclasses
 import os

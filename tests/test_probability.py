@@ -60,7 +60,7 @@ def test_global_scheme_is_constant_within_layer():
 
 
 def _small_group_magnitudes(first_mean):
-  """The issue's conv group: 432, 4,608 and 18,432 elements, the first leaf's
+  """A conv group of 432, 4,608 and 18,432 elements (a small CNN's), the first leaf's
   mean magnitude ``first_mean``, the others' 1."""
   rng = np.random.default_rng(0)
   mags = []

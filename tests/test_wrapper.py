@@ -191,7 +191,7 @@ def test_with_adamw_exactly_the_released_elements_move(probability):
 
 
 def test_chain_moves_waiting_elements_the_wrapper_does_not():
-  """The difference the two semantics make, in the issue's measurement."""
+  """The difference the two semantics make, as the docs report it."""
   for inner in (optax.sgd(0.1, momentum=0.3), optax.adam(1e-3)):
     chain = optax.chain(optax_sbs.stochastic_batch_size(0), inner)
     wrapped = optax_sbs.with_stochastic_batch_size(inner, 0)

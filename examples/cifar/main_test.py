@@ -216,20 +216,18 @@ def test_two_processes_equal_one_process(tmp_path, tiny_npz, tiny_run_flags):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
 
 
-SHARED_CIFAR10 = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10.npz')
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR10), reason='needs ../shared/data/cifar10.npz')
-def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path):
-  """End to end on real CIFAR-10 (1/5 of the training set), SGD and SBS."""
+def test_real_cifar10_accuracy_rises_well_above_chance(tmp_path, local_data):
+  """End to end on real CIFAR-10 (1/5 of the training set), SGD and SBS, from a
+  local copy as an ``.npz`` (the ``local_data`` fixture skips without one)."""
+  cifar10 = local_data('cifar10.npz')
   env = dict(os.environ, XLA_FLAGS='')
   out = subprocess.run(
     [
       sys.executable,
       os.path.join(HERE, 'main.py'),
       '--dataset',
-      SHARED_CIFAR10,
+      cifar10,
       '--train-fraction',
       '0.2',
       '--epochs',

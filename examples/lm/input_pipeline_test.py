@@ -9,11 +9,6 @@ import pytest
 
 import input_pipeline
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-# A local copy of the file TFDS's tiny_shakespeare downloads, where there is one.
-SHARED_TEXT = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
-
 
 def _tfds_builder_splits(monkeypatch, tmp_path, text):
   """The splits TFDS's own tiny_shakespeare builder makes of ``text``
@@ -61,9 +56,9 @@ def test_local_file_splits_as_the_tfds_builder_does(monkeypatch, tmp_path, n):
   assert data.vocab == ''.join(sorted(set(want['train'])))
 
 
-@pytest.mark.skipif(not os.path.isfile(SHARED_TEXT), reason='no shared tinyshakespeare.txt')
-def test_shared_tiny_shakespeare_splits():
-  data = input_pipeline.load(SHARED_TEXT)
+def test_local_tiny_shakespeare_splits(local_data):
+  """A local copy of the file TFDS's tiny_shakespeare downloads gives TFDS's splits."""
+  data = input_pipeline.load(local_data('tinyshakespeare.txt'))
   assert (len(data.train), len(data.validation), len(data.test)) == (1003854, 55770, 55770)
   assert data.vocab_size == 65 and data.unknown_id is None
   assert data.decode(data.train[:14]) == 'First Citizen:'
