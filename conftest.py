@@ -1,10 +1,22 @@
-"""Fixtures shared by every test folder (the library's, the benchmarks', each example's)."""
+"""Set-up shared by every test folder (the library's, the benchmarks', each example's).
+
+The tests compile hundreds of tiny programs, for which XLA's backend (LLVM)
+optimisations cost more compile time than they save in running time: they
+are off unless ``OPTAX_SBS_TEST_XLA_OPTIMIZE=1``. What is compiled (the HLO
+and its fusions) is the same either way; the flag is set before JAX starts,
+and the processes the tests start inherit it.
+"""
 
 import os
 
 import pytest
 
 DATA_DIR_VARIABLE = 'OPTAX_SBS_DATA_DIR'
+
+_FAST_COMPILE = '--xla_backend_optimization_level=0'
+if os.environ.get('OPTAX_SBS_TEST_XLA_OPTIMIZE') != '1':
+  if _FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FAST_COMPILE).strip()
 
 
 @pytest.fixture(scope='session')

@@ -63,16 +63,19 @@ def test_nnx_optimizer_trains_under_nnx_jit_like_the_linen_style_update(name):
   graphdef, params, rest = nnx.split(ref_model, nnx.Param, ...)
   tx = TXS[name]()
   state = tx.init(params)
+
+  def loss_fn(p):
+    m = nnx.merge(graphdef, p, rest)
+    logits = m(TOKENS[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params)
+    return optax.apply_updates(params, updates), state
+
   for _ in range(30):
-
-    def loss_fn(p):
-      m = nnx.merge(graphdef, p, rest)
-      logits = m(TOKENS[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
-
-    grads = jax.grad(loss_fn)(params)
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
+    params, state = step(params, state)
   for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 

@@ -18,6 +18,21 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+
+@pytest.fixture(scope='session')
+def process_env():
+  """``process_env(devices=1) -> env`` of a training process a test starts:
+  this one's, with ``devices`` virtual CPU devices (other XLA flags kept)."""
+
+  def env(devices: int = 1) -> dict:
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if not f.startswith(_FLAG[:-1])]
+    if devices > 1:
+      flags.append(f'--xla_force_host_platform_device_count={devices}')
+    return dict(os.environ, XLA_FLAGS=' '.join(flags))
+
+  return env
+
+
 # The training program's options for runs of a few seconds on tiny data.
 _TINY = dict(
   model='small_cnn',

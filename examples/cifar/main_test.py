@@ -144,7 +144,7 @@ def test_resume_with_other_config_is_refused(tmp_path, capsys, tiny_npz, tiny_ru
   assert cli.main(common + ['--methods', 'sgd', '--resume']) == 0
 
 
-def test_two_processes_equal_one_process(tmp_path, tiny_npz, tiny_run_flags):
+def test_two_processes_equal_one_process(tmp_path, tiny_npz, tiny_run_flags, process_env):
   """jax.distributed over 2 processes x 2 CPU devices == 1 process x 4."""
   import socket  # pylint: disable=g-import-not-at-top
 
@@ -166,8 +166,7 @@ def test_two_processes_equal_one_process(tmp_path, tiny_npz, tiny_run_flags):
     'sbs',  # the method whose replicas must draw identical masks
   ]
 
-  def env(devices):
-    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = process_env
 
   procs = [
     subprocess.Popen(

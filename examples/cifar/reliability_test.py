@@ -36,11 +36,13 @@ def _cli(flags, *args):
   return [sys.executable, MAIN, '--methods', 'sbs', *flags, *args]
 
 
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, tiny_npz, tiny_run_flags):
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(
+  tmp_path, tiny_npz, tiny_run_flags, process_env
+):
   """SIGKILL once a checkpoint exists; --resume finishes with the same state."""
   data = tiny_npz
   common = ['--dataset', str(data), '--epochs', '12']
-  env = dict(os.environ, XLA_FLAGS='')
+  env = process_env()
   # The uninterrupted run alongside the one to be killed.
   whole_err = open(tmp_path / 'whole.err', 'w')
   whole = subprocess.Popen(
