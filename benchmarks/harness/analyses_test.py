@@ -349,3 +349,39 @@ def test_scale_confirmation_waits_for_the_sweep(tmp_path):
   assert 'confirmation adamw (waits for the sweep of adamw)' in text
   assert 'sweep adamw lr=0.01 (0/2 trials cached)' in text
   assert report.payload['cells'][0]['vs_adamw'] is None  # AdamW's best rate not known yet
+
+
+class _FakeGrid:
+  """Cells whose mean final validation loss is ``loss(rate)``; counts the cells asked for."""
+
+  def __init__(self, loss, missing=()):
+    self.loss, self.missing, self.asked = loss, missing, []
+
+  def cell(self, name, rate, phase):
+    self.asked.append(rate)
+    if rate in self.missing:
+      return None
+    rows = [dict(_steps(self.loss(rate))[-1], trial=0)]
+    return scale_confirmation.Cell(name, rate, rows, {}, [0])
+
+
+@pytest.mark.parametrize(
+  'best, asked',
+  [
+    (4, [2, 3, 4, 5]),  # inside the first slice: nothing more
+    (1, [2, 3, 4, 5, 1, 0]),  # below it: one step at a time, to the grid's end
+    (6, [2, 3, 4, 5, 6, 7]),  # above it, to where the best lies inside
+  ],
+)
+def test_sweep_widens_only_while_the_best_rate_is_at_an_edge(best, asked):
+  rates = tuple(range(8))
+  loss = (lambda r: abs(r - best)) if best != 6 else (lambda r: abs(r - 6.2))
+  grid = _FakeGrid(lambda r: 1.0 + loss(r))
+  cells, chosen = scale_confirmation._sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
+  assert grid.asked == asked and chosen == best and list(cells) == sorted(asked)
+
+
+def test_sweep_waits_for_unfinished_cells():
+  grid = _FakeGrid(lambda r: 1.0 + abs(r - 2), missing=(3,))
+  cells, chosen = scale_confirmation._sweep(grid, 'x', tuple(range(8)), (2, 6))  # pylint: disable=protected-access
+  assert chosen is None and grid.asked == [2, 3, 4, 5] and cells[3] is None

@@ -2,7 +2,9 @@
 
 The study supplies ``SCALES`` (dicts: ``config``, the example's fields of
 every run; ``learning_rates``; ``sweep_trials`` and ``sweep_seed``, the
-sweep's paired trials; ``trials`` and ``seed``, the confirmation's),
+sweep's paired trials; optionally ``sweep_start``, the slice of the rates a
+swept cell runs first, widened one rate at a time while its best rate is at
+an edge; ``trials`` and ``seed``, the confirmation's),
 ``CELLS`` (name -> (the example's method, its options, the kind the JSON
 names)), ``SWEEP`` (the cells whose rate is swept; AdamW, ``'adamw'``,
 among them) and ``CONFIRM`` (cell -> the swept cell whose best rate it runs
@@ -90,6 +92,33 @@ class _Grid:
     return Cell(name, rate, rows, config, list(range(seed, seed + trials)))
 
 
+def _sweep(
+  grid: _Grid, name: str, rates: tuple[float, ...], start: tuple[int, int]
+) -> tuple[dict[float, Cell | None], float | None]:
+  """The sweep of ``name``: first the rates ``rates[start[0]:start[1]]``,
+  then one more step of the grid beyond an edge while the best rate is at
+  that edge (so it ends inside the rates run, or at the grid's end).
+  Returns the cells run (None: not cached yet) and the best rate (None
+  until every cell run so far has finished)."""
+  lo, hi = start
+  cells: dict[float, Cell | None] = {}
+  while True:
+    for lr in rates[lo:hi]:
+      if lr not in cells:
+        cells[lr] = grid.cell(name, lr, 'sweep')
+    finished = [c for c in cells.values() if c is not None]
+    if len(finished) < len(cells):
+      return cells, None
+    best = min(finished, key=lambda c: c.mean_val()).rate
+    i = rates.index(best)
+    if i == lo and lo > 0:
+      lo -= 1
+    elif i == hi - 1 and hi < len(rates):
+      hi += 1
+    else:
+      return dict(sorted(cells.items())), best
+
+
 def _stalled(cell: Cell, entropy: float) -> int:
   val = cell.final()
   return int(np.sum(~np.isfinite(val) | (val >= entropy)))
@@ -135,12 +164,13 @@ def report(runner) -> Report:
   rates = scale['learning_rates']
   grid = _Grid(runner)
 
-  sweep = {(c, lr): grid.cell(c, lr, 'sweep') for c in study.SWEEP for lr in rates}
+  sweep: dict[tuple[str, float], Cell | None] = {}
   best: dict[str, float] = {}
   for name in study.SWEEP:
-    cells = [sweep[name, lr] for lr in rates]
-    if all(cells):
-      best[name] = min(cells, key=lambda c: c.mean_val()).rate  # type: ignore[union-attr]
+    cells, best_rate = _sweep(grid, name, rates, scale.get('sweep_start', (0, len(rates))))
+    sweep |= {(name, lr): cell for lr, cell in cells.items()}
+    if best_rate is not None:
+      best[name] = best_rate
   confirm: dict[str, Cell | None] = {}
   for name, chooser in study.CONFIRM.items():
     if chooser in best:
@@ -175,6 +205,9 @@ def report(runner) -> Report:
   for name in study.SWEEP:
     entries = []
     for lr in rates:
+      if (name, lr) not in sweep:
+        entries.append('not needed' if name in best else 'not run yet')
+        continue
       cell = sweep[name, lr]
       if cell is None:
         entries.append('not run yet')
@@ -188,6 +221,7 @@ def report(runner) -> Report:
     sweep_table.append(f'| {name} | ' + ' | '.join(entries) + ' |')
 
   config = scale['config']
+  start = scale.get('sweep_start', (0, len(rates)))
   base = runner.config(**config)
   characters = facts.get('characters', ['?'] * 3)
   fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
@@ -208,8 +242,10 @@ def report(runner) -> Report:
     f'{base["b1"]}, b2 {base["b2"]}, weight decay {base["weight_decay"]} on matrices and '
     f'embeddings), linear warm-up {config["warmup_steps"]} steps then cosine to '
     f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}',
-    f'- sweep: peak rates {", ".join(f"{lr:g}" for lr in rates)} for '
-    f'{", ".join(study.SWEEP)}, {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
+    f'- sweep: peak rates on the grid {", ".join(f"{lr:g}" for lr in rates)} for '
+    f'{", ".join(study.SWEEP)}: first {", ".join(f"{lr:g}" for lr in rates[start[0] : start[1]])}'
+    ', then one step of the grid further while the best rate is at an edge ("not needed": '
+    f'beyond the best rate, not run); {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
     f'confirmation: {seeds(scale["trials"], scale["seed"])} the sweep never saw',
     f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
     ' fixed windows of each split (training split included, dropout off), after the last step',
