@@ -51,6 +51,8 @@ class Example:
   """One example program, as the harness uses it."""
 
   name = ''
+  # Packages besides jax, optax and optax_sbs whose versions a run records.
+  packages: tuple[str, ...] = ()
 
   def __init__(self):
     self._config = None
@@ -122,6 +124,7 @@ class Lm(Example):
   """``examples/lm``: a character-level transformer, one row per evaluation."""
 
   name = 'lm'
+  packages = ('flax',)
 
   def load(self, dataset, data_dir, scale):
     (input_pipeline,) = _modules(self.name, 'input_pipeline')

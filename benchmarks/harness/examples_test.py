@@ -1,8 +1,12 @@
 """harness.examples and the runner's data: what trains, on which data."""
 
+import json
+import os
+
 import pytest
 
 from harness import examples
+from harness import report
 from harness import runner as runner_lib
 
 
@@ -29,3 +33,13 @@ def test_training_without_the_scales_data_names_the_copy_to_pass(tmp_path):
   runner = runner_lib.Runner(runner_lib.load_study('overfit'), options)
   with pytest.raises(ValueError, match=r'used cifar10.npz \(sha256 5d99a1b1962e0785...\): pass'):
     runner.data()
+
+
+@pytest.mark.parametrize('example, cache', [('cifar', 'overfit_cpu'), ('lm', 'lm_cpu')])
+def test_new_runs_record_the_same_packages_as_the_cached_ones(example, cache):
+  path = os.path.join(os.path.dirname(__file__), '..', 'results', 'trials', f'{cache}.jsonl')
+  with open(path) as f:
+    cached = json.loads(f.readline())['provenance']['versions']
+  new = report.this_machine(*examples.EXAMPLES[example].packages)['versions']
+  # The same packages in the same order (versions may differ).
+  assert [v.split()[0] for v in new.split(', ')] == [v.split()[0] for v in cached.split(', ')]

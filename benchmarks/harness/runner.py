@@ -183,7 +183,7 @@ class Runner:
         'facts': self.example.facts(run, data),
         'rows': rows,
         'seconds': time.perf_counter() - start,
-        'provenance': dict(report.this_machine(), command=self.command()),
+        'provenance': dict(report.this_machine(*self.example.packages), command=self.command()),
       }
       return self.store.add(record)
     finally:
