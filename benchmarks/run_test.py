@@ -20,9 +20,6 @@ SAMPLE = os.path.join(ROOT, 'examples', 'cifar', 'data', 'cifar10_sample.npz')
 # Results no cache holds: timing tables, written by their scripts where
 # they are measured.
 TIMING = {'update_speed_cpu', 'update_speed_leaves_cpu', 'state_memory', 'trials_vmap'}
-# Results whose runs predate the trial cache: `run.py paper_tables` trains
-# the cells the cache lacks, and then writes this file from the cache.
-NOT_CACHED = {'paper_tables_cpu'}
 # Studies whose runs are under way: their results file is committed with
 # its first finished runs.
 IN_PROGRESS = {'lm_medium_cpu'}
@@ -50,13 +47,11 @@ def test_list_names_every_study(capsys):
 def test_every_committed_result_is_a_study_a_timing_table_or_named():
   stems = {f[:-3] for f in os.listdir(RESULTS) if f.endswith('.md')}
   studies = {stem for _, stem in _regenerated()}
-  assert stems == (studies - (IN_PROGRESS - stems)) | TIMING | (NOT_CACHED & stems)
-  assert NOT_CACHED <= studies and IN_PROGRESS <= studies
+  assert stems == (studies - (IN_PROGRESS - stems)) | TIMING
+  assert IN_PROGRESS <= studies
 
 
-@pytest.mark.parametrize(
-  'study, stem', [s for s in _regenerated() if s[1] not in NOT_CACHED | IN_PROGRESS]
-)
+@pytest.mark.parametrize('study, stem', [s for s in _regenerated() if s[1] not in IN_PROGRESS])
 def test_committed_results_are_written_again_byte_for_byte(study, stem, tmp_path):
   out = tmp_path / f'{stem}.md'
   run.main([study, '--cached-only', '--out', str(out), '--no-figures'])

@@ -90,10 +90,6 @@ NOT_SCANNED = ('benchmarks/results/trials/',)
 ALLOWED = {
   # Asserts that the caches hold no machine paths: it must name them.
   ('benchmarks/run_test.py', 'a path outside the repository'),
-  # Being regenerated from the trial cache: its hand-added notes (issue
-  # numbers, a pointer to a data README outside the repository) go then.
-  ('benchmarks/results/paper_tables_cpu.md', 'a path outside the repository'),
-  ('benchmarks/results/paper_tables_cpu.md', 'an issue or pull-request number'),
 }
 BINARY_SUFFIXES = {'.png', '.npz', '.npy', '.jpg', '.gif', '.pdf', '.zip', '.gz'}
 SKIPPED_DIRS = {'.git', '.venv', '__pycache__', '_build', 'build', 'dist', '.hypothesis'}

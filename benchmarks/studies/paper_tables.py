@@ -131,15 +131,16 @@ def table3(scale: dict) -> list[Cell]:
 def table4(scale: dict) -> list[Cell]:
   out = []
   for batch in scale['table4_batch_sizes']:
-    semantics = ()
+    semantics, says = (), ''
     if PAPER_MOMENTUM.get(batch) and 'table4_sbs_momentum' in scale:
       semantics = (('sbs_momentum', scale['table4_sbs_momentum']),)
+      says = f' ({scale["table4_sbs_momentum"]})'
     for fraction in scale['table4_fractions']:
       o = (('train_fraction', fraction), ('batch_size', batch))
       name = f'{_fraction(fraction)}, batch {batch}'
       out.append(Cell('4', f'SGD, {name}', 'sgd', o))
-      out.append(Cell('4', f'SBS, {name}', 'sbs', o + PAPER + semantics))
-      out.append(Cell('4', f'SBS combined, {name}', 'sbs', o + COMBINED + semantics))
+      out.append(Cell('4', f'SBS, {name}{says}', 'sbs', o + PAPER + semantics))
+      out.append(Cell('4', f'SBS combined, {name}{says}', 'sbs', o + COMBINED + semantics))
   return out
 
 
