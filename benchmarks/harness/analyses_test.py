@@ -74,7 +74,7 @@ def test_paper_tables_cells_and_pairing():
   # Table 4 under momentum ran SBS chained before SGD at the CPU scale; at
   # batch 16 (momentum 0) the two semantics are one method.
   by_label = {c.label: dict(c.overrides) for c in t4}
-  assert by_label['SBS, 1/16, batch 128']['sbs_momentum'] == 'chain'
+  assert by_label['SBS, 1/16, batch 128 (chain)']['sbs_momentum'] == 'chain'
   assert 'sbs_momentum' not in by_label['SBS, 1/16, batch 16']
   assert 'sbs_momentum' not in dict(study.cells(study.SCALES['paper'], '4')[-1].overrides)
 
