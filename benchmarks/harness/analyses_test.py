@@ -338,6 +338,7 @@ def test_scale_confirmation_runs_each_cell_at_the_rate_the_sweep_chose(tmp_path)
   text = '\n'.join(report.lines)
   assert '(best), 2 stalled' not in text and '1.4500 ± 0.0707 (best)' in text
   assert 'nan ± nan, 2 stalled' in text or 'nan, 2 stalled' in text
+  _assert_rows_fit_their_tables(report.lines)
 
 
 def test_scale_confirmation_waits_for_the_sweep(tmp_path):
@@ -349,6 +350,19 @@ def test_scale_confirmation_waits_for_the_sweep(tmp_path):
   assert 'confirmation adamw (waits for the sweep of adamw)' in text
   assert 'sweep adamw lr=0.01 (0/2 trials cached)' in text
   assert report.payload['cells'][0]['vs_adamw'] is None  # AdamW's best rate not known yet
+  _assert_rows_fit_their_tables(report.lines)
+
+
+def _assert_rows_fit_their_tables(lines):
+  """Every row of a markdown table has as many cells as the table's head."""
+  head = None
+  for line in lines:
+    if not line.startswith('|'):
+      head = None
+    elif head is None:
+      head = line.count('|')
+    else:
+      assert line.count('|') == head, line
 
 
 class _FakeGrid:

@@ -186,7 +186,7 @@ def report(runner) -> Report:
   payload_cells, confirm_table, curves = [], [], {}
   for name, cell in confirm.items():
     if cell is None:
-      confirm_table.append(f'| {name} | not run yet |' + ' |' * 10)
+      confirm_table.append(f'| {name} | not run yet |' + ' |' * 9)
       continue
     entry = _json_cell(study, cell, 'confirmation', confirm_base, entropy)
     payload_cells.append(entry)
@@ -259,8 +259,9 @@ def report(runner) -> Report:
     't interval and the trials in which the cell is lower. "train": the loss on fixed '
     'training windows in evaluation mode; "gap": validation minus train, per trial. '
     'Stalled: runs whose final validation loss is not finite or no lower than the character '
-    'entropy. tokens/s: the median over the runs, which ran one after another on one machine. '
-    '*: the rate is at an edge of the sweep.',
+    'entropy. tokens/s: the median over the runs, which ran one after another on one machine '
+    f'(the cells timed side by side: `python benchmarks/lm_speed.py --study {runner.options.study}'
+    f' --scale {runner.options.scale}`). *: the rate is at an edge of the sweep.',
     '',
     *table_head(
       'cell',
