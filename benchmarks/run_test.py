@@ -19,7 +19,13 @@ SAMPLE = os.path.join(ROOT, 'examples', 'cifar', 'data', 'cifar10_sample.npz')
 
 # Results no cache holds: timing tables, written by their scripts where
 # they are measured.
-TIMING = {'update_speed_cpu', 'update_speed_leaves_cpu', 'state_memory', 'trials_vmap'}
+TIMING = {
+  'update_speed_cpu',
+  'update_speed_leaves_cpu',
+  'state_memory',
+  'trials_vmap',
+  'lm_speed_cpu',
+}
 # Studies whose runs are under way: their results file is committed with
 # its first finished runs.
 IN_PROGRESS = {'lm_medium_cpu'}
