@@ -26,8 +26,9 @@ TIMING = {
   'trials_vmap',
   'lm_speed_cpu',
 }
-# Studies whose runs are under way: their results file is committed with
-# its first finished runs.
+# Studies whose runs are under way: their results file may not be committed
+# yet; once it is, it is the cache's, as every study's (the file says which
+# runs it still waits for).
 IN_PROGRESS = {'lm_medium_cpu'}
 
 
@@ -57,7 +58,10 @@ def test_every_committed_result_is_a_study_a_timing_table_or_named():
   assert IN_PROGRESS <= studies
 
 
-@pytest.mark.parametrize('study, stem', [s for s in _regenerated() if s[1] not in IN_PROGRESS])
+@pytest.mark.parametrize(
+  'study, stem',
+  [s for s in _regenerated() if os.path.exists(os.path.join(RESULTS, f'{s[1]}.md'))],
+)
 def test_committed_results_are_written_again_byte_for_byte(study, stem, tmp_path):
   out = tmp_path / f'{stem}.md'
   run.main([study, '--cached-only', '--out', str(out), '--no-figures'])
