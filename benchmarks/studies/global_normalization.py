@@ -9,4 +9,5 @@ freezes layers in small groups). The cells, scales and cache of
 BASE = 'paper_tables'
 OUTPUT = 'global_normalization_{scale}'
 TABLES = ('3',)
+TITLE = 'The global term standardised (eq. 19) or relative to its group\'s mean, scale "{scale}"'
 CELL_PATTERN = '^SGD$|^global: alpha=0.1, lam=-4'

@@ -9,6 +9,7 @@ from studies import lm_confirm as _confirm
 
 BASE = 'lm_confirm'
 OUTPUT = 'lm_{scale}_accumulate'
+TITLE = 'AdamW on the mean of 2 batches vs AdamW, by rate, scale "{scale}"'
 SCALES = {
   name: dict(scale, learning_rates=_lm.SCALES[name]['learning_rates'][1:])
   for name, scale in _confirm.SCALES.items()

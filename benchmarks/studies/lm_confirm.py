@@ -10,6 +10,7 @@ from studies import lm as _lm
 BASE = 'lm'
 CACHE = 'lm_{scale}_confirm'
 OUTPUT = 'lm_{scale}_confirm'
+TITLE = 'AdamW vs update masks on a character-level transformer: fresh seeds, scale "{scale}"'
 SCALES = {
   name: dict(scale, learning_rates=scale['learning_rates'][2:3], trials=5, seed=100)
   for name, scale in _lm.SCALES.items()

@@ -8,3 +8,4 @@ paired by trial. The cells, scales and cache of ``paper_tables``.
 BASE = 'paper_tables'
 OUTPUT = 'momentum_semantics_{scale}'
 TABLES = ('m',)
+TITLE = 'SBS under momentum: Algorithm 2 ("frozen") vs SBS chained before SGD, scale "{scale}"'
