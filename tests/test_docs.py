@@ -70,6 +70,21 @@ def test_every_export_has_its_own_api_entry():
   assert sorted(entries - exports) == [], 'entries in docs/api.rst that are not exported'
 
 
+def test_readme_api_table_lists_every_export_once():
+  text = (ROOT / 'README.md').read_text()
+  table = text.split('## The public API', 1)[1].split('\n## ', 1)[0]
+  rows = [line for line in table.splitlines() if line.startswith('| ') and '`' in line]
+  listed = []
+  for row in rows:
+    title, names = row.strip('| ').split(' | ', 1)
+    prefix = 'optax_sbs.baselines.' if 'baselines' in title else 'optax_sbs.'
+    listed += [prefix + name for name in re.findall(r'`(\w+)`', names)]
+  exports = {f'optax_sbs.{name}' for name in optax_sbs.__all__ if name != 'baselines'}
+  exports |= {f'optax_sbs.baselines.{name}' for name in baselines.__all__}
+  assert len(listed) == len(set(listed)), 'a name listed twice in the README'
+  assert sorted(set(listed) ^ exports) == [], 'README API table and __all__ differ'
+
+
 # What user-facing text must not contain. Each pattern is written so that it
 # does not match its own source line.
 FORBIDDEN = {
