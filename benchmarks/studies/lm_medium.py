@@ -27,7 +27,7 @@ def _model(*fields):
 
 
 SCALES = {
-  # 2 CPU cores: about 6k tokens/s, a run of 2000 steps in about 12 minutes.
+  # 2 CPU cores: 6k to 15k tokens/s by machine, a run of 2000 steps in 5 to 12 minutes.
   'cpu': dict(
     config=_model(4, 4, 128, 64, 32, 2000, 100, 200, 8),
     # Steps of about 1.5x; each method starts at the middle four and goes
