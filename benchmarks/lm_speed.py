@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'examples', 'lm'))
@@ -29,22 +30,28 @@ import numpy as np
 from configs.default import Config
 from harness import report
 from harness import runner as runner_lib
+from harness import stats
 import train
 
 VOCAB_SIZE = 65  # Tiny Shakespeare's characters
 SMOKE = dict(num_layers=2, num_heads=2, embed_dim=16, context_length=16, batch_size=4)
 
 
-def cell_configs(study_name: str, scale: str, smoke: bool) -> dict[str, Config]:
+def cell_configs(study: Any, scale: str, smoke: bool) -> dict[str, Config]:
   """Per cell of the study, the example's configuration of one of its runs."""
-  study = runner_lib.load_study(study_name)
   fields = dict(study.SCALES[scale]['config'], **(SMOKE if smoke else {}))
   out = {}
-  for name, (method, options, _) in study.CELLS.items():
+  for name, (method, options, *_) in study.CELLS.items():
     config = Config(**dict(fields, **options), methods=(method,))
     train.validate(config)
     out[name] = config
   return out
+
+
+def describe(study: Any, name: str) -> str:
+  """The cell's method and the options it sets."""
+  method, options, *_ = study.CELLS[name]
+  return ', '.join([method, *(f'{k}={v}' for k, v in options.items())])
 
 
 def step_runner(config: Config, seed: int):
@@ -74,66 +81,90 @@ def measure(configs: dict[str, Config], rounds: int, steps: int) -> dict[str, li
   for run in runners.values():
     run(2)  # compiles
   seconds: dict[str, list[float]] = {name: [] for name in runners}
-  for _ in range(rounds):
-    for name, run in runners.items():
+  names = list(runners)
+  for r in range(rounds):
+    # Each round starts at another cell, so that no cell always runs first.
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       start = time.perf_counter()
-      run(steps)
+      runners[name](steps)
       seconds[name].append(time.perf_counter() - start)
   tokens = {name: c.batch_size * c.context_length * steps for name, c in configs.items()}
   return {name: [tokens[name] / s for s in times] for name, times in seconds.items()}
 
 
-def table(per_round: dict[str, list[float]], baseline: str) -> list[dict]:
-  """Per cell: median tokens/s over rounds, and the median over rounds of its
-  ratio to ``baseline`` in the same round."""
-  base = np.asarray(per_round[baseline])
-  return [
-    dict(
-      cell=name,
-      tokens_per_sec=float(np.median(values)),
-      vs_adamw=float(np.median(np.asarray(values) / base)),
-    )
-    for name, values in per_round.items()
-  ]
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--study', default='lm_medium', help='an lm study (run.py --list)')
+  parser.add_argument(
+    '--study', default='lm_medium', help='a study of the lm example (run.py --list)'
+  )
   parser.add_argument('--scale', default='cpu')
   parser.add_argument('--rounds', type=int, default=15)
   parser.add_argument('--steps', type=int, default=10, help='steps per cell and round')
   parser.add_argument('--smoke', action='store_true', help='a tiny model, for the tests')
-  parser.add_argument('--out', default=None, help='markdown path (the .json goes beside it)')
+  parser.add_argument(
+    '--out',
+    default=None,
+    help='markdown path (the .json goes beside it); needed unless the '
+    'study and scale are the defaults and --smoke is off',
+  )
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.steps < 1:
     parser.error('--rounds and --steps must be at least 1')
-  configs = cell_configs(args.study, args.scale, args.smoke)
+  if args.study not in runner_lib.study_names():
+    parser.error(f'no study {args.study!r}; the studies: {", ".join(runner_lib.study_names())}')
+  study = runner_lib.load_study(args.study)
+  if study.EXAMPLE != 'lm':
+    parser.error(f'study {args.study} trains the {study.EXAMPLE} example, not lm')
+  if args.scale not in study.SCALES:
+    parser.error(f'study {args.study} has no scale {args.scale!r}: {", ".join(study.SCALES)}')
+  defaults = parser.get_default('study'), parser.get_default('scale'), False
+  if args.out is None and (args.study, args.scale, args.smoke) != defaults:
+    parser.error('--out is needed for another study, scale or --smoke')
+  configs = cell_configs(study, args.scale, args.smoke)
   if 'adamw' not in configs:
     parser.error(f'study {args.study} has no adamw cell to compare with')
-  rows = table(measure(configs, args.rounds, args.steps), 'adamw')
+  load = os.getloadavg()[0]
+  per_round = measure(configs, args.rounds, args.steps)
+  rows = stats.ratios_to_baseline(per_round, 'adamw')
   first = next(iter(configs.values()))
   command = f'python benchmarks/lm_speed.py --study {args.study} --scale {args.scale}'
   command += f' --rounds {args.rounds} --steps {args.steps}' + (' --smoke' if args.smoke else '')
   lines = [
-    f'# Training-step speed of the {args.study} study\'s cells, scale "{args.scale}"',
+    f'# Training-step speed of the {args.study} study\'s cells, scale "{args.scale}"'
+    + (' (smoke: a tiny model)' if args.smoke else ''),
     '',
     f'- command: `{command}`',
     *report.machine_and_versions('flax'),
+    f'- load average (1 min) before the timing: {load:.2f}',
     f'- model: {first.num_layers} blocks, width {first.embed_dim}, {first.num_heads} heads, '
     f'context {first.context_length}, batch {first.batch_size}'
     + (', blocks scanned' if first.scan_layers else '')
     + '; random tokens',
-    f'- the full training step, {args.steps} steps per cell and round, the cells interleaved, '
-    f'{args.rounds} rounds after a warm-up; median over rounds',
+    f'- the full training step (forward, backward, clipping, the tx), {args.steps} steps per '
+    f'cell and round after 2 warm-up steps that compile; {args.rounds} rounds, the cells '
+    'interleaved, each round starting at the next cell',
     '',
-    *report.table_head('cell', 'tokens/s', 'vs AdamW (same rounds)'),
-    *(f'| {r["cell"]} | {r["tokens_per_sec"]:.0f} | {r["vs_adamw"]:.2f} |' for r in rows),
+    "tokens/s: the median over rounds. vs AdamW: the median over rounds of the cell's tokens/s "
+    "over AdamW's in the same round, and its quartiles over rounds.",
+    '',
+    *report.table_head('cell', 'method and options', 'tokens/s', 'vs AdamW', 'quartiles'),
+    *(
+      f'| {name} | {describe(study, name)} | {r["median"]:.0f} | {r["ratio"]:.2f} | '
+      f'{r["ratio_quartiles"][0]:.2f} to {r["ratio_quartiles"][1]:.2f} |'
+      for name, r in rows.items()
+    ),
   ]
   print('\n'.join(lines))
   platform = jax.devices()[0].platform
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'lm_speed_{platform}.md')
-  report.write_results(out, lines, {'command': command, 'cells': rows}, indent=2)
+  payload = {
+    'command': command,
+    'load_average': load,
+    'cells': [
+      dict(cell=name, **r, tokens_per_sec_per_round=per_round[name]) for name, r in rows.items()
+    ],
+  }
+  report.write_results(out, lines, payload, indent=2)
   print(f'written to {out}')
 
 

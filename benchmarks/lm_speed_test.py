@@ -1,4 +1,5 @@
-"""benchmarks/lm_speed.py: the table's medians and ratios, and a smoke run.
+"""benchmarks/lm_speed.py: a smoke run and its errors (the ratios are
+harness.stats.ratios_to_baseline's, tested in harness/stats_test.py).
 
 The script imports the lm example's modules by their plain names, so it runs
 in its own process here (the benchmarks' tests also import the cifar
@@ -9,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,19 +30,29 @@ def test_smoke_run_times_every_cell_against_adamw_in_the_same_rounds(tmp_path):
   payload = json.loads(out.with_suffix('.json').read_text())
   cells = {c['cell']: c for c in payload['cells']}
   assert set(cells) == {'adamw', 'sbs_lam0', 'sbs_p05', 'lr_dropout', 'dropout'}
-  assert cells['adamw']['vs_adamw'] == 1.0
-  assert all(c['tokens_per_sec'] > 0 and c['vs_adamw'] > 0 for c in cells.values())
+  assert cells['adamw']['ratio'] == 1.0
+  assert all(len(c['tokens_per_sec_per_round']) == 3 for c in cells.values())
+  assert all(c['median'] > 0 and c['ratio'] > 0 for c in cells.values())
   text = out.read_text()
   assert '- versions: ' in text and 'flax ' in text and '--smoke' in payload['command']
   assert text.count('\n| ') == 1 + len(cells)  # the head and one row per cell
+  assert '| dropout | adamw, dropout=0.1 |' in text
 
 
-def test_bad_counts_are_a_usage_error():
+@pytest.mark.parametrize(
+  'argv, message',
+  [
+    (['--rounds', '0'], '--rounds and --steps must be at least 1'),
+    (['--study', 'overfit'], 'study overfit trains the cifar example, not lm'),
+    (['--smoke'], '--out is needed'),
+  ],
+)
+def test_bad_input_is_a_usage_error(argv, message):
   done = subprocess.run(
-    [sys.executable, os.path.join(HERE, 'lm_speed.py'), '--rounds', '0'],
+    [sys.executable, os.path.join(HERE, 'lm_speed.py'), *argv],
     capture_output=True,
     text=True,
     timeout=600,
     check=False,
   )
-  assert done.returncode == 2 and '--rounds and --steps must be at least 1' in done.stderr
+  assert done.returncode == 2 and message in done.stderr

@@ -84,3 +84,19 @@ def update_statistics(rows: list[dict]) -> str:
   if not fractions or not counts:
     return ''
   return f'{np.mean(fractions):.3f} / {np.mean(counts):.2f}'
+
+
+def ratios_to_baseline(per_round: dict[str, list[float]], baseline: str) -> dict[str, dict]:
+  """Per entry of an interleaved timing: its median over rounds and the
+  median and quartiles over rounds of its ratio to ``baseline`` in the same
+  round (a slow spell of the machine falls on both sides of each ratio)."""
+  base = np.asarray(per_round[baseline], dtype=float)
+  out = {}
+  for name, values in per_round.items():
+    ratios = np.asarray(values, dtype=float) / base
+    out[name] = {
+      'median': float(np.median(values)),
+      'ratio': float(np.median(ratios)),
+      'ratio_quartiles': [float(q) for q in np.percentile(ratios, [25, 75])],
+    }
+  return out

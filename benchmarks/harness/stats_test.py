@@ -70,3 +70,14 @@ def test_update_statistics_average_over_epochs_and_trials():
   # fractions 0.1, 0.2, 0.2, 0.3 -> 0.2; counts 1, 1, 2, 3 -> 1.75
   assert stats.update_statistics(rows) == '0.200 / 1.75'
   assert stats.update_statistics([{'trial': 0, 'epoch': 1}]) == ''
+
+
+def test_ratios_are_taken_within_each_round():
+  # Round 2 is a slow spell for both: the median of the per-round ratios is
+  # 0.5, the ratio of the medians (2 / 5 = 0.4) is not.
+  per_round = {'base': [10.0, 4.0, 5.0], 'cell': [5.0, 2.0, 2.0]}
+  out = stats.ratios_to_baseline(per_round, 'base')
+  assert out['base'] == {'median': 5.0, 'ratio': 1.0, 'ratio_quartiles': [1.0, 1.0]}
+  assert out['cell']['median'] == 2.0
+  assert out['cell']['ratio'] == pytest.approx(0.5)
+  assert out['cell']['ratio_quartiles'] == pytest.approx([0.45, 0.5])
