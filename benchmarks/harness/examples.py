@@ -78,6 +78,12 @@ class Example:
   def load(self, dataset: str, data_dir: str | None, scale: dict) -> Any:
     raise NotImplementedError
 
+  def module(self, name: str) -> Any:
+    """The example's module ``name`` (e.g. ``'train'``), imported from its
+    folder; an error if a module of that name came from elsewhere."""
+    (module,) = _modules(self.name, name)
+    return module
+
   def train(self, run: dict, data: Any, dataset: str, data_dir: str | None) -> list[dict]:
     """The rows of one run (its ``trial`` field left to the harness)."""
     (train,) = _modules(self.name, 'train')
