@@ -526,9 +526,16 @@ def main(argv=None):
     default=None,
     help='section 5: numbers of leaves, e.g. 50,100,400 (default 50,100,400,1000)',
   )
-  parser.add_argument('--out', default=None)
+  parser.add_argument(
+    '--out',
+    default=None,
+    help='markdown path (default: results/update_speed_PLATFORM.md; '
+    'needed with --smoke, which must not overwrite the committed table)',
+  )
   parser.add_argument('--collectives-json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.smoke and args.out is None:
+    parser.error('--smoke needs --out')
   if args.collectives_json:
     print(json.dumps(collective_counts()))
     return 0

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from optax_sbs import _threefry
 
@@ -26,3 +27,10 @@ def test_many_leaves_cycles_four_shapes():
   shapes = [x.shape for x in jax.tree.leaves(tree)]
   assert len(shapes) == 10
   assert set(shapes) == {(8, 24), (8, 32), (32,), (8,)}
+
+
+def test_smoke_without_out_is_refused(capsys):
+  # --smoke must not overwrite the committed table.
+  with pytest.raises(SystemExit) as exit_info:
+    update_speed.main(['--smoke'])
+  assert exit_info.value.code == 2 and '--smoke needs --out' in capsys.readouterr().err
