@@ -395,6 +395,20 @@ def test_sweep_widens_only_while_the_best_rate_is_at_an_edge(best, asked):
   assert grid.asked == asked and chosen == best and list(cells) == sorted(asked)
 
 
+def test_sweep_widens_until_it_spans_the_best_rate_divided_and_times_the_span():
+  # Rates 1, 1.5, 2.25, ...: the best (3.375, index 3) is inside the first
+  # slice (2, 6), but 2.25 > 3.375 / 2, so one more step below (1.5); 7.6 >=
+  # 2 * 3.375 above: nothing more there.
+  rates = tuple(1.5**i for i in range(8))
+  grid = _FakeGrid(lambda r: 1.0 + abs(r - rates[3]))
+  cells, chosen = scale_confirmation._sweep(grid, 'x', rates, (2, 6), span=2.0)  # pylint: disable=protected-access
+  assert chosen == rates[3] and grid.asked == [rates[i] for i in (2, 3, 4, 5, 1)]
+  # Without a span, the first slice is enough.
+  grid = _FakeGrid(lambda r: 1.0 + abs(r - rates[3]))
+  scale_confirmation._sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
+  assert grid.asked == [rates[i] for i in (2, 3, 4, 5)]
+
+
 def test_sweep_waits_for_unfinished_cells():
   grid = _FakeGrid(lambda r: 1.0 + abs(r - 2), missing=(3,))
   cells, chosen = scale_confirmation._sweep(grid, 'x', tuple(range(8)), (2, 6))  # pylint: disable=protected-access

@@ -31,9 +31,11 @@ SCALES = {
   'cpu': dict(
     config=_model(4, 4, 128, 64, 32, 2000, 100, 200, 8),
     # Steps of about 1.5x; each method starts at the middle four and goes
-    # further out only while its best rate is at an edge.
-    learning_rates=(0.003, 0.004, 0.006, 0.01, 0.015, 0.022, 0.033, 0.05),
-    sweep_start=(2, 6),
+    # further out while its best rate is at an edge or the rates run do not
+    # span half to twice it.
+    learning_rates=(0.002, 0.003, 0.004, 0.006, 0.01, 0.015, 0.022, 0.033, 0.05),
+    sweep_start=(3, 7),
+    sweep_span=2.0,
     sweep_trials=2,
     sweep_seed=0,
     trials=5,

@@ -4,7 +4,9 @@ The study supplies ``SCALES`` (dicts: ``config``, the example's fields of
 every run; ``learning_rates``; ``sweep_trials`` and ``sweep_seed``, the
 sweep's paired trials; optionally ``sweep_start``, the slice of the rates a
 swept cell runs first, widened one rate at a time while its best rate is at
-an edge; ``trials`` and ``seed``, the confirmation's),
+an edge, and ``sweep_span``, a factor: widened further while the rates run do
+not reach the best rate divided and multiplied by it; ``trials`` and
+``seed``, the confirmation's),
 ``CELLS`` (name -> (the example's method, its options, the kind the JSON
 names)), ``SWEEP`` (the cells whose rate is swept; AdamW, ``'adamw'``,
 among them) and ``CONFIRM`` (cell -> the swept cell whose best rate it runs
@@ -93,11 +95,17 @@ class _Grid:
 
 
 def _sweep(
-  grid: _Grid, name: str, rates: tuple[float, ...], start: tuple[int, int]
+  grid: _Grid,
+  name: str,
+  rates: tuple[float, ...],
+  start: tuple[int, int],
+  span: float | None = None,
 ) -> tuple[dict[float, Cell | None], float | None]:
   """The sweep of ``name``: first the rates ``rates[start[0]:start[1]]``,
   then one more step of the grid beyond an edge while the best rate is at
-  that edge (so it ends inside the rates run, or at the grid's end).
+  that edge (so it ends inside the rates run, or at the grid's end), and,
+  given a ``span``, while the rates run do not reach ``best / span`` below
+  or ``best * span`` above (within the grid).
   Returns the cells run (None: not cached yet) and the best rate (None
   until every cell run so far has finished)."""
   lo, hi = start
@@ -111,9 +119,11 @@ def _sweep(
       return cells, None
     best = min(finished, key=lambda c: c.mean_val()).rate
     i = rates.index(best)
-    if i == lo and lo > 0:
+    short_below = span is not None and rates[lo] > best / span * (1 + 1e-9)
+    short_above = span is not None and rates[hi - 1] < best * span * (1 - 1e-9)
+    if (i == lo or short_below) and lo > 0:
       lo -= 1
-    elif i == hi - 1 and hi < len(rates):
+    elif (i == hi - 1 or short_above) and hi < len(rates):
       hi += 1
     else:
       return dict(sorted(cells.items())), best
@@ -167,7 +177,9 @@ def report(runner) -> Report:
   sweep: dict[tuple[str, float], Cell | None] = {}
   best: dict[str, float] = {}
   for name in study.SWEEP:
-    cells, best_rate = _sweep(grid, name, rates, scale.get('sweep_start', (0, len(rates))))
+    cells, best_rate = _sweep(
+      grid, name, rates, scale.get('sweep_start', (0, len(rates))), scale.get('sweep_span')
+    )
     sweep |= {(name, lr): cell for lr, cell in cells.items()}
     if best_rate is not None:
       best[name] = best_rate
@@ -244,7 +256,13 @@ def report(runner) -> Report:
     f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}',
     f'- sweep: peak rates on the grid {", ".join(f"{lr:g}" for lr in rates)} for '
     f'{", ".join(study.SWEEP)}: first {", ".join(f"{lr:g}" for lr in rates[start[0] : start[1]])}'
-    ', then one step of the grid further while the best rate is at an edge ("not needed": '
+    ', then one step of the grid further while the best rate is at an edge'
+    + (
+      f' or the rates run do not reach it divided and multiplied by {scale["sweep_span"]:g}'
+      if scale.get('sweep_span')
+      else ''
+    )
+    + ' ("not needed": '
     f'beyond the best rate, not run); {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
     f'confirmation: {seeds(scale["trials"], scale["seed"])} the sweep never saw',
     f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
