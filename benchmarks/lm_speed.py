@@ -111,9 +111,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.steps < 1:
     parser.error('--rounds and --steps must be at least 1')
-  if args.study not in runner_lib.study_names():
-    parser.error(f'no study {args.study!r}; the studies: {", ".join(runner_lib.study_names())}')
-  study = runner_lib.load_study(args.study)
+  try:
+    study = runner_lib.load_study(args.study)
+  except ValueError as error:  # names the studies there are
+    parser.error(str(error))
   if study.EXAMPLE != 'lm':
     parser.error(f'study {args.study} trains the {study.EXAMPLE} example, not lm')
   if args.scale not in study.SCALES:

@@ -16,16 +16,21 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_smoke_run_times_every_cell_against_adamw_in_the_same_rounds(tmp_path):
-  out = tmp_path / 'speed.md'
-  argv = ['--smoke', '--rounds', '3', '--steps', '1', '--out', str(out)]
-  done = subprocess.run(
+def _lm_speed(argv):
+  """The script run in its own process with ``argv``."""
+  return subprocess.run(
     [sys.executable, os.path.join(HERE, 'lm_speed.py'), *argv],
     capture_output=True,
     text=True,
     timeout=600,
     check=False,
   )
+
+
+def test_smoke_run_times_every_cell_against_adamw_in_the_same_rounds(tmp_path):
+  out = tmp_path / 'speed.md'
+  argv = ['--smoke', '--rounds', '3', '--steps', '1', '--out', str(out)]
+  done = _lm_speed(argv)
   assert done.returncode == 0, done.stderr[-3000:]
   payload = json.loads(out.with_suffix('.json').read_text())
   cells = {c['cell']: c for c in payload['cells']}
@@ -48,11 +53,5 @@ def test_smoke_run_times_every_cell_against_adamw_in_the_same_rounds(tmp_path):
   ],
 )
 def test_bad_input_is_a_usage_error(argv, message):
-  done = subprocess.run(
-    [sys.executable, os.path.join(HERE, 'lm_speed.py'), *argv],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  done = _lm_speed(argv)
   assert done.returncode == 2 and message in done.stderr
