@@ -277,8 +277,9 @@ def report(runner) -> Report:
     't interval and the trials in which the cell is lower. "train": the loss on fixed '
     'training windows in evaluation mode; "gap": validation minus train, per trial. '
     'Stalled: runs whose final validation loss is not finite or no lower than the character '
-    'entropy. tokens/s: the median over the runs, which ran one after another on one machine, '
-    'so it drifts with the machine (for the cells timed side by side, interleaved in one '
+    'entropy. tokens/s: the median over the runs as they trained, some of them two at a time '
+    'on the same cores or beside other jobs, so it does not compare the cells\' speed (for '
+    'that, the cells timed side by side, interleaved in one '
     f'process: `python benchmarks/lm_speed.py --study {runner.options.study} --scale '
     f'{runner.options.scale}`). *: the rate is at an edge of the sweep.',
     '',
