@@ -302,9 +302,9 @@ def test_scale_confirmation_runs_each_cell_at_the_rate_the_sweep_chose(tmp_path)
   for (cell, lr), finals in sweep.items():
     _medium_cache(runner, cell, lr, 'sweep', finals)
   # The confirmation: AdamW and dropout at AdamW's best (high), the rest at SBS's (low).
-  at = {'adamw': high, 'dropout': high, 'sbs_lam0': low, 'sbs_p05': low, 'lr_dropout': low}
+  at = {'adamw': high, 'dropout': high, 'sbs_lam0': low, 'sbs_p05': low}
   finals = {'adamw': [1.6, 1.8], 'dropout': [1.7, 1.7], 'sbs_lam0': [1.5, 1.6]}
-  finals |= {'sbs_p05': [1.6, 1.9], 'lr_dropout': [1.55, 1.85]}
+  finals |= {'sbs_p05': [1.6, 1.9]}
   for cell, lr in at.items():
     _medium_cache(runner, cell, lr, 'confirmation', finals[cell])
   _medium_cache(runner, 'sbs_lam0', high, 'confirmation', [0.1, 0.1])  # never read
@@ -332,11 +332,12 @@ def test_scale_confirmation_runs_each_cell_at_the_rate_the_sweep_chose(tmp_path)
   # NaN and a loss above the character entropy both count as stalled.
   diverged = [c for c in cells.values() if c['phase'] == 'sweep' and c['stalled']]
   assert [(c['method'], c['learning_rate'], c['stalled']) for c in diverged] == [('sbs', high, 2)]
-  assert len(cells) == 9
+  assert len(cells) == 8
   sbs_low = cells[f'sweep: sbs_lam0 lr={low:g}']
   assert sbs_low['vs_adamw']['diff'] == pytest.approx(-0.15) and sbs_low['seeds'] == [0, 1]
   text = '\n'.join(report.lines)
   assert '(best), 2 stalled' not in text and '1.4500 ± 0.0707 (best)' in text
+  assert "adamw, dropout at adamw's; sbs_lam0, sbs_p05 at sbs_lam0's." in text
   assert 'nan ± nan, 2 stalled' in text or 'nan, 2 stalled' in text
   _assert_rows_fit_their_tables(report.lines)
 

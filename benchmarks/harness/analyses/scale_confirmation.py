@@ -129,6 +129,14 @@ def _sweep(
       return dict(sorted(cells.items())), best
 
 
+def _rates_chosen(study) -> str:
+  """Which swept cell's best rate each confirmation cell runs at, in words."""
+  groups: dict[str, list[str]] = {}
+  for name, chooser in study.CONFIRM.items():
+    groups.setdefault(chooser, []).append(name)
+  return '; '.join(f'{", ".join(names)} at {chooser}\'s' for chooser, names in groups.items())
+
+
 def _stalled(cell: Cell, entropy: float) -> int:
   val = cell.final()
   return int(np.sum(~np.isfinite(val) | (val >= entropy)))
@@ -271,8 +279,7 @@ def report(runner) -> Report:
     '',
     '## Confirmation: each cell at its rate, on fresh seeds',
     '',
-    'AdamW and SBS at their own best rates of the sweep; the controls (SBS at a fixed p, '
-    'Learning-Rate Dropout) at SBS\'s, dropout in the model at AdamW\'s. "vs AdamW": the '
+    f'Each cell at the best rate of a swept cell: {_rates_chosen(study)}. "vs AdamW": the '
     'paired difference of the final validation loss against AdamW (negative: lower), its 95% '
     't interval and the trials in which the cell is lower. "train": the loss on fixed '
     'training windows in evaluation mode; "gap": validation minus train, per trial. '
