@@ -134,7 +134,7 @@ def _rates_chosen(study) -> str:
   groups: dict[str, list[str]] = {}
   for name, chooser in study.CONFIRM.items():
     groups.setdefault(chooser, []).append(name)
-  return '; '.join(f'{", ".join(names)} at {chooser}\'s' for chooser, names in groups.items())
+  return '; '.join(f"{', '.join(names)} at {chooser}'s" for chooser, names in groups.items())
 
 
 def _stalled(cell: Cell, entropy: float) -> int:
@@ -285,7 +285,7 @@ def report(runner) -> Report:
     'training windows in evaluation mode; "gap": validation minus train, per trial. '
     'Stalled: runs whose final validation loss is not finite or no lower than the character '
     'entropy. tokens/s: the median over the runs as they trained, some of them two at a time '
-    'on the same cores or beside other jobs, so it does not compare the cells\' speed (for '
+    "on the same cores or beside other jobs, so it does not compare the cells' speed (for "
     'that, the cells timed side by side, interleaved in one '
     f'process: `python benchmarks/lm_speed.py --study {runner.options.study} --scale '
     f'{runner.options.scale}`). *: the rate is at an edge of the sweep.',
