@@ -35,16 +35,15 @@ def light_module(name: str, path: str) -> ModuleType:
   return module
 
 
-def _modules(name: str, *modules: str) -> list[ModuleType]:
-  """The example's modules, imported as its ``main.py`` imports them."""
+def _module(name: str, module_name: str) -> ModuleType:
+  """The example's module, imported as its ``main.py`` imports it."""
   folder = _folder(name)
   if sys.path[0] != folder:
     sys.path.insert(0, folder)
-  loaded = [importlib.import_module(m) for m in modules]
-  for module in loaded:
-    if not os.path.abspath(module.__file__ or '').startswith(folder):
-      raise RuntimeError(f'{module.__name__} was imported from outside examples/{name}')
-  return loaded
+  module = importlib.import_module(module_name)
+  if not os.path.abspath(module.__file__ or '').startswith(folder):
+    raise RuntimeError(f'{module.__name__} was imported from outside examples/{name}')
+  return module
 
 
 class Example:
@@ -81,12 +80,11 @@ class Example:
   def module(self, name: str) -> Any:
     """The example's module ``name`` (e.g. ``'train'``), imported from its
     folder; an error if a module of that name came from elsewhere."""
-    (module,) = _modules(self.name, name)
-    return module
+    return _module(self.name, name)
 
   def train(self, run: dict, data: Any, dataset: str, data_dir: str | None) -> list[dict]:
     """The rows of one run (its ``trial`` field left to the harness)."""
-    (train,) = _modules(self.name, 'train')
+    train = self.module('train')
     rows = train.run(self.run_config(run, dataset, data_dir), data)
     return [{k: v for k, v in r.items() if k != 'trial'} for r in rows]
 
@@ -100,7 +98,7 @@ class Cifar(Example):
   name = 'cifar'
 
   def load(self, dataset, data_dir, scale):
-    (input_pipeline,) = _modules(self.name, 'input_pipeline')
+    input_pipeline = self.module('input_pipeline')
     data = input_pipeline.load(dataset, data_dir)
     size = scale.get('test_examples')
     if size and size < len(data.y_test):
@@ -133,13 +131,13 @@ class Lm(Example):
   packages = ('flax',)
 
   def load(self, dataset, data_dir, scale):
-    (input_pipeline,) = _modules(self.name, 'input_pipeline')
+    input_pipeline = self.module('input_pipeline')
     data = input_pipeline.load(dataset, data_dir)
     input_pipeline.check_lengths(data, scale['config']['context_length'])
     return data
 
   def facts(self, run, data):
-    (models,) = _modules(self.name, 'models')
+    models = self.module('models')
     config = self.run_config(run, '', None)
     return {
       'characters': [len(data.train), len(data.validation), len(data.test)],
