@@ -77,6 +77,8 @@ class Options:
   cached_only: bool = False
   workdir: str | None = None
   out: str | None = None
+  local_data: str | None = None
+  start_no_run_after: float | None = None  # seconds since the epoch
 
 
 class Runner:
@@ -111,8 +113,13 @@ class Runner:
     else:
       self.dataset = self.scale.get('dataset', study.DATASET)
       self.data_id = dict(self.scale.get('data') or store_lib.data_identity(self.dataset))
+      if options.local_data and self.data_id.get('sha256'):
+        self.dataset = os.path.join(options.local_data, self.data_id['name'])
     self.used: dict[str, dict] = {}  # key -> record behind the report, in order
     self.missing: dict[str, int] = {}  # cell label -> finished trials
+    # Runs this pass trained, found claimed by another process, or left
+    # unstarted (past --start-no-run-after).
+    self.trained = self.held_elsewhere = self.deferred = 0
     self.started = time.perf_counter()
     if options.dataset:
       self.data()  # a dataset named on the command line must load, to train or not
@@ -132,8 +139,8 @@ class Runner:
         raise ValueError(
           f'the runs of scale {self.options.scale} used {self.data_id["name"]}'
           + (f' (sha256 {sha}...)' if sha else '')
-          + ': pass that copy as --dataset to train what the cache lacks, or name other '
-          'data with --dataset (its runs are cached apart)'
+          + ': pass that copy as --dataset (or its folder as --local-data) to train what the '
+          'cache lacks, or name other data with --dataset (its runs are cached apart)'
         )
       self._data = self.example.load(self.dataset, self.options.data_dir, self.scale)
     return self._data
@@ -165,8 +172,14 @@ class Runner:
     return rows
 
   def _train(self, key: str, run: dict, label: str, trial: int) -> dict | None:
+    if (
+      self.options.start_no_run_after is not None and time.time() > self.options.start_no_run_after
+    ):
+      self.deferred += 1
+      return None
     lock = self.store.lock_path(key)
     if not store_lib.claim(lock):
+      self.held_elsewhere += 1
       return None  # another process trains it
     try:
       self.store.reload()
@@ -185,6 +198,7 @@ class Runner:
         'seconds': time.perf_counter() - start,
         'provenance': dict(report.this_machine(*self.example.packages), command=self.command()),
       }
+      self.trained += 1
       return self.store.add(record)
     finally:
       store_lib.release(lock)

@@ -39,6 +39,7 @@ class Cell:
   rows: list[dict]
   config: dict
   seeds: list[int]
+  tag: str = ''  # a tuning variant's name
 
   def final(self, key: str = 'val_loss') -> np.ndarray:
     return stats.final(self.rows, key, order='step')
@@ -75,23 +76,33 @@ class _Grid:
     self.runner, self.study, self.scale = runner, runner.study, runner.scale
     self.waiting: dict[str, str] = {}  # label -> what it waits for
 
-  def cell(self, name: str, rate: float, phase: str) -> Cell | None:
+  def cell(
+    self, name: str, rate: float, phase: str, extra: dict | None = None, tag: str = ''
+  ) -> Cell | None:
+    """The runs of cell ``name`` at ``rate``: the sweep's seeds, or the
+    confirmation's (``phase == 'confirmation'``); ``extra`` changes more of
+    the example's fields (a tuning variant: ``tag`` names it in the label)."""
     method, options, _ = self.study.CELLS[name]
     trials, seed = (
-      (self.scale['sweep_trials'], self.scale['sweep_seed'])
-      if phase == 'sweep'
-      else (self.scale['trials'], self.scale['seed'])
+      (self.scale['trials'], self.scale['seed'])
+      if phase == 'confirmation'
+      else (self.scale['sweep_trials'], self.scale['sweep_seed'])
     )
     config = self.runner.config(
-      method=method, **self.scale['config'], **options, learning_rate=rate, seed=seed
+      method=method,
+      **self.scale['config'],
+      **options,
+      **(extra or {}),
+      learning_rate=rate,
+      seed=seed,
     )
-    label = f'{phase} {name} lr={rate:g}'
+    label = f'{phase} {name}{f" ({tag})" if tag else ""} lr={rate:g}'
     rows = self.runner.rows(config, trials, label) if self.runner.wanted(label) else None
     if rows is None:
       done = self.runner.missing.get(label, 0)
       self.waiting[label] = f'{done}/{trials} trials cached'
       return None
-    return Cell(name, rate, rows, config, list(range(seed, seed + trials)))
+    return Cell(name, rate, rows, config, list(range(seed, seed + trials)), tag)
 
 
 def _sweep(
@@ -129,12 +140,112 @@ def _sweep(
       return dict(sorted(cells.items())), best
 
 
+@dataclasses.dataclass
+class Tuning:
+  """The tuning of a baseline's fixed settings at one rate (``study.TUNE``)."""
+
+  candidates: dict[str, Cell | None]  # variant -> its runs at the tuning rate
+  changes: dict[str, dict]  # variant -> the fields it changes
+  winner: str | None = None
+  rates: dict[float, Cell | None] = dataclasses.field(default_factory=dict)  # the winner's
+  best_rate: float | None = None
+
+
+def _tune(grid: _Grid, study) -> Tuning:
+  """``study.TUNE``'s variants of its cell at its rate on the sweep's seeds:
+  the cell as it is, each variant alone, then the best values of the
+  ``combine`` fields whose best variants score lowest, together; the lowest
+  mean final validation loss wins and runs at ``rates`` too, and its best
+  rate is the lowest of those (its own included)."""
+  spec = study.TUNE
+  name, rate = spec['cell'], spec['rate']
+  changes = {'as is': {}, **spec['variants']}
+  candidates = {
+    tag: grid.cell(name, rate, 'sweep' if not extra else 'tune', extra, tag if extra else '')
+    for tag, extra in changes.items()
+  }
+  tuning = Tuning(candidates, changes)
+  if any(c is None for c in candidates.values()):
+    grid.waiting['tune combined'] = 'waits for every single change'
+    return tuning
+  best_by_field: dict[tuple, str] = {}
+  for tag, extra in spec['variants'].items():
+    fields = tuple(sorted(extra))
+    if fields not in best_by_field or _mean(candidates[tag]) < _mean(
+      candidates[best_by_field[fields]]
+    ):
+      best_by_field[fields] = tag
+  ranked = sorted(best_by_field.values(), key=lambda tag: _mean(candidates[tag]))
+  combined: dict = {}
+  for tag in ranked[: spec['combine']]:
+    combined |= spec['variants'][tag]
+  changes['combined'] = combined
+  candidates['combined'] = grid.cell(name, rate, 'tune', combined, 'combined')
+  if candidates['combined'] is None:
+    grid.waiting['tune winner'] = 'waits for the combined change'
+    return tuning
+  tuning.winner = min(candidates, key=lambda tag: _mean(candidates[tag]))
+  winner = changes[tuning.winner]
+  tuning.rates = {rate: candidates[tuning.winner]}
+  for other in spec['rates']:
+    tuning.rates[other] = grid.cell(
+      name, other, 'sweep' if not winner else 'tune', winner, tuning.winner if winner else ''
+    )
+  tuning.rates = dict(sorted(tuning.rates.items()))
+  if all(c is not None for c in tuning.rates.values()):
+    tuning.best_rate = min(tuning.rates, key=lambda lr: _mean(tuning.rates[lr]))
+  return tuning
+
+
+def _mean(cell: Cell | None) -> float:
+  return cell.mean_val() if cell is not None else float('inf')
+
+
+def _sweep_start(scale: dict, name: str) -> tuple[int, int]:
+  """The slice of the rates that cell ``name``'s sweep runs first."""
+  start = scale.get('sweep_start', (0, len(scale['learning_rates'])))
+  return start[name] if isinstance(start, dict) else start
+
+
+def _confirmation_rate(study, chooser, best: dict, tuning: Tuning | None) -> float | None:
+  """The rate a confirmation cell runs at: a fixed rate, the best rate of the
+  swept cell it names, or (``'tuned'``) the tuning winner's best rate; None
+  while that is not known yet."""
+  if isinstance(chooser, float):
+    return chooser
+  if chooser == 'tuned':
+    return tuning.best_rate if tuning is not None else None
+  return best.get(chooser)
+
+
+def _chooser_text(chooser) -> str:
+  if isinstance(chooser, float):
+    return f'the rate {chooser:g}'
+  return 'the tuning' if chooser == 'tuned' else f'the sweep of {chooser}'
+
+
+def _first_rates(study, scale: dict) -> str:
+  """The rates each swept cell runs first, in words."""
+  rates = scale['learning_rates']
+  text = lambda name: ', '.join(f'{lr:g}' for lr in rates[slice(*_sweep_start(scale, name))])
+  if not isinstance(scale.get('sweep_start'), dict):
+    return text(study.SWEEP[0]) if study.SWEEP else ''
+  return '; '.join(f'{name} {text(name)}' for name in study.SWEEP)
+
+
 def _rates_chosen(study) -> str:
-  """Which swept cell's best rate each confirmation cell runs at, in words."""
-  groups: dict[str, list[str]] = {}
+  """The rate each confirmation cell runs at, in words."""
+  groups: dict[str | float, list[str]] = {}
   for name, chooser in study.CONFIRM.items():
     groups.setdefault(chooser, []).append(name)
-  return '; '.join(f"{', '.join(names)} at {chooser}'s" for chooser, names in groups.items())
+  words = lambda chooser: (
+    f'the rate {chooser:g}'
+    if isinstance(chooser, float)
+    else "the tuning winner's best rate"
+    if chooser == 'tuned'
+    else f"{chooser}'s"
+  )
+  return '; '.join(f'{", ".join(names)} at {words(chooser)}' for chooser, names in groups.items())
 
 
 def _stalled(cell: Cell, entropy: float) -> int:
@@ -185,19 +296,24 @@ def report(runner) -> Report:
   sweep: dict[tuple[str, float], Cell | None] = {}
   best: dict[str, float] = {}
   for name in study.SWEEP:
-    cells, best_rate = _sweep(
-      grid, name, rates, scale.get('sweep_start', (0, len(rates))), scale.get('sweep_span')
-    )
+    cells, best_rate = _sweep(grid, name, rates, _sweep_start(scale, name), scale.get('sweep_span'))
     sweep |= {(name, lr): cell for lr, cell in cells.items()}
     if best_rate is not None:
       best[name] = best_rate
+  tuning = _tune(grid, study) if hasattr(study, 'TUNE') else None
   confirm: dict[str, Cell | None] = {}
   for name, chooser in study.CONFIRM.items():
-    if chooser in best:
-      confirm[name] = grid.cell(name, best[chooser], 'confirmation')
-    else:
-      grid.waiting[f'confirmation {name}'] = f'waits for the sweep of {chooser}'
+    rate, extra, tag = _confirmation_rate(study, chooser, best, tuning), None, ''
+    if tuning is not None and name in study.TUNED:
+      if tuning.winner is None:
+        rate = None
+      else:
+        extra, tag = tuning.changes[tuning.winner], tuning.winner
+    if rate is None:
+      grid.waiting[f'confirmation {name}'] = f'waits for {_chooser_text(chooser)}'
       confirm[name] = None
+    else:
+      confirm[name] = grid.cell(name, rate, 'confirmation', extra, tag if extra else '')
 
   facts = runner.facts()
   entropy = facts.get('unigram_entropy', float('inf'))
@@ -241,7 +357,6 @@ def report(runner) -> Report:
     sweep_table.append(f'| {name} | ' + ' | '.join(entries) + ' |')
 
   config = scale['config']
-  start = scale.get('sweep_start', (0, len(rates)))
   base = runner.config(**config)
   characters = facts.get('characters', ['?'] * 3)
   fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
@@ -263,7 +378,7 @@ def report(runner) -> Report:
     f'embeddings), linear warm-up {config["warmup_steps"]} steps then cosine to '
     f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}',
     f'- sweep: peak rates on the grid {", ".join(f"{lr:g}" for lr in rates)} for '
-    f'{", ".join(study.SWEEP)}: first {", ".join(f"{lr:g}" for lr in rates[start[0] : start[1]])}'
+    f'{", ".join(study.SWEEP)}: first {_first_rates(study, scale)}'
     ', then one step of the grid further while the best rate is at an edge'
     + (
       f' or the rates run do not reach it divided and multiplied by {scale["sweep_span"]:g}'
