@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -212,3 +213,47 @@ def test_lm_smoke_sweeps_rates_and_resumes_from_the_cache(tmp_path):
   first = (tmp_path / 'lm.md').read_bytes()
   _run(*common, '--cached-only', '--no-figures')
   assert (tmp_path / 'lm.md').read_bytes() == first
+
+
+def test_until_done_passes_again_while_runs_train_here_or_elsewhere(monkeypatch):
+  # Pass 1 trains a run; pass 2 finds the next one held by another process
+  # (and waits); pass 3 finds nothing to do: the campaign ends.
+  passes = iter([(1, 0), (0, 1), (0, 0)])
+  names, sleeps = [], []
+
+  def one_pass(parser, args, name, deadline):
+    trained, held = next(passes)
+    names.append(name)
+    fake = types.SimpleNamespace(trained=trained, held_elsewhere=held, deferred=0)
+    return fake, f'{name}.md'
+
+  monkeypatch.setattr(run, '_run', one_pass)
+  monkeypatch.setattr(run.time, 'sleep', sleeps.append)
+  assert run.main(['lm_horizon', '--until-done']) == 'lm_horizon.md'
+  assert names == ['lm_horizon'] * 3 and sleeps == [60]
+
+
+@pytest.mark.parametrize(
+  'argv, message',
+  [
+    (['lm_corpus', 'lm_horizon', '--out', 'x.md'], '--out names one results file'),
+    (['lm_corpus', '--until-done', '--cached-only'], 'does not go with --cached-only'),
+  ],
+)
+def test_options_that_do_not_go_together_are_an_error(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    run.main(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_local_data_must_hold_the_copy_the_runs_used(tmp_path):
+  (tmp_path / 'kjv.txt').write_text('not the King James Bible\n')
+  study = runner_lib.load_study('lm_corpus')
+  options = runner_lib.Options(
+    study='lm_corpus', scale='cpu', local_data=str(tmp_path), workdir=str(tmp_path)
+  )
+  runner = runner_lib.Runner(study, options)
+  assert runner.dataset == str(tmp_path / 'kjv.txt')
+  with pytest.raises(ValueError, match='--local-data'):
+    runner.data()

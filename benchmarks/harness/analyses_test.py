@@ -1,5 +1,8 @@
 """The analyses, on fabricated caches: pairing, rate checks, unfinished cells."""
 
+import json
+import os
+
 import pytest
 
 from harness import runner as runner_lib
@@ -278,16 +281,18 @@ def test_rate_sweep_reports_each_method_at_its_best_rate(tmp_path):
   assert '| masked_updates | 1.4050 | 1.8050 |' in text
 
 
-def _medium_cache(runner, cell, lr, phase, finals):
+def _medium_cache(runner, cell, lr, phase, finals, extra=None, steps=(10, 20)):
   """Caches ``cell`` at ``lr`` with final validation losses ``finals`` (one
   per trial); train loss 0.2 lower, test 0.1 higher."""
   scale = runner.scale
   method, options, _ = runner.study.CELLS[cell]
-  seed = scale['sweep_seed'] if phase == 'sweep' else scale['seed']
-  config = runner.config(method=method, **scale['config'], **options, learning_rate=lr, seed=seed)
+  seed = scale['seed'] if phase == 'confirmation' else scale['sweep_seed']
+  config = runner.config(
+    method=method, **scale['config'], **options, **(extra or {}), learning_rate=lr, seed=seed
+  )
   per_trial = []
   for val in finals:
-    rows = _steps(val)
+    rows = _steps(val, steps)
     for r in rows:
       r['train_eval_loss'] = r['val_loss'] - 0.2
     per_trial.append(rows)
@@ -327,6 +332,10 @@ def test_scale_confirmation_runs_each_cell_at_the_rate_the_sweep_chose(tmp_path)
   assert confirm['sbs_p05']['options'] == {'lam': -4.0, 'alpha': 0.1, 'probability': 0.5}
   assert confirm['sbs_lam0']['options'] == {'lam': 0.0, 'alpha': 0.1, 'probability': None}
   assert confirm['sbs_lam0']['train_loss'] == pytest.approx(1.35)
+  # Fixed p = 0.5 is also paired with SBS lam = 0 (the adaptive term's share).
+  assert confirm['sbs_p05']['vs_cell']['cell'] == 'sbs_lam0'
+  assert confirm['sbs_p05']['vs_cell']['diff'] == pytest.approx(0.2)
+  assert confirm['adamw']['vs_cell'] is None and confirm['sbs_lam0']['vs_cell'] is None
   assert confirm['sbs_lam0']['test_loss'] == pytest.approx(1.65)
   # The sweep: paired with AdamW at its best rate on the sweep's seeds; a
   # NaN and a loss above the character entropy both count as stalled.
@@ -414,3 +423,99 @@ def test_sweep_waits_for_unfinished_cells():
   grid = _FakeGrid(lambda r: 1.0 + abs(r - 2), missing=(3,))
   cells, chosen = scale_confirmation._sweep(grid, 'x', tuple(range(8)), (2, 6))  # pylint: disable=protected-access
   assert chosen is None and grid.asked == [2, 3, 4, 5] and cells[3] is None
+
+
+@pytest.mark.parametrize(
+  'diff, lo, hi, verdict',
+  [
+    (-0.02, -0.03, -0.01, 'held'),
+    (-0.0104, -0.02, -0.001, 'held'),  # at least half of -0.0207
+    (-0.005, -0.008, -0.002, 'shrank'),  # below 0, but less than half
+    (-0.015, -0.03, 0.001, 'shrank'),  # at least half, but the interval reaches 0
+    (-0.005, -0.012, 0.002, 'vanished'),
+    (0.0, -0.01, 0.01, 'vanished'),
+    (0.004, 0.001, 0.007, 'reversed'),
+  ],
+)
+def test_verdict_applies_the_rule_stated_before_the_runs(diff, lo, hi, verdict):
+  assert scale_confirmation._verdict(diff, lo, hi, -0.0207) == verdict  # pylint: disable=protected-access
+
+
+def test_breadth_studies_state_their_rule_and_lm_mediums_reference():
+  with open(os.path.join(runner_lib.RESULTS, 'lm_medium_cpu.json'), encoding='utf-8') as f:
+    cells = json.load(f)['cells']
+  lead = next(c for c in cells if c['name'].startswith('confirmation: sbs_lam0'))
+  for name in ('lm_corpus', 'lm_horizon', 'lm_tuned'):
+    study = runner_lib.load_study(name)
+    assert study.REFERENCE == round(lead['vs_adamw']['diff'], 4)
+    for word in ('*held*', '*shrank*', '*vanished*', '*reversed*', 'before the runs'):
+      assert word in study.__doc__, (name, word)
+
+
+def test_scale_confirmation_tunes_the_baseline_and_wraps_the_winner(tmp_path):
+  runner = _runner(tmp_path, 'lm_tuned')
+  spec = runner.study.TUNE
+  rate = spec['rate']
+  # b2 0.999 and weight decay 0 are each the best of their setting; the best
+  # two settings' values together beat both; the schedule's change is worse.
+  finals = {'b2 0.95': 2.05, 'b2 0.999': 1.95, 'weight decay 0': 1.9, 'weight decay 0.3': 2.1}
+  finals |= {'decay to 0': 2.2}
+  _medium_cache(runner, 'adamw', rate, 'sweep', [2.0, 2.0])
+  for tag, val in finals.items():
+    _medium_cache(runner, 'adamw', rate, 'tune', [val, val + 0.01], spec['variants'][tag])
+  text = '\n'.join(scale_confirmation.report(runner).lines)
+  assert 'tune adamw (combined) lr=0.004 (0/2 trials cached)' in text
+  combined = {'b2': 0.999, 'weight_decay': 0.0}
+  _medium_cache(runner, 'adamw', rate, 'tune', [1.8, 1.8], combined)
+  _medium_cache(runner, 'adamw', 0.003, 'tune', [1.85, 1.85], combined)
+  _medium_cache(runner, 'adamw', 0.006, 'tune', [1.7, 1.75], combined)
+  report = scale_confirmation.report(runner)
+  assert report.payload['tuning'] == {
+    'cell': 'adamw',
+    'rate': rate,
+    'winner': 'combined',
+    'changes': combined,
+    'best_rate': 0.006,
+  }
+  text = '\n'.join(report.lines)
+  assert 'confirmation adamw_tuned (combined) lr=0.006 (0/2 trials cached)' in text
+  assert 'confirmation sbs_tuned (combined) lr=0.006 (0/2 trials cached)' in text
+  _medium_cache(runner, 'adamw', 0.006, 'confirmation', [1.6, 1.7], combined)
+  _medium_cache(runner, 'sbs_tuned', 0.006, 'confirmation', [1.55, 1.655], combined)
+  report = scale_confirmation.report(runner)
+  cells = {c['name']: c for c in report.payload['cells']}
+  tuned = cells['confirmation: sbs_tuned (combined) lr=0.006']
+  assert tuned['options'] | combined == tuned['options']  # the winner's settings, around SBS
+  assert tuned['vs_cell']['cell'] == 'adamw_tuned'
+  assert tuned['vs_cell']['diff'] == pytest.approx(-0.0475)
+  headline = report.payload['headline']
+  assert headline['cells'] == ['sbs_tuned', 'adamw_tuned']
+  assert headline['diff'] == pytest.approx(-0.0475) and headline['verdict'] == 'held'
+  assert cells['tune: adamw (weight decay 0) lr=0.004']['vs_adamw']['diff'] == pytest.approx(-0.095)
+  text = '\n'.join(report.lines)
+  assert '| combined (winner) | weight_decay 0, b2 0.999 |' in text
+  assert '**held**' in text
+  _assert_rows_fit_their_tables(report.lines)
+
+
+def test_scale_confirmation_shows_the_difference_over_a_long_run(tmp_path):
+  runner = _runner(tmp_path, 'lm_horizon')
+  low, high = runner.scale['learning_rates']
+  steps = (10, 20, 30, 40)
+  for cell, finals in {('adamw', low): [2.0], ('adamw', high): [1.5]}.items():
+    _medium_cache(runner, *cell, 'sweep', finals, steps=steps)
+  for cell, finals in {('sbs_lam0', low): [1.9], ('sbs_lam0', high): [1.4]}.items():
+    _medium_cache(runner, *cell, 'sweep', finals, steps=steps)
+  _medium_cache(runner, 'adamw', high, 'confirmation', [1.5, 1.6], steps=steps)
+  _medium_cache(runner, 'sbs_lam0', high, 'confirmation', [1.5, 1.61], steps=steps)
+  report = scale_confirmation.report(runner)
+  text = '\n'.join(report.lines)
+  assert report.payload['headline']['verdict'] == 'vanished'
+  assert '| 10 (mid-schedule) | +0.0050 |' in text and '| 40 (end of the run) | +0.0050 |' in text
+  # The best validation loss of a run is its lowest over the evaluations.
+  confirm = [c for c in report.payload['cells'] if c['phase'] == 'confirmation']
+  assert confirm[0]['best_val_loss'] == pytest.approx(1.55)
+  assert '_steps.png' in report.figures and '_curves.png' in report.figures
+  report.figures['_steps.png'](str(tmp_path / 'steps.png'))
+  assert (tmp_path / 'steps.png').stat().st_size > 0
+  _assert_rows_fit_their_tables(report.lines)

@@ -55,3 +55,47 @@ def train_and_test(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str) 
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def difference_over_steps(
+  difference: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+  gaps: dict[str, tuple[np.ndarray, np.ndarray]],
+  path: str,
+  label: str,
+  title: str = '',
+) -> None:
+  """Two panels against step: a paired difference ``(steps, mean, low,
+  high)`` with its 95% interval shaded, every step before the last marked as
+  mid-schedule; and the train/validation gap ``{cell: (steps, gap per
+  trial)}``, the mean over trials."""
+  plt = _pyplot()
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  steps, mean, low, high = difference
+  left.plot(steps, mean, color='C0', marker='.', label=label)
+  left.fill_between(steps, low, high, color='C0', alpha=0.2, label='95% interval')
+  left.axhline(0.0, color='k', linewidth=0.8)
+  left.axvspan(steps[0], steps[-1], color='0.9', zorder=0)
+  left.annotate(
+    'mid-schedule: the rate has not decayed yet',
+    xy=(0.02, 0.97),
+    xycoords='axes fraction',
+    va='top',
+    fontsize=8,
+  )
+  left.plot(steps[-1:], mean[-1:], color='C3', marker='o', linestyle='', label='end of the run')
+  left.set_xlabel('step')
+  left.set_ylabel('paired difference of validation loss (nats/char)')
+  left.grid(alpha=0.3)
+  left.legend(fontsize=8, loc='lower right')
+  for i, (cell, (gap_steps, gap)) in enumerate(gaps.items()):
+    right.plot(gap_steps, gap.mean(0), color=f'C{i % 10}', label=cell)
+  right.set_xlabel('step')
+  right.set_title('train/validation gap, mean over trials', fontsize=9)
+  right.set_ylabel('validation - train loss (nats/char)')
+  right.grid(alpha=0.3)
+  right.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

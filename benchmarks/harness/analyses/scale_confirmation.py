@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from harness import plots
 from harness import stats
 from harness.analyses import Report
 from harness.analyses import rate_sweep
@@ -245,7 +246,10 @@ def _rates_chosen(study) -> str:
     if chooser == 'tuned'
     else f"{chooser}'s"
   )
-  return '; '.join(f'{", ".join(names)} at {words(chooser)}' for chooser, names in groups.items())
+  text = '; '.join(f'{", ".join(names)} at {words(chooser)}' for chooser, names in groups.items())
+  if all(isinstance(chooser, str) and chooser != 'tuned' for chooser in groups):
+    return f'Each cell at the best rate of a swept cell: {text}'
+  return f'Each cell at its rate: {text}'
 
 
 def _stalled(cell: Cell, entropy: float) -> int:
@@ -260,14 +264,20 @@ def _versus(cell: Cell, base: Cell | None) -> dict | None:
   return {'diff': diff, 'ci95': None if np.isnan(lo) else [lo, hi], 'wins': wins}
 
 
-def _json_cell(study, cell: Cell, phase: str, base: Cell | None, entropy: float) -> dict:
+def _json_cell(
+  study, cell: Cell, phase: str, base: Cell | None, entropy: float, tag: str = ''
+) -> dict:
   kind = study.CELLS[cell.name][2]
   val = cell.final()
+  tag = tag or cell.tag
+  options = _options(kind, cell.config)
+  if hasattr(study, 'TUNE'):
+    options |= {k: cell.config[k] for k in ('b2', 'weight_decay', 'end_learning_rate_ratio')}
   return {
-    'name': f'{phase}: {cell.name} lr={cell.rate:g}',
+    'name': f'{phase}: {cell.name}{f" ({tag})" if tag else ""} lr={cell.rate:g}',
     'phase': phase,
     'method': kind,
-    'options': _options(kind, cell.config),
+    'options': options,
     'learning_rate': cell.rate,
     'trials': len(val),
     'seeds': cell.seeds,
@@ -319,23 +329,48 @@ def report(runner) -> Report:
   entropy = facts.get('unigram_entropy', float('inf'))
   sweep_base = sweep.get(('adamw', best['adamw'])) if 'adamw' in best else None
   confirm_base = confirm.get('adamw')
+  pairs = getattr(study, 'PAIRS', {})
+  mid_steps = getattr(study, 'MID_STEPS', {}).get(runner.options.scale, ())
+  columns = [
+    'cell',
+    'rate',
+    'val loss',
+    *(['best val loss'] if mid_steps else []),
+    'test loss',
+    'train loss',
+    'gap',
+    'vs AdamW (nats/char)',
+    '95% CI',
+    'lower than AdamW',
+    *(['paired with another cell: difference [95% CI], lower'] if pairs else []),
+    'stalled',
+    'tokens/s',
+  ]
   payload_cells, confirm_table, curves = [], [], {}
   for name, cell in confirm.items():
     if cell is None:
-      confirm_table.append(f'| {name} | not run yet |' + ' |' * 9)
+      confirm_table.append(f'| {name} | not run yet |' + ' |' * (len(columns) - 2))
       continue
     entry = _json_cell(study, cell, 'confirmation', confirm_base, entropy)
+    if mid_steps:
+      entry['best_val_loss'] = float(_best_val(cell).mean())
+    if pairs:
+      other = pairs.get(name)
+      versus = _versus(cell, confirm.get(other)) if other else None
+      entry['vs_cell'] = None if versus is None else {'cell': other, **versus}
     payload_cells.append(entry)
     train, val = cell.final('train_eval_loss'), cell.final()
     gap = stats.mean_std(val - train, 4)
     edge = '*' if cell.rate in (min(rates), max(rates)) else ''
     confirm_table.append(
-      f'| {name} | {cell.rate:g}{edge} | {stats.mean_std(val, 4)} | '
-      f'{stats.mean_std(cell.final("test_loss"), 4)} | {stats.mean_std(train, 4)} | {gap} | '
-      f'{_versus_text(entry["vs_adamw"], len(val))} | {entry["stalled"]} | '
-      f'{entry["tokens_per_sec"]:.0f} |'
+      f'| {_label(cell)} | {cell.rate:g}{edge} | {stats.mean_std(val, 4)} | '
+      + (f'{stats.mean_std(_best_val(cell), 4)} | ' if mid_steps else '')
+      + f'{stats.mean_std(cell.final("test_loss"), 4)} | {stats.mean_std(train, 4)} | {gap} | '
+      f'{_versus_text(entry["vs_adamw"], len(val))} | '
+      + (f'{_paired_text(entry["vs_cell"], len(val))} | ' if pairs else '')
+      + f'{entry["stalled"]} | {entry["tokens_per_sec"]:.0f} |'
     )
-    curves[f'{name}, lr {cell.rate:g}'] = stats.step_curves(cell.rows)
+    curves[f'{_label(cell)}, lr {cell.rate:g}'] = stats.step_curves(cell.rows)
 
   sweep_table = []
   for name in study.SWEEP:
@@ -361,42 +396,51 @@ def report(runner) -> Report:
   characters = facts.get('characters', ['?'] * 3)
   fmt = lambda n: f'{n:,}' if isinstance(n, int) else str(n)
   seeds = lambda n, s: f'{n} paired trials (seeds {s}..{s + n - 1})'
+  data_note = getattr(study, 'DATA_NOTE', "TFDS tiny_shakespeare's split")
+  passes = ''
+  if getattr(study, 'HEADLINE', None) and isinstance(characters[0], int):
+    windows = config['steps'] * config['batch_size'] * config['context_length']
+    passes = f' ({windows / characters[0]:.1f} passes over the training split)'
   lines = [
     f'# {study.TITLE.format(scale=runner.options.scale)}',
     '',
     runner.command_line(),
     f'- data: {runner.data_label()}: {" / ".join(fmt(n) for n in characters)}'
-    f" characters (train / validation / test, TFDS tiny_shakespeare's split), vocabulary"
+    f' characters (train / validation / test, {data_note}), vocabulary'
     f' {facts.get("vocab_size", "?")}, character entropy of the training split'
     f' {entropy:.4f} nats',
     f'- model: decoder-only transformer (Flax NNX), {config["num_layers"]} blocks'
     f' {"stacked and scanned (nnx.scan; the txs get layer_axes)" if config["scan_layers"] else ""},'
     f' width {config["embed_dim"]}, {config["num_heads"]} heads, context'
     f' {config["context_length"]}, {fmt(facts.get("params", "?"))} parameters',
-    f'- training: {config["steps"]} steps of {config["batch_size"]} random windows, AdamW (b1 '
-    f'{base["b1"]}, b2 {base["b2"]}, weight decay {base["weight_decay"]} on matrices and '
+    f'- training: {config["steps"]} steps of {config["batch_size"]} random windows{passes}, AdamW'
+    f' (b1 {base["b1"]}, b2 {base["b2"]}, weight decay {base["weight_decay"]} on matrices and '
     f'embeddings), linear warm-up {config["warmup_steps"]} steps then cosine to '
     f'{base["end_learning_rate_ratio"]}x, gradient clipping at norm {base["clip_norm"]}',
-    f'- sweep: peak rates on the grid {", ".join(f"{lr:g}" for lr in rates)} for '
-    f'{", ".join(study.SWEEP)}: first {_first_rates(study, scale)}'
-    ', then one step of the grid further while the best rate is at an edge'
-    + (
-      f' or the rates run do not reach it divided and multiplied by {scale["sweep_span"]:g}'
-      if scale.get('sweep_span')
-      else ''
-    )
-    + ' ("not needed": '
-    f'beyond the best rate, not run); {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
-    f'confirmation: {seeds(scale["trials"], scale["seed"])} the sweep never saw',
+    *([_sweep_line(study, scale, seeds)] if study.SWEEP else []),
+    *([_tune_line(study, scale, seeds)] if tuning is not None else []),
     f'- evaluation: loss in nats per character on {config["eval_batches"] * config["batch_size"]}'
     ' fixed windows of each split (training split included, dropout off), after the last step',
+    f'- runs that stalled or diverged: {_stalled_count(runner.used.values(), entropy)}',
     *runner.provenance_lines('runs'),
     '',
+  ]
+  headline = _headline(study, confirm, runner.options.scale)
+  if headline is not None:
+    lines += headline.lines
+  lines += [
     '## Confirmation: each cell at its rate, on fresh seeds',
     '',
-    f'Each cell at the best rate of a swept cell: {_rates_chosen(study)}. "vs AdamW": the '
+    f'{_rates_chosen(study)}. "vs AdamW": the '
     'paired difference of the final validation loss against AdamW (negative: lower), its 95% '
-    't interval and the trials in which the cell is lower. "train": the loss on fixed '
+    't interval and the trials in which the cell is lower. '
+    + ('Some cells are also paired with another cell, named in their row. ' if pairs else '')
+    + (
+      '"best val loss": the lowest validation loss of each run over its evaluations. '
+      if mid_steps
+      else ''
+    )
+    + '"train": the loss on fixed '
     'training windows in evaluation mode; "gap": validation minus train, per trial. '
     'Stalled: runs whose final validation loss is not finite or no lower than the character '
     'entropy. tokens/s: the median over the runs as they trained, some of them two at a time '
@@ -405,27 +449,24 @@ def report(runner) -> Report:
     f'process: `python benchmarks/lm_speed.py --study {runner.options.study} --scale '
     f'{runner.options.scale}`). *: the rate is at an edge of the sweep.',
     '',
-    *table_head(
-      'cell',
-      'rate',
-      'val loss',
-      'test loss',
-      'train loss',
-      'gap',
-      'vs AdamW (nats/char)',
-      '95% CI',
-      'lower than AdamW',
-      'stalled',
-      'tokens/s',
-    ),
+    *table_head(*columns),
     *confirm_table,
     '',
-    "## Rate sweep: final validation loss, mean ± std over the sweep's seeds",
-    '',
-    *table_head('method', *(f'lr {lr:g}' for lr in rates)),
-    *sweep_table,
-    '',
   ]
+  if mid_steps:
+    lines += _over_steps_lines(study, confirm, mid_steps)
+  if tuning is not None:
+    tune_lines, tune_cells = _tuning_section(study, tuning, entropy)
+    lines += tune_lines
+    payload_cells += tune_cells
+  if study.SWEEP:
+    lines += [
+      "## Rate sweep: final validation loss, mean ± std over the sweep's seeds",
+      '',
+      *table_head('method', *(f'lr {lr:g}' for lr in rates)),
+      *sweep_table,
+      '',
+    ]
   if grid.waiting:
     lines += ['Not run yet: ' + '; '.join(f'{k} ({v})' for k, v in grid.waiting.items()), '']
   payload = {
@@ -438,10 +479,254 @@ def report(runner) -> Report:
     'steps': config['steps'],
     'cells': payload_cells,
   }
-  return rate_sweep.add_loss_curves(
+  if headline is not None:
+    payload['headline'] = headline.payload
+  if tuning is not None:
+    payload['tuning'] = {
+      'cell': study.TUNE['cell'],
+      'rate': study.TUNE['rate'],
+      'winner': tuning.winner,
+      'changes': None if tuning.winner is None else tuning.changes[tuning.winner],
+      'best_rate': tuning.best_rate,
+    }
+  result = rate_sweep.add_loss_curves(
     Report(lines, payload, indent=2),
     runner,
     curves,
     'Validation curves of the confirmation',
     'confirmation, mean ± std over trials',
+  )
+  if mid_steps:
+    _add_steps_figure(result, runner, study, confirm)
+  return result
+
+
+def _label(cell: Cell) -> str:
+  return f'{cell.name} ({cell.tag})' if cell.tag else cell.name
+
+
+def _best_val(cell: Cell) -> np.ndarray:
+  """Per trial: the lowest validation loss over the run's evaluations."""
+  return np.asarray([min(r['val_loss'] for r in t) for t in stats.by_trial(cell.rows, 'step')])
+
+
+def _paired_text(versus: dict | None, trials: int) -> str:
+  if versus is None:
+    return ''
+  lo, hi = versus['ci95'] or (float('nan'), float('nan'))
+  return (
+    f'vs {versus["cell"]}: {versus["diff"]:+.4f} [{lo:+.4f}, {hi:+.4f}], {versus["wins"]}/{trials}'
+  )
+
+
+def _stalled_count(records, entropy: float) -> str:
+  """Of the runs behind the report: how many stalled (a finite final
+  validation loss no lower than the character entropy) and diverged (not
+  finite)."""
+  finals = np.asarray([max(r['rows'], key=lambda row: row['step'])['val_loss'] for r in records])
+  diverged = int(np.sum(~np.isfinite(finals)))
+  stalled = int(np.sum(np.isfinite(finals) & (finals >= entropy)))
+  return f'{stalled} stalled and {diverged} diverged of the {len(finals)} runs'
+
+
+def _sweep_line(study, scale: dict, seeds) -> str:
+  rates = scale['learning_rates']
+  return (
+    f'- sweep: peak rates on the grid {", ".join(f"{lr:g}" for lr in rates)} for '
+    f'{", ".join(study.SWEEP)}: first {_first_rates(study, scale)}'
+    ', then one step of the grid further while the best rate is at an edge'
+    + (
+      f' or the rates run do not reach it divided and multiplied by {scale["sweep_span"]:g}'
+      if scale.get('sweep_span')
+      else ''
+    )
+    + ' ("not needed": '
+    f'beyond the best rate, not run); {seeds(scale["sweep_trials"], scale["sweep_seed"])}; '
+    f'confirmation: {seeds(scale["trials"], scale["seed"])} the sweep never saw'
+  )
+
+
+def _tune_line(study, scale: dict, seeds) -> str:
+  spec = study.TUNE
+  return (
+    f'- tuning: {spec["cell"]} at the rate {spec["rate"]:g} with one change at a time '
+    f'({"; ".join(spec["variants"])}), then the best values of the {spec["combine"]} settings '
+    'whose best changes score lowest, together; the lowest mean final validation loss wins '
+    f'and runs at {", ".join(f"{lr:g}" for lr in spec["rates"])} too; '
+    f'{seeds(scale["sweep_trials"], scale["sweep_seed"])}; confirmation: '
+    f'{seeds(scale["trials"], scale["seed"])} the tuning never saw'
+  )
+
+
+def _tuning_section(study, tuning: Tuning, entropy: float) -> tuple[list[str], list[dict]]:
+  """The tuning's tables and JSON cells."""
+  spec = study.TUNE
+  as_is = tuning.candidates['as is']
+  rows, cells = [], []
+  for tag, cell in tuning.candidates.items():
+    changes = ', '.join(f'{k} {v:g}' for k, v in tuning.changes[tag].items()) or '-'
+    if cell is None:
+      rows.append(f'| {tag} | {changes} | not run yet | | | |')
+      continue
+    entry = _json_cell(study, cell, 'tune', as_is, entropy, tag)
+    entry['changes'] = tuning.changes[tag]
+    cells.append(entry)
+    mark = ' (winner)' if tag == tuning.winner else ''
+    rows.append(
+      f'| {tag}{mark} | {changes} | {stats.mean_std(cell.final(), 4)} | '
+      f'{_versus_text(entry["vs_adamw"], len(cell.seeds))} |'
+    )
+  lines = [
+    f"## Tuning {spec['cell']}: each change at the rate {spec['rate']:g}, on the sweep's seeds",
+    '',
+    '"vs as is": the paired difference of the final validation loss against the cell as it '
+    'is, its 95% t interval and the trials in which the change is lower.',
+    '',
+    *table_head('variant', 'changes', 'val loss', 'vs as is', '95% CI', 'lower than as is'),
+    *rows,
+    '',
+  ]
+  if tuning.winner is not None:
+    rate_rows = []
+    for lr, cell in tuning.rates.items():
+      if cell is None:
+        rate_rows.append(f'| {lr:g} | not run yet |')
+        continue
+      if lr != spec['rate']:
+        entry = _json_cell(study, cell, 'tune', None, entropy, tuning.winner)
+        entry['changes'] = tuning.changes[tuning.winner]
+        cells.append(entry)
+      mark = ' (best)' if lr == tuning.best_rate else ''
+      rate_rows.append(f'| {lr:g} | {stats.mean_std(cell.final(), 4)}{mark} |')
+    lines += [
+      f'The winner, {tuning.winner}, at other rates:',
+      '',
+      *table_head('rate', 'val loss'),
+      *rate_rows,
+      '',
+    ]
+  return lines, cells
+
+
+@dataclasses.dataclass
+class _Headline:
+  lines: list[str]
+  payload: dict
+
+
+def _verdict(diff: float, lo: float, hi: float, reference: float) -> str:
+  """The rule the studies of the lead's breadth state before their runs."""
+  if lo > 0:
+    return 'reversed'
+  below, large = hi < 0, diff <= reference / 2
+  if below and large:
+    return 'held'
+  if diff >= 0 or (not below and not large):
+    return 'vanished'
+  return 'shrank'
+
+
+def _rule_text(reference: float) -> str:
+  half = reference / 2
+  return (
+    f'*held*: the 95% interval lies entirely below 0 and the difference is {half:+.4f} or '
+    f'lower (at least half of the reference {reference:+.4f}); *shrank*: the interval lies '
+    f'below 0 with a difference above {half:+.4f}, or reaches 0 with one of {half:+.4f} or '
+    f'lower; *vanished*: the difference is 0 or above, or the interval reaches 0 with a '
+    f'difference above {half:+.4f}; *reversed*: the interval lies entirely above 0'
+  )
+
+
+def _headline(study, confirm: dict[str, Cell | None], scale: str) -> _Headline | None:
+  """The verdict on ``study.HEADLINE`` (cell a - cell b on the fresh seeds)."""
+  if not getattr(study, 'HEADLINE', None):
+    return None
+  a, b = study.HEADLINE
+  head = [
+    '## Verdict',
+    '',
+    f'The rule, stated in the study before its runs, for {a} - {b} at the end of the runs on '
+    f'the fresh seeds against the reference (lm_medium, scale cpu): {_rule_text(study.REFERENCE)}.',
+    '',
+  ]
+  cell_a, cell_b = confirm.get(a), confirm.get(b)
+  if cell_a is None or cell_b is None:
+    return _Headline([*head, f'Waits for the runs of {a} and {b}.', ''], {'verdict': None})
+  versus = _versus(cell_a, cell_b)
+  assert versus is not None
+  lo, hi = versus['ci95'] or (float('nan'), float('nan'))
+  verdict = _verdict(versus['diff'], lo, hi, study.REFERENCE)
+  trials = len(cell_a.seeds)
+  lines = [
+    *head,
+    f'{_label(cell_a)} - {_label(cell_b)}: {versus["diff"]:+.4f} nats/char [{lo:+.4f}, '
+    f'{hi:+.4f}], lower in {versus["wins"]}/{trials} trials; reference {study.REFERENCE:+.4f}: '
+    f'**{verdict}**.',
+    '',
+  ]
+  payload = {'cells': [a, b], **versus, 'reference': study.REFERENCE, 'verdict': verdict}
+  return _Headline(lines, payload)
+
+
+def _difference_by_step(cell_a: Cell, cell_b: Cell) -> tuple[np.ndarray, ...]:
+  """(steps, mean, low, high) of the paired validation-loss difference a - b."""
+  steps, va = stats.step_curves(cell_a.rows)
+  _, vb = stats.step_curves(cell_b.rows)
+  out = [stats.paired_difference(va[:, i], vb[:, i], better='lower') for i in range(len(steps))]
+  return steps, *(np.asarray([o[k] for o in out]) for k in range(3))
+
+
+def _over_steps_lines(study, confirm: dict[str, Cell | None], mid_steps) -> list[str]:
+  a, b = study.HEADLINE
+  cell_a, cell_b = confirm.get(a), confirm.get(b)
+  if cell_a is None or cell_b is None:
+    return []
+  steps, mean, low, high = _difference_by_step(cell_a, cell_b)
+  gap = lambda cell: (
+    stats.step_curves(cell.rows)[1] - stats.step_curves(cell.rows, 'train_eval_loss')[1]
+  )
+  gap_a, gap_b = gap(cell_a), gap(cell_b)
+  rows = []
+  for step in (*mid_steps, steps[-1]):
+    i = int(np.searchsorted(steps, step))
+    when = 'end of the run' if i == len(steps) - 1 else 'mid-schedule'
+    wins = int(
+      np.sum(stats.step_curves(cell_a.rows)[1][:, i] < stats.step_curves(cell_b.rows)[1][:, i])
+    )
+    rows.append(
+      f'| {step} ({when}) | {mean[i]:+.4f} | [{low[i]:+.4f}, {high[i]:+.4f}] | '
+      f'{wins}/{len(cell_a.seeds)} | {stats.mean_std(gap_a[:, i], 4)} | '
+      f'{stats.mean_std(gap_b[:, i], 4)} |'
+    )
+  return [
+    f'## {a} - {b} over the run (the same runs; mid-schedule rows are not results)',
+    '',
+    'Before the last step the rate has not decayed to its end, so a difference there is not '
+    "the difference of a finished schedule: only the last row is the study's result. gap: "
+    'validation minus train loss, per trial.',
+    '',
+    *table_head('step', 'difference', '95% CI', f'{a} lower', f'gap {a}', f'gap {b}'),
+    *rows,
+    '',
+  ]
+
+
+def _add_steps_figure(result: Report, runner, study, confirm: dict[str, Cell | None]) -> None:
+  a, b = study.HEADLINE
+  cell_a, cell_b = confirm.get(a), confirm.get(b)
+  if cell_a is None or cell_b is None:
+    return
+  difference = _difference_by_step(cell_a, cell_b)
+  gaps = {}
+  for cell in (cell_a, cell_b):
+    steps, val = stats.step_curves(cell.rows)
+    gaps[_label(cell)] = (steps, val - stats.step_curves(cell.rows, 'train_eval_loss')[1])
+  title = f'{a} - {b}, {len(cell_a.seeds)} paired trials, scale {runner.options.scale}'
+  stem = runner.stem()
+  result.figures['_steps.png'] = lambda path: plots.difference_over_steps(
+    difference, gaps, path, f'{a} - {b}', title
+  )
+  result.lines.append(
+    f'The difference and the train/validation gap over steps (mid-schedule before the last '
+    f'step): `{stem}_steps.png`.'
   )
