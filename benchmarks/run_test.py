@@ -19,13 +19,14 @@ RESULTS = os.path.join(BENCHMARKS, 'results')
 SAMPLE = os.path.join(ROOT, 'examples', 'cifar', 'data', 'cifar10_sample.npz')
 
 # Results no cache holds: timing tables, written by their scripts where
-# they are measured.
+# they are measured, and the main job's run (benchmarks/main_job.py).
 TIMING = {
   'update_speed_cpu',
   'update_speed_leaves_cpu',
   'state_memory',
   'trials_vmap',
   'lm_speed_cpu',
+  'main_job_cpu',
 }
 # Studies whose runs are under way: their results file may not be committed
 # yet, or may list the runs it still waits for; once committed, it is the

@@ -15,3 +15,4 @@ SCALES = {
   for name, scale in _confirm.SCALES.items()
 }
 RUN = ('adamw', 'adamw_accumulate2')
+PAIRS: dict[str, str] = {}  # lm_confirm's pairs name cells this study does not run

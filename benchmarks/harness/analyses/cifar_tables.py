@@ -128,6 +128,24 @@ def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
   return ['Frozen vs chain, paired by trial:'] + lines if lines else []
 
 
+def _pairs(study, todo: list[Cell], cells: _Cells) -> list[str]:
+  """``study.PAIRS`` ((label a, label b, what a - b is called), ...): the
+  paired difference of the last-10% accuracy of two cells of the report."""
+  by_label = {c.label: c for c in todo}
+  lines = []
+  for a, b, name in getattr(study, 'PAIRS', ()):
+    rows_a, rows_b = cells.rows(by_label[a]), cells.rows(by_label[b])
+    if rows_a is None or rows_b is None:
+      continue
+    last_a = stats.last_fraction_mean(rows_a)
+    mean, lo, hi, wins = stats.paired_difference(last_a, stats.last_fraction_mean(rows_b))
+    lines.append(
+      f'- {name}: {mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], {a} better in '
+      f'{wins}/{len(last_a)} trials.'
+    )
+  return ['Paired by trial:', *lines, ''] if lines else []
+
+
 def report(runner) -> Report:
   study, scale = runner.study, runner.scale
   pattern = getattr(study, 'CELL_PATTERN', None)
@@ -191,6 +209,11 @@ def report(runner) -> Report:
       body += _best_rates(todo, cells) + ['']
     if table == 'm':
       body += _frozen_vs_chain(todo, cells) + ['']
+  pairs = _pairs(study, todo, cells)
+  if pairs:
+    while body[-2:] == ['', '']:
+      body.pop()
+    body += pairs
 
   facts = runner.facts()
   test_images = facts.get('test_images', scale.get('test_examples'))

@@ -58,6 +58,7 @@ def report(runner) -> Report:
     if len(done) == len(rates):
       best[method] = min(done, key=done.get)
   base_val = _final(runs['adamw', best['adamw']]) if 'adamw' in best else None
+  pairs = getattr(study, 'PAIRS', {})
   cells, table, curves = [], [], {}
   for method in methods:
     name = cell_name(study.CELLS, method)
@@ -66,7 +67,7 @@ def report(runner) -> Report:
         f'| {name} | not run yet ('
         + ', '.join(f'lr {lr:g}: {unfinished.get((method, lr), trials)}/{trials}' for lr in rates)
         + ' trials cached) |'
-        + ' |' * 7
+        + ' |' * (7 + bool(pairs))
       )
       continue
     lr = best[method]
@@ -90,12 +91,24 @@ def report(runner) -> Report:
         'vs_adamw': versus,
       }
     )
+    paired = ''
+    if pairs:
+      other = pairs.get(method)
+      cells[-1]['vs_cell'] = None
+      if other in best:
+        diff, lo, hi, wins = stats.paired_difference(
+          val, _final(runs[other, best[other]]), better='lower'
+        )
+        cells[-1]['vs_cell'] = {'cell': other, 'diff': diff, 'ci95': [lo, hi], 'wins': wins}
+        paired = f'vs {other}: {diff:+.4f} [{lo:+.4f}, {hi:+.4f}], {wins}/{len(val)}'
+      paired += ' | '
+
     tokens_per_sec = np.mean([r['tokens_per_sec'] for r in rows])
     # A best rate at the edge of the sweep may not be the method's best.
     edge = '*' if len(rates) > 1 and lr in (min(rates), max(rates)) else ''
     table.append(
       f'| {name} | {lr:g}{edge} | {stats.mean_std(val, 4)} | {stats.mean_std(test, 4)} | '
-      f'{cols} | {tokens_per_sec:.0f} |'
+      f'{cols} | {paired}{tokens_per_sec:.0f} |'
     )
     curves[f'{name}, lr {lr:g}'] = stats.step_curves(rows)
 
@@ -136,7 +149,9 @@ def report(runner) -> Report:
     '"vs AdamW": the paired difference of the final validation loss against AdamW at its best '
     'rate (negative: lower than AdamW), its 95% t confidence interval and the number of trials '
     'in which the method is lower. The rate is chosen on the same validation loss, so the test '
-    'loss of the same runs is given too. *: the best rate is at an edge of the sweep.',
+    'loss of the same runs is given too. '
+    + ('Some cells are also paired with another cell, named in their row. ' if pairs else '')
+    + '*: the best rate is at an edge of the sweep.',
     '',
     *table_head(
       'method',
@@ -146,6 +161,7 @@ def report(runner) -> Report:
       'vs AdamW (nats/char)',
       '95% CI',
       'lower than AdamW',
+      *(['paired with another cell: difference [95% CI], lower'] if pairs else []),
       'tokens/s',
     ),
     *table,
