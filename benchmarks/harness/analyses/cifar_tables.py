@@ -105,6 +105,19 @@ def _best_rates(todo: list[Cell], cells: _Cells) -> list[str]:
   ]
 
 
+def _paired_text(rows_a: list[dict] | None, rows_b: list[dict] | None, name: str, who: str):
+  """``name``: the paired difference of the last-10% accuracy of two cells'
+  runs, in words (None while either is unfinished)."""
+  if rows_a is None or rows_b is None:
+    return None
+  last_a = stats.last_fraction_mean(rows_a)
+  mean, lo, hi, wins = stats.paired_difference(last_a, stats.last_fraction_mean(rows_b))
+  return (
+    f'- {name} {mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], {who} better in '
+    f'{wins}/{len(last_a)} trials.'
+  )
+
+
 def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
   """Table m: per pair of cells that differ only in ``sbs_momentum``, the
   paired difference frozen - chain."""
@@ -115,16 +128,9 @@ def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
     chain = Cell(
       'm', '', 'sbs', tuple((k, 'chain' if k == 'sbs_momentum' else v) for k, v in cell.overrides)
     )
-    frozen_rows, chain_rows = cells.rows(cell), cells.rows(chain)
-    if frozen_rows is None or chain_rows is None:
-      continue
-    frozen_last = stats.last_fraction_mean(frozen_rows)
-    mean, lo, hi, wins = stats.paired_difference(frozen_last, stats.last_fraction_mean(chain_rows))
-    lines.append(
-      f'- {cell.label.replace(" frozen", "")}: frozen - chain '
-      f'{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], frozen '
-      f'better in {wins}/{len(frozen_last)} trials.'
-    )
+    name = f'{cell.label.replace(" frozen", "")}: frozen - chain'
+    lines.append(_paired_text(cells.rows(cell), cells.rows(chain), name, 'frozen'))
+  lines = [line for line in lines if line]
   return ['Frozen vs chain, paired by trial:'] + lines if lines else []
 
 
@@ -132,17 +138,11 @@ def _pairs(study, todo: list[Cell], cells: _Cells) -> list[str]:
   """``study.PAIRS`` ((label a, label b, what a - b is called), ...): the
   paired difference of the last-10% accuracy of two cells of the report."""
   by_label = {c.label: c for c in todo}
-  lines = []
-  for a, b, name in getattr(study, 'PAIRS', ()):
-    rows_a, rows_b = cells.rows(by_label[a]), cells.rows(by_label[b])
-    if rows_a is None or rows_b is None:
-      continue
-    last_a = stats.last_fraction_mean(rows_a)
-    mean, lo, hi, wins = stats.paired_difference(last_a, stats.last_fraction_mean(rows_b))
-    lines.append(
-      f'- {name}: {mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}], {a} better in '
-      f'{wins}/{len(last_a)} trials.'
-    )
+  lines = [
+    _paired_text(cells.rows(by_label[a]), cells.rows(by_label[b]), f'{name}:', a)
+    for a, b, name in getattr(study, 'PAIRS', ())
+  ]
+  lines = [line for line in lines if line]
   return ['Paired by trial:', *lines, ''] if lines else []
 
 
