@@ -3,6 +3,8 @@
 from optax_sbs import baselines
 from optax_sbs._alias import sbs
 from optax_sbs._diagnostics import layer_statistics
+from optax_sbs._groups import parameter_type
+from optax_sbs._groups import single_group
 from optax_sbs._keys import key_data_tree
 from optax_sbs._keys import wrap_key_data_tree
 from optax_sbs._layers import layers_from_axis_names
@@ -11,8 +13,6 @@ from optax_sbs._magma import MagmaState
 from optax_sbs._magma import magma
 from optax_sbs._masked_updates import MaskedUpdatesState
 from optax_sbs._masked_updates import masked_updates
-from optax_sbs._probability import parameter_type
-from optax_sbs._probability import single_group
 from optax_sbs._probability import update_probability
 from optax_sbs._schedules import sigmoid_schedule
 from optax_sbs._transform import StochasticBatchSizeState

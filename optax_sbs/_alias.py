@@ -5,8 +5,8 @@ from typing import Literal
 import jax
 import optax
 
+from optax_sbs import _groups
 from optax_sbs import _layers
-from optax_sbs import _probability
 from optax_sbs import _wrapper
 
 
@@ -22,7 +22,7 @@ def sbs(
   probability: jax.typing.ArrayLike | None = None,
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
-  group_fn: _probability.GroupFn | None = None,
+  group_fn: _groups.GroupFn | None = None,
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',

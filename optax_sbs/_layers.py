@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_sbs import _grouping
 from optax_sbs import _paths
 from optax_sbs import _sharding
 
@@ -212,13 +211,6 @@ def layers_from_axis_names(axis_names: Any, name: str = 'layers') -> LayerAxesFn
   return layer_axes
 
 
-def stack_reduced_axes(ndim: int, axes: tuple[int, ...]) -> tuple[int, ...]:
-  """The axes of leaves stacked along a new leading axis (``ndim`` dims in
-  all) that one layer's statistics reduce over: all but the leading axis and
-  the leaves' stacked ``axes``."""
-  return tuple(1 + d for d in reduced_axes(ndim - 1, axes))
-
-
 def slice_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """float32 mean of ``x`` over each slice: a scalar, or the stacked axes'
   shape; 0 for a size-0 leaf."""
@@ -238,29 +230,20 @@ def tree_slice_means(
 
 
 def split_slices(
-  vector: jax.Array,
-  leaves: Sequence[Any],
-  axes: Sequence[tuple[int, ...]],
-  key: jax.Array | None = None,
+  vector: jax.Array, leaves: Sequence[Any], axes: Sequence[tuple[int, ...]]
 ) -> list[jax.Array]:
   """Per leaf, its entries of ``vector``: a scalar, or an array of its
   statistics shape sharded like the leaf's stacked axes.
 
   ``vector`` has one entry per slice, leaves in order, the slices of a leaf
-  in row-major order over its stacked axes.
-
-  With a step ``key`` the entries are read through ``_grouping.split_vector``
-  (the same values; kernels that use them are compiled once per shape).
+  in row-major order over its stacked axes. (Inside a step, the plan's
+  ``_bundles.split_blocks`` reads the same entries with kernels compiled
+  once per shape.)
   """
-  shapes = [stat_shape(x.shape, ax) if ax else () for x, ax in zip(leaves, axes)]
-  shardings = [
-    _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim) if ax else None
-    for x, ax in zip(leaves, axes)
-  ]
-  if key is not None:
-    return _grouping.split_vector(vector, shapes, key, shardings)
   out, start = [], 0
-  for shape, sharding in zip(shapes, shardings):
+  for x, ax in zip(leaves, axes):
+    shape = stat_shape(x.shape, ax) if ax else ()
+    sharding = _sharding.keep_axes(_sharding.explicit_sharding(x), ax, x.ndim) if ax else None
     n = math.prod(shape)
     part = vector[start] if not shape else vector[start : start + n].reshape(shape)
     out.append(part if sharding is None else jax.sharding.reshard(part, sharding))

@@ -8,16 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sbs import _grouping
+from optax_sbs import _bundles
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _plan
 from optax_sbs import _sampling
 from optax_sbs import _sharding
 from optax_sbs import _validation
-
-
-def _compute_dtype(dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 class MagmaState(NamedTuple):
@@ -74,29 +71,25 @@ def _sign_agreement(m, g):
   return jnp.sign(m * g)
 
 
-def _block_cosines(ms, gs, axes):
-  """cos(m, g) per block (a leaf, or each slice along its stacked ``axes``),
-  0 where either vector is zero: one float32 vector, blocks in the order of
-  the score.
+def _block_cosines(plan, ms, gs):
+  """cos(m, g) per layer of the plan (a leaf, or each slice along its layer
+  axes), 0 where either vector is zero: one float32 vector, layers in the
+  order of the score.
 
-  Small leaves of one shape, dtype, sharding and stacked axes are stacked,
-  so their three sums are row reductions of one kernel each, however many
-  leaves there are; a larger leaf reduces on its own (see
-  ``_grouping.MAX_STACKED_SIZE``).
+  The leaves of a bundle are stacked, so their three sums are row reductions
+  of one kernel each, however many leaves there are (see ``_bundles``).
   """
-  keys = _grouping.stack_keys(ms, axes)
-  m_stacks = _grouping.stack_groups(ms, keys)
-  g_stacks = _grouping.stack_groups(gs, keys)
   parts = []
-  for group, m in m_stacks.items():
-    g = g_stacks[group]
-    over = _layers.stack_reduced_axes(m.ndim, axes[group[0]])
+  for positions, m, g in zip(
+    plan.bundles, _bundles.join(ms, plan.bundles), _bundles.join(gs, plan.bundles)
+  ):
+    over = _bundles.row_reduced_axes(m.ndim, plan.leaves[positions[0]].layer_axes)
     dot = jnp.sum(m * g, axis=over)
     norms = jnp.sqrt(jnp.sum(m * m, axis=over)) * jnp.sqrt(jnp.sum(g * g, axis=over))
     cos = jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)
-    parts.append((group, _sharding.replicated(cos.astype(jnp.float32)).reshape(-1)))
-  counts = [_layers.num_slices(m.shape, ax) for m, ax in zip(ms, axes)]
-  return _grouping.in_position_order(parts, counts, jnp.float32)
+    parts.append((positions, _sharding.replicated(cos.astype(jnp.float32)).reshape(-1)))
+  counts = [leaf.num_layers for leaf in plan.leaves]
+  return _bundles.in_position_order(parts, counts, jnp.float32)
 
 
 def magma(
@@ -195,7 +188,7 @@ def magma(
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params', who)
-    momentum = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_compute_dtype(p.dtype)), params)
+    momentum = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_plan.compute_dtype(p.dtype)), params)
     if granularity == 'leaf':
       flat = jax.tree_util.tree_flatten_with_path(params)[0]
       blocks = sum(
@@ -215,19 +208,18 @@ def magma(
     grads = [g for _, g in flat]
     us = treedef.flatten_up_to(inner_updates)
     momenta = treedef.flatten_up_to(state.momentum)
+    axes = _plan.tree_layer_axes(layer_axes, flat, who) if granularity == 'leaf' else None
+    plan = _plan.build(grads, axes, granularity, [m.dtype for m in momenta])
     if granularity == 'leaf':
-      axes = [_layers.leaf_axes(layer_axes, path, g, who) for path, g in flat]
-      _check_score_size(state.score, grads, axes)
-    else:
-      axes = [()] * len(grads)
-    masks = _sampling.block_masks(step_key, grads, probability, granularity, axes)
+      _check_score_size(state.score, plan)
+    masks = _sampling.masks(plan, step_key, probability)
     gs = [g.astype(m.dtype) for g, m in zip(grads, momenta)]
     ms = [momentum_decay * m + (1 - momentum_decay) * g for m, g in zip(momenta, gs)]
     if granularity == 'leaf':
-      cos = _block_cosines(ms, gs, axes)
+      cos = _block_cosines(plan, ms, gs)
       score = score_decay * state.score + (1 - score_decay) * jax.nn.sigmoid(cos / tau)
       score = score.astype(jnp.float32)
-      scores = _layers.split_slices(score, grads, axes, key=step_key)
+      scores = _bundles.split_blocks(score, plan, step_key)
     else:
       scores = []
       for s, m, g in zip(treedef.flatten_up_to(state.score), ms, gs):
@@ -238,7 +230,9 @@ def magma(
       score = treedef.unflatten(scores)
     out = []
     for u, s, z in zip(us, scores, masks):
-      scaled = (u.astype(_compute_dtype(u.dtype)) * _sharding.broadcast_like(s, u)).astype(u.dtype)
+      scaled = (u.astype(_plan.compute_dtype(u.dtype)) * _sharding.broadcast_like(s, u)).astype(
+        u.dtype
+      )
       out.append(jnp.where(_sharding.broadcast_like(z, u), scaled, jnp.zeros_like(u)))
     new_momenta = [m_new.astype(m.dtype) for m_new, m in zip(ms, momenta)]
     return treedef.unflatten(out), MagmaState(
@@ -251,8 +245,8 @@ def magma(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_score_size(score, leaves, axes):
-  blocks = sum(_layers.num_slices(x.shape, ax) for x, ax in zip(leaves, axes))
+def _check_score_size(score, plan):
+  blocks = plan.num_layers
   if jnp.shape(score) != (blocks,):
     raise ValueError(
       f'magma: the state holds {jnp.shape(score)} scores where the updates have {blocks} '

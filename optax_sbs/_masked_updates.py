@@ -24,13 +24,10 @@ import optax
 
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _plan
 from optax_sbs import _sampling
 from optax_sbs import _sharding
 from optax_sbs import _validation
-
-
-def _compute_dtype(dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 class MaskedUpdatesState(NamedTuple):
@@ -122,16 +119,18 @@ def masked_updates(
   def update_fn(updates, state, params=None, **extra_args):
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     next_key, step_key = _sampling.split_step_key(state.key)
-    leaves, treedef = jax.tree.flatten(inner_updates)
-    axes = None
-    if granularity == 'leaf':
-      axes = _layers.tree_axes(layer_axes, inner_updates, who)
-    masks = _sampling.block_masks(step_key, leaves, probability, granularity, axes)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(inner_updates)
+    leaves = [u for _, u in flat]
+    axes = _plan.tree_layer_axes(layer_axes, flat, who) if granularity == 'leaf' else None
+    plan = _plan.build(leaves, axes, granularity)
+    masks = _sampling.masks(plan, step_key, probability)
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None
     out = []
     for u, z in zip(leaves, masks):
-      kept = u if scale is None else (u.astype(_compute_dtype(u.dtype)) * scale).astype(u.dtype)
+      kept = (
+        u if scale is None else (u.astype(_plan.compute_dtype(u.dtype)) * scale).astype(u.dtype)
+      )
       out.append(jnp.where(_sharding.broadcast_like(z, u), kept, jnp.zeros_like(u)))
     return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key)
 

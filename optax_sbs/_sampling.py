@@ -15,27 +15,24 @@ leaf (in JAX's explicit sharding mode too), so no device draws the bits of
 another device's shard. The stream has ``2**64`` elements: a model of more
 than ``2**32`` parameters fills in the counter's high word, as JAX does.
 
-With stacked layers (``layer_axes``), ``granularity='leaf'`` draws one
-uniform per slice of a leaf, in row-major order over its stacked axes.
+The places in the stream are the plan's (``_plan``): one per block, leaves
+in order. With stacked layers, ``granularity='leaf'`` draws one uniform per
+layer of a leaf, in row-major order over its layer axes.
 """
 
-from collections.abc import Callable
-from collections.abc import Hashable
 from collections.abc import Sequence
-import math
 from typing import Any
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from optax_sbs import _grouping
-from optax_sbs import _layers
-from optax_sbs import _sharding
+from optax_sbs import _bundles
+from optax_sbs import _plan
 from optax_sbs import _threefry
 
-# Masks per parameter element, or one per parameter tensor.
+# Masks per parameter element, or one per layer (a parameter tensor, or a
+# slice of a stacked one).
 Granularity = Literal['element', 'leaf']
 
 
@@ -45,144 +42,77 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return next_key, step_key
 
 
-class _Row:
-  """Leaf ``index`` of a stacked-probability callable (``p = fn([index])[0]``)."""
-
-  def __init__(self, fn: Callable[[list[int]], jax.Array], index: int):
-    self.fn, self.index = fn, index
-
-  def value(self) -> jax.Array:
-    return self.fn([self.index])[0]
-
-
-def _stacked_sharding(sharding: Any) -> Any:
-  """The sharding of leaves of ``sharding`` stacked along a new leading axis."""
+def _joined_sharding(sharding: Any) -> Any:
+  """The sharding of leaves of ``sharding`` joined along a new leading axis."""
   if sharding is None:
     return None
   spec = jax.sharding.PartitionSpec(None, *sharding.spec)
   return jax.sharding.NamedSharding(sharding.mesh, spec)
 
 
-def bernoulli_masks(
+def masks(
+  plan: _plan.Plan,
   step_key: jax.Array,
-  probabilities: Sequence[jax.typing.ArrayLike] | Callable[[list[int]], jax.Array],
-  shapes: Sequence[tuple[int, ...]],
-  shardings: Sequence[Any] | None = None,
-  keys: Sequence[Hashable] | None = None,
+  probability: jax.typing.ArrayLike | None = None,
+  bundle_probabilities: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
-  """Boolean masks with ``P(chi = True) = p`` per element, one per leaf.
+  """Per leaf, a boolean mask of its block grid with ``P(True) = p`` per block.
 
-  Leaves of one shape and sharding, of up to
-  ``_grouping.MAX_STACKED_SIZE`` elements, are drawn in one generator call,
-  stacked, and each reads its row (see ``_grouping``); the numbers are those
-  of the leaf drawn alone.
+  Give either one ``probability`` for every block (the masks of a block
+  bundle are drawn in one call), or, for a plan of elements,
+  ``bundle_probabilities``: per bundle of the plan, ``p`` joined like its
+  leaves (the bundle's masks are drawn in one call, compared with its ``p``).
+  The numbers are those of each leaf drawn alone; ``p = 1`` gives all True
+  and ``p = 0`` all False, exactly (uniforms lie in ``[0, 1)``).
 
   Args:
+    plan: the step's plan.
     step_key: the key of this step.
-    probabilities: per leaf, ``p`` broadcastable to the leaf's shape; or a
-      callable that, given the positions of leaves of one shape, returns
-      their ``p`` stacked: broadcastable to ``(len(positions), *shape)``.
-    shapes: per leaf, the shape of its mask.
-    shardings: per leaf, the sharding its mask is created with (see
-      ``_sharding.explicit_sharding``), or ``None`` for all.
-    keys: per leaf, what else must agree for leaves to be drawn together
-      (e.g. the dtype their ``p`` is computed in), or ``None``.
+    probability: ``p`` for every block (a scalar).
+    bundle_probabilities: per bundle of the plan, its joined ``p``.
 
   Returns:
-    Per leaf, a boolean mask of its shape. ``p = 1`` gives all True and
-    ``p = 0`` all False, exactly (uniforms lie in ``[0, 1)``).
+    Per leaf, a boolean array of its block grid's shape.
   """
-  shapes = [tuple(shape) for shape in shapes]
-  sizes = [math.prod(shape) for shape in shapes]
-  total = sum(sizes)
-  if shardings is None:
-    shardings = [None] * len(shapes)
-  if total == 0:
-    return [jnp.zeros(shape, bool) for shape in shapes]
-  offsets = np.cumsum([0] + sizes[:-1]).tolist()
-  if callable(probabilities):
-    p_fn = probabilities
-    probabilities = [_Row(p_fn, i) for i in range(len(shapes))]  # type: ignore[misc]
-  if keys is None:
-    keys = [None] * len(shapes)
+  leaves = plan.leaves
+  out: list[Any] = [jnp.zeros(leaf.block_shape, bool) for leaf in leaves]
+  if plan.num_blocks == 0:
+    return out
+  bundles = plan.block_bundles if bundle_probabilities is None else plan.bundles
+  p_of: list[Any] = (
+    [probability] * len(bundles) if bundle_probabilities is None else list(bundle_probabilities)
+  )
+
+  def row_p(b: int, row: int) -> Any:
+    return p_of[b] if bundle_probabilities is None else p_of[b][row]
+
   if not _threefry.is_threefry(step_key):
-    stream = jax.random.uniform(step_key, (total,), jnp.float32)
-    masks: list[Any] = []
-    for p, shape, offset, sharding in zip(probabilities, shapes, offsets, shardings):
-      if isinstance(p, _Row):
-        p = p.value()
-      u = stream[offset : offset + math.prod(shape)].reshape(shape)
-      masks.append((u if sharding is None else jax.sharding.reshard(u, sharding)) < p)
-    return masks
+    stream = jax.random.uniform(step_key, (plan.num_blocks,), jnp.float32)
+    for b, positions in enumerate(bundles):
+      for row, i in enumerate(positions):
+        leaf = leaves[i]
+        size = int(jnp.size(out[i]))
+        u = stream[leaf.offset : leaf.offset + size].reshape(leaf.block_shape)
+        if leaf.block_sharding is not None:
+          u = jax.sharding.reshard(u, leaf.block_sharding)
+        out[i] = u < row_p(b, row)
+    return out
 
   def uniform(offset, shape, sharding):
     return _threefry.uniform_from_bits(_threefry.random_bits(step_key, offset, shape, sharding))
 
-  masks = [None] * len(shapes)
-  # Size-0 and large leaves (None) are drawn alone, by the fused per-leaf path.
-  group_keys = [
-    (shape, sharding, key, _Row if isinstance(p, _Row) else jnp.result_type(p))
-    if 0 < size <= _grouping.MAX_STACKED_SIZE
-    else None
-    for shape, size, sharding, key, p in zip(shapes, sizes, shardings, keys, probabilities)
-  ]
-  groups = _grouping.group_indices(group_keys)
-  rows = _grouping.row_indices(max((len(g) for g in groups if len(g) > 1), default=0), step_key)
-  for group in groups:
-    first = group[0]
-    shape, sharding = shapes[first], shardings[first]
-    if group_keys[first] is None or len(group) == 1:
-      for i in group:
-        p = probabilities[i]
-        p = p.value() if isinstance(p, _Row) else p
-        masks[i] = uniform(offsets[i], shapes[i], shardings[i]) < p
-      continue
-    stacked = _stacked_sharding(sharding)
-    ps = [probabilities[i] for i in group]
-    p_stacked: Any
-    if isinstance(ps[0], _Row):
-      p_stacked = ps[0].fn(group)
-    elif all(np.ndim(p) == 0 for p in ps) and all(p is ps[0] for p in ps):
-      p_stacked = ps[0]
-    else:
-      p_stacked = jnp.stack(
-        [
-          jnp.broadcast_to(jnp.asarray(p), shape)
-          if sharding is None
-          else jnp.broadcast_to(jnp.asarray(p), shape, out_sharding=sharding)
-          for p in ps
-        ]
+  largest = max((len(b) for b in bundles if len(b) > 1), default=0)
+  rows = _bundles.row_indices(largest, step_key)
+  for b, positions in enumerate(bundles):
+    first = leaves[positions[0]]
+    if len(positions) == 1:
+      out[positions[0]] = uniform(first.offset, first.block_shape, first.block_sharding) < row_p(
+        b, 0
       )
-    chi = _grouping.materialize(uniform([offsets[i] for i in group], shape, stacked) < p_stacked)
-    for row, i in enumerate(group):
-      masks[i] = _grouping.take_row(chi, rows[row])
-  return masks
-
-
-def block_masks(
-  step_key: jax.Array,
-  leaves: Sequence[jax.Array],
-  probability: jax.typing.ArrayLike,
-  granularity: Granularity,
-  axes: Sequence[tuple[int, ...]] | None = None,
-) -> list[jax.Array]:
-  """Per leaf, a boolean mask with ``P(True) = probability``, from the same
-  stream as :func:`bernoulli_masks`: of the leaf's shape
-  (``granularity='element'``), or one draw per parameter tensor (``'leaf'``):
-  a scalar, or for a leaf with stacked ``axes`` one per slice, in the
-  leaf's statistics shape (1 on the other axes)."""
-  if axes is None:
-    axes = [()] * len(leaves)
-  shapes, shardings = [], []
-  for x, ax in zip(leaves, axes):
-    sharding = _sharding.explicit_sharding(x)
-    if granularity == 'element':
-      shapes.append(x.shape)
-      shardings.append(sharding)
-    elif ax:
-      shapes.append(_layers.stat_shape(x.shape, ax))
-      shardings.append(_sharding.keep_axes(sharding, ax, x.ndim))
-    else:
-      shapes.append(())
-      shardings.append(None)
-  return bernoulli_masks(step_key, [probability] * len(leaves), shapes, shardings)
+      continue
+    offsets = [leaves[i].offset for i in positions]
+    u = uniform(offsets, first.block_shape, _joined_sharding(first.block_sharding))
+    chi = _bundles.materialize(u < p_of[b])
+    for row, i in enumerate(positions):
+      out[i] = _bundles.take_row(chi, rows[row])
+  return out

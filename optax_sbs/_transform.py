@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_sbs import _bundles
+from optax_sbs import _groups
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _plan
 from optax_sbs import _probability
 from optax_sbs import _sampling
 from optax_sbs import _sharding
@@ -69,12 +72,6 @@ class StochasticBatchSizeState(NamedTuple):
     return _layers.tree_slice_means(lambda k: k, self.count, layer_axes, 'mean_count')
 
 
-def _cma_dtype(param_dtype, cma_dtype):
-  if cma_dtype is not None:
-    return jnp.dtype(cma_dtype)
-  return jnp.promote_types(param_dtype, jnp.float32)
-
-
 def stochastic_batch_size(
   key: jax.Array | int,
   *,
@@ -84,7 +81,7 @@ def stochastic_batch_size(
   probability: jax.typing.ArrayLike | None = None,
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
-  group_fn: _probability.GroupFn | None = None,
+  group_fn: _groups.GroupFn | None = None,
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
@@ -194,7 +191,7 @@ def stochastic_batch_size(
   if not isinstance(scale_by_count, (bool, np.bool_)):
     raise TypeError(f'scale_by_count must be a bool, got {scale_by_count!r}.')
   if group_fn is None:
-    group_fn = _probability.parameter_type
+    group_fn = _groups.parameter_type
   elif not callable(group_fn):
     raise TypeError(f'group_fn must be callable, got {group_fn!r}.')
   _layers.check_layer_axes(layer_axes)
@@ -208,7 +205,9 @@ def stochastic_batch_size(
     _validation.check_float_leaves(params, 'params')
     # *_like keeps each param's sharding: the state is laid out like params.
     cma = jax.tree.map(
-      lambda p: jnp.zeros_like(p, dtype=_cma_dtype(p.dtype, cma_dtype)),
+      lambda p: jnp.zeros_like(
+        p, dtype=_plan.compute_dtype(p.dtype) if cma_dtype is None else jnp.dtype(cma_dtype)
+      ),
       params,
     )
     count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
@@ -227,35 +226,35 @@ def stochastic_batch_size(
     grads = [g for _, g in flat]
     cmas = treedef.flatten_up_to(state.cma)
     counts = treedef.flatten_up_to(state.count)
+    adaptive = probability is None
+    axes = _plan.tree_layer_axes(layer_axes, flat, _WHO) if adaptive else None
+    dtypes = [_plan.compute_dtype(cma.dtype) for cma in cmas]
+    plan = _plan.build(grads, axes, 'element', dtypes)
 
+    # Algorithm 2: each element's moving average g~ of the gradients since its last update.
     g_tildes = []
-    for g, cma, k in zip(grads, cmas, counts):
-      compute_dtype = jnp.promote_types(cma.dtype, jnp.float32)
-      cma = cma.astype(compute_dtype)
-      g_tildes.append(cma + (g.astype(compute_dtype) - cma) / k.astype(compute_dtype))
+    for g, cma, k, dtype in zip(grads, cmas, counts, dtypes):
+      cma = cma.astype(dtype)
+      g_tildes.append(cma + (g.astype(dtype) - cma) / k.astype(dtype))
 
-    shapes = [g.shape for g in grads]
-    shardings = [_sharding.explicit_sharding(g) for g in grads]
     next_key, step_key = _sampling.split_step_key(state.key)
-    if probability is None:
-      if magnitude == 'cma':
-        magnitudes = [jnp.abs(gt) for gt in g_tildes]
-      else:
-        magnitudes = [jnp.abs(g.astype(gt.dtype)) for g, gt in zip(grads, g_tildes)]
-      axes = [_layers.leaf_axes(layer_axes, path, g, _WHO) for path, g in zip(paths, grads)]
+    if adaptive and grads:
+      # Eqs. 17-21 per layer, then chi ~ Bernoulli(p).
+      sources = g_tildes if magnitude == 'cma' else grads
+      magnitudes = [jnp.abs(x.astype(gt.dtype)) for x, gt in zip(sources, g_tildes)]
       groups = [
         group_fn(path, _layers.slice_struct(g, ax) if ax else g)
         for path, g, ax in zip(paths, grads, axes)
       ]
-      stacks = _probability.stack_leaves(magnitudes, axes)
+      joined = _bundles.join(magnitudes, plan.bundles)
+      means, stds = _probability.layer_statistics(plan, joined)
       vectors = _probability.coefficient_vectors(
-        magnitudes, groups, alpha, lam, global_normalization, axes, stacks
+        plan, means, stds, groups, alpha, lam, global_normalization
       )
-      probs = _probability.stacked_probabilities(magnitudes, vectors, axes, stacks)
-      keys = [(a.dtype, ax) for a, ax in zip(magnitudes, axes)]
-      chis = _sampling.bernoulli_masks(step_key, probs, shapes, shardings, keys)
+      p = _probability.bundle_probabilities(plan, joined, vectors)
+      chis = _sampling.masks(plan, step_key, bundle_probabilities=p)
     else:
-      chis = _sampling.bernoulli_masks(step_key, [probability] * len(grads), shapes, shardings)
+      chis = _sampling.masks(plan, step_key, probability)
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_sbs import _groups
 from optax_sbs import _layers
 from optax_sbs import _per_parameter
-from optax_sbs import _probability
 from optax_sbs import _transform
 
 _WHO = 'with_stochastic_batch_size'
@@ -47,7 +47,7 @@ def with_stochastic_batch_size(
   probability: jax.typing.ArrayLike | None = None,
   scale_by_count: bool = False,
   magnitude: Literal['cma', 'gradient'] = 'cma',
-  group_fn: _probability.GroupFn | None = None,
+  group_fn: _groups.GroupFn | None = None,
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 import optax_sbs
+from optax_sbs import _bundles
+from optax_sbs import _groups as groups_lib
+from optax_sbs import _plan
 from optax_sbs import _probability
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -105,7 +108,7 @@ def test_relative_global_term_is_scale_free_and_zero_without_gradient():
 
 
 def test_statistics_of_stacked_leaves_are_those_of_each_layer():
-  """Mean and std per layer (eq. 17) from the row reductions of stacks,
+  """Mean and std per layer (eq. 17) from the row reductions of bundles,
   leaves of one shape interleaved with others, stacked axes, a scalar and a
   size-0 leaf: the vectors are in leaf order and match NumPy."""
   rng = np.random.default_rng(4)
@@ -113,11 +116,14 @@ def test_statistics_of_stacked_leaves_are_those_of_each_layer():
   specs += [((5,), ()), ((0, 3), ()), ((3, 4, 6), (0,)), ((4, 2, 3), (1,))]
   magnitudes = [jnp.asarray(np.abs(rng.normal(size=s)), jnp.float32) for s, _ in specs]
   axes = [ax for _, ax in specs]
-  stacks = _probability.stack_leaves(magnitudes, axes)
-  assert list(stacks) == [(0, 3), (1, 5), (2, 7), (4,), (8,)]
-  means, scales, offsets = jax.jit(
-    lambda m: _probability.coefficient_vectors(m, ['g'] * len(m), 1.0, 0.0, 'std', axes)
-  )(magnitudes)
+  plan = _plan.build(magnitudes, axes)
+  assert plan.bundles == ((0, 3), (1, 5), (2, 7), (4,), (8,))
+
+  def vectors(m):
+    means, stds = _probability.layer_statistics(plan, _bundles.join(m, plan.bundles))
+    return _probability.coefficient_vectors(plan, means, stds, ['g'] * len(m), 1.0, 0.0, 'std')
+
+  means, scales, offsets = jax.jit(vectors)(magnitudes)
   want_mean, want_std = [], []
   for a, ax in zip(magnitudes, axes):
     a = np.asarray(a, np.float64)
@@ -323,9 +329,9 @@ def _shape_rule(path, leaf):
   """The rule the committed results were made with: norm and embedding by
   path (as today), then 3+ dimensions 'conv', 2 'dense', fewer 'bias'."""
   names = [str(getattr(e, 'key', getattr(e, 'name', getattr(e, 'idx', e)))) for e in path]
-  if any(_probability._NORM_PATTERN.search(n) for n in names[:-1]):
+  if any(groups_lib._NORM_PATTERN.search(n) for n in names[:-1]):
     return 'norm'
-  if any(_probability._EMBED_PATTERN.search(n) for n in names):
+  if any(groups_lib._EMBED_PATTERN.search(n) for n in names):
     return 'embedding'
   return {0: 'bias', 1: 'bias', 2: 'dense'}.get(leaf.ndim, 'conv')
 

@@ -10,9 +10,22 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from optax_sbs import _bundles
+from optax_sbs import _plan
 from optax_sbs import _sampling
 
 SHAPES = ((3, 3, 4, 8), (0, 5), (), (8,), (50, 20))
+
+
+def draw(key, probs, shapes):
+  """The masks of leaves of ``shapes`` with per-leaf ``p``: one scalar for
+  all (drawn per block bundle), or arrays of the leaves' shapes (stacked per
+  bundle, as the adaptive rule gives them)."""
+  plan = _plan.build([jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes])
+  if all(np.ndim(p) == 0 for p in probs):
+    return _sampling.masks(plan, key, probs[0])
+  p = [jnp.broadcast_to(jnp.asarray(q, jnp.float32), s) for q, s in zip(probs, shapes)]
+  return _sampling.masks(plan, key, bundle_probabilities=_bundles.join(p, plan.bundles))
 
 
 @pytest.mark.parametrize('impl', [None, 'rbg'])
@@ -20,7 +33,7 @@ def test_masks_are_uniform_stream_below_p(impl):
   key = jax.random.key(3, impl=impl) if impl else jax.random.key(3)
   rng = np.random.default_rng(0)
   probs = [jnp.asarray(rng.random(s), jnp.float32) for s in SHAPES]
-  got = jax.jit(_sampling.bernoulli_masks, static_argnums=2)(key, probs, SHAPES)
+  got = jax.jit(lambda k, p: draw(k, p, SHAPES))(key, probs)
   for a, b in zip(got, helpers.reference_masks(key, probs, SHAPES)):
     np.testing.assert_array_equal(np.asarray(a), b)
 
@@ -28,29 +41,39 @@ def test_masks_are_uniform_stream_below_p(impl):
 def test_probability_extremes_are_exact():
   key = jax.random.key(0)
   shapes = ((1000,), (10, 10))
-  ones = _sampling.bernoulli_masks(key, [1.0, 1.0], shapes)
-  zeros = _sampling.bernoulli_masks(key, [0.0, 0.0], shapes)
+  ones = draw(key, [1.0, 1.0], shapes)
+  zeros = draw(key, [0.0, 0.0], shapes)
   assert all(bool(jnp.all(m)) for m in ones)
   assert not any(bool(jnp.any(m)) for m in zeros)
 
 
-def test_grouped_masks_are_the_stream_below_p():
-  """Leaves of repeated shapes (drawn stacked) get exactly the masks of the
-  stream cut leaf by leaf, with scalar, per-element and stacked-callable p."""
+def test_bundled_masks_are_the_stream_below_p():
+  """Leaves of repeated shapes (drawn as bundles) get exactly the masks of
+  the stream cut leaf by leaf, with one scalar p and per-element p."""
   shapes = [(4, 6), (5,), (4, 6), (), (4, 6), (5,), (0, 3), ()]
   key = jax.random.key(11)
   rng = np.random.default_rng(0)
   per_element = [jnp.asarray(rng.uniform(size=s), jnp.float32) for s in shapes]
-
-  def stacked(positions):
-    return jnp.stack([per_element[i] for i in positions])
-
-  cases = [([0.3] * len(shapes), [0.3] * len(shapes)), (per_element, per_element)]
-  cases.append((stacked, per_element))
-  for probs, want_p in cases:
-    got = jax.jit(lambda k, probs=probs: _sampling.bernoulli_masks(k, probs, shapes))(key)
-    for g, w in zip(got, helpers.reference_masks(key, want_p, shapes)):
+  for probs in ([0.3] * len(shapes), per_element):
+    got = jax.jit(lambda k, probs=probs: draw(k, probs, shapes))(key)
+    for g, w in zip(got, helpers.reference_masks(key, probs, shapes)):
       np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_blocks_of_layers_take_their_places_in_the_stream():
+  """Per layer (granularity 'leaf'): one uniform per layer, leaves in order,
+  the layers of a stacked leaf in row-major order over its layer axes."""
+  leaves = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((3, 4), (2, 5, 6), (0,), (7,))]
+  plan = _plan.build(leaves, [(), (0, 2), (), ()], granularity='leaf')
+  assert [leaf.offset for leaf in plan.leaves] == [0, 1, 13, 14]
+  assert [leaf.block_shape for leaf in plan.leaves] == [(), (2, 1, 6), (), ()]
+  key = jax.random.key(2)
+  got = _sampling.masks(plan, key, 0.4)
+  stream = np.asarray(jax.random.uniform(key, (plan.num_blocks,), jnp.float32))
+  want = [stream[0] < 0.4, (stream[1:13] < 0.4).reshape(2, 1, 6), stream[13] < 0.4]
+  want.append(stream[14] < 0.4)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 devices')
@@ -59,14 +82,12 @@ def test_masks_independent_of_sharding():
   shapes = ((64, 32), (8,), (3, 3, 16, 8))
   probs = [jnp.full(s, 0.3) for s in shapes]
   key = jax.random.key(5)
-  plain = jax.jit(_sampling.bernoulli_masks, static_argnums=2)(key, probs, shapes)
+  plain = jax.jit(lambda k, p: draw(k, p, shapes))(key, probs)
   out = [
     NamedSharding(mesh, P('data')),
     NamedSharding(mesh, P()),
     NamedSharding(mesh, P(None, None, 'data')),
   ]
-  sharded = jax.jit(_sampling.bernoulli_masks, static_argnums=2, out_shardings=out)(
-    key, probs, shapes
-  )
+  sharded = jax.jit(lambda k, p: draw(k, p, shapes), out_shardings=out)(key, probs)
   for a, b in zip(plain, sharded):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

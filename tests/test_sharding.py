@@ -325,7 +325,7 @@ def test_sharded_updates_equal_single_device(name, mode):
 # 2: the compiled update of a large leaf draws each shard's bits on its device.
 
 BIG = (8192, 1024)
-# Leaves of one shape are stacked up to _grouping.MAX_STACKED_SIZE elements.
+# Leaves of one shape are bundled up to _plan.MAX_BUNDLED_SIZE elements.
 STACKED = (512, 128)
 COLLECTIVES = ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute', 'reduce-scatter')
 HLO_CASES = {

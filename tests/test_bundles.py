@@ -1,6 +1,6 @@
-"""optax_sbs._grouping: its helpers change no value, and the compiled update of
-every export keeps its kernels as leaves of one shape are added (they are
-stacked, not handled one by one)."""
+"""optax_sbs._bundles and the plan's bundles: the helpers change no value, and
+the compiled update of every export keeps its kernels as leaves of one shape
+are added (they are bundled, not handled one by one)."""
 
 import re
 
@@ -11,35 +11,47 @@ import optax
 import pytest
 
 import optax_sbs
-from optax_sbs import _grouping
+from optax_sbs import _bundles
+from optax_sbs import _plan
 
 
-def test_row_indices_materialize_and_split_vector_change_no_value():
+def test_row_indices_materialize_and_split_blocks_change_no_value():
   key = jax.random.key(0)
-  rows = jax.jit(lambda k: _grouping.row_indices(70, k))(key)
+  rows = jax.jit(lambda k: _bundles.row_indices(70, k))(key)
   assert [int(r) for r in rows] == list(range(70))
   mask = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 4, 5)) < 0.5)
-  np.testing.assert_array_equal(jax.jit(_grouping.materialize)(mask), mask)
-  shapes = [(), (3, 1), (), (2,), (3, 1), ()]
-  vector = jnp.arange(1 + 3 + 1 + 2 + 3 + 1, dtype=jnp.float32)
-  got = jax.jit(lambda v, k: _grouping.split_vector(v, shapes, k))(vector, key)
+  np.testing.assert_array_equal(jax.jit(_bundles.materialize)(mask), mask)
+  # Per-layer blocks: scalars for ordinary leaves, (3, 1) and (2,) grids for stacked ones.
+  specs = [((4,), ()), ((3, 5), (0,)), ((2,), ()), ((2, 7), (0,)), ((3, 5), (0,)), ((6, 2), ())]
+  leaves = [jax.ShapeDtypeStruct(s, jnp.float32) for s, _ in specs]
+  plan = _plan.build(leaves, [ax for _, ax in specs], granularity='leaf')
+  shapes = [leaf.block_shape for leaf in plan.leaves]
+  assert shapes == [(), (3, 1), (), (2, 1), (3, 1), ()]
+  assert plan.block_bundles == ((0, 2, 5), (1, 4), (3,))
+  vector = jnp.arange(plan.num_blocks, dtype=jnp.float32)
+  got = jax.jit(lambda v, k: _bundles.split_blocks(v, plan, k))(vector, key)
   start = 0
   for block, shape in zip(got, shapes):
     n = int(np.prod(shape))
     np.testing.assert_array_equal(block, np.arange(start, start + n).reshape(shape))
     start += n
-  assert _grouping.group_indices(['a', 'b', 'a', 'c', 'b']) == [[0, 2], [1, 4], [3]]
 
 
-def test_stack_groups_and_in_position_order_change_no_value():
+def test_the_bundle_rule():
+  keys, sizes = ['a', 'b', 'a', 'c', 'b', 'a', 'a'], [1, 2, 1, 0, 2, _plan.MAX_BUNDLED_SIZE + 1, 5]
+  # Equal keys together, by first position; a size-0 position in none; a large one alone.
+  assert _plan.bundle(keys, sizes) == ((0, 2, 6), (1, 4), (5,))
+
+
+def test_join_and_in_position_order_change_no_value():
   arrays = [jnp.full((2,), float(i)) for i in range(5)]
-  stacks = _grouping.stack_groups(arrays, ['a', 'b', 'a', None, 'b'])
-  assert list(stacks) == [(0, 2), (1, 4)]
-  np.testing.assert_array_equal(stacks[(0, 2)], [[0, 0], [2, 2]])
-  # Position 0 has 2 entries, 1 has 1, 2 has 3, 3 (in no group) has 2, 4 has 0.
+  joined = _bundles.join(arrays, [(0, 2), (1, 4), (3,)])
+  np.testing.assert_array_equal(joined[0], [[0, 0], [2, 2]])
+  np.testing.assert_array_equal(joined[2], [[3, 3]])
+  # Position 0 has 2 entries, 1 has 1, 2 has 3, 3 (in no bundle) has 2, 4 has 0.
   counts = [2, 1, 3, 2, 0]
   parts = [((0, 2), jnp.asarray([0.0, 0.5, 2.0, 2.25, 2.5])), ((1, 4), jnp.asarray([1.0]))]
-  got = jax.jit(lambda: _grouping.in_position_order(parts, counts, jnp.float32))()
+  got = jax.jit(lambda: _bundles.in_position_order(parts, counts, jnp.float32))()
   np.testing.assert_array_equal(got, [0.0, 0.5, 1.0, 2.0, 2.25, 2.5, 0.0, 0.0])
   assert got.dtype == jnp.float32
 
