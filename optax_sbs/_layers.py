@@ -48,6 +48,7 @@ def leaf_axes(
   """
   if layer_axes is None:
     return ()
+  path = _paths.user_path(path)
   where = 'the leaf at ' + (jax.tree_util.keystr(path) or 'the root')
   return normalize_axes(layer_axes(path, leaf), np.shape(leaf), where, who)
 

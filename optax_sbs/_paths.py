@@ -16,7 +16,14 @@ def key_name(entry: Any) -> str:
 def names(path: tuple[Any, ...]) -> list[str]:
   """The names of a key path's entries, without a Flax NNX variable's final
   ``.value`` (an attribute holding the array, not part of the name)."""
-  out = [key_name(entry) for entry in path]
-  if len(out) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and out[-1] == 'value':
-    out.pop()
-  return out
+  return [key_name(entry) for entry in user_path(path)]
+
+
+def user_path(path: tuple[Any, ...]) -> tuple[Any, ...]:
+  """The key path a user's callable (``layer_axes``, ``group_fn``) is given:
+  without a Flax NNX variable's final ``.value``, so the paths of ``init``
+  (over ``nnx.state``'s variables) and ``update`` (over plain gradients) are
+  the same."""
+  if len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == 'value':
+    return path[:-1]
+  return path

@@ -13,6 +13,7 @@ from optax_sbs import _bundles
 from optax_sbs import _groups
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _paths
 from optax_sbs import _plan
 from optax_sbs import _probability
 from optax_sbs import _sampling
@@ -243,7 +244,7 @@ def stochastic_batch_size(
       sources = g_tildes if magnitude == 'cma' else grads
       magnitudes = [jnp.abs(x.astype(gt.dtype)) for x, gt in zip(sources, g_tildes)]
       groups = [
-        group_fn(path, _layers.slice_struct(g, ax) if ax else g)
+        group_fn(_paths.user_path(path), _layers.slice_struct(g, ax) if ax else g)
         for path, g, ax in zip(paths, grads, axes)
       ]
       joined = _bundles.join(magnitudes, plan.bundles)

@@ -138,3 +138,32 @@ def test_nnx_optimizer_state_round_trips_through_orbax_into_an_abstract_template
     jax.tree.leaves(nnx.state(fresh_model, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))
   ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_user_callables_see_one_path_form_in_init_and_update():
+  """Under nnx.Optimizer, init flattens NNX variables (paths ending in
+  ``.value``) and update plain gradients: the callables see the same paths."""
+  seen = {'init': set(), 'update': set()}
+  phase = ['init']
+
+  def layer_axes(path, leaf):
+    del leaf
+    seen[phase[0]].add(jax.tree_util.keystr(path))
+    return ()
+
+  def group_fn(path, leaf):
+    seen[phase[0]].add('group ' + jax.tree_util.keystr(path))
+    return optax_sbs.parameter_type(path, leaf)
+
+  def tx():
+    return optax.chain(
+      optax_sbs.magma(optax.adam(1e-2), key=0, layer_axes=layer_axes),
+      optax_sbs.stochastic_batch_size(1, layer_axes=layer_axes, group_fn=group_fn),
+    )
+
+  model, optimizer = make(tx)
+  phase[0] = 'update'
+  train_step(model, optimizer, TOKENS)
+  assert seen['init'] and not any(p.endswith('.value') for p in seen['init'] | seen['update'])
+  assert seen['init'] <= seen['update']
+  assert "['c_fc']['kernel']" in seen['init'] and "group ['c_fc']['kernel']" in seen['update']
