@@ -2,7 +2,10 @@
 
 from optax_sbs import baselines
 from optax_sbs._alias import sbs
+from optax_sbs._diagnostics import find_state
 from optax_sbs._diagnostics import layer_statistics
+from optax_sbs._diagnostics import maxtext_slice_names
+from optax_sbs._diagnostics import slice_names
 from optax_sbs._groups import parameter_type
 from optax_sbs._groups import single_group
 from optax_sbs._keys import key_data_tree
@@ -16,7 +19,6 @@ from optax_sbs._masked_updates import masked_updates
 from optax_sbs._probability import update_probability
 from optax_sbs._schedules import sigmoid_schedule
 from optax_sbs._transform import StochasticBatchSizeState
-from optax_sbs._transform import find_state
 from optax_sbs._transform import reset_accumulators
 from optax_sbs._transform import stochastic_batch_size
 from optax_sbs._wrapper import WithStochasticBatchSizeState
@@ -34,12 +36,14 @@ __all__ = (
   'magma',
   'MagmaState',
   'masked_updates',
+  'maxtext_slice_names',
   'MaskedUpdatesState',
   'parameter_type',
   'reset_accumulators',
   'sbs',
   'sigmoid_schedule',
   'single_group',
+  'slice_names',
   'stochastic_batch_size',
   'StochasticBatchSizeState',
   'update_probability',

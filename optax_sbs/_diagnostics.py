@@ -1,76 +1,223 @@
-"""Per-layer SBS statistics from any optimizer state, for metric writers."""
+"""Statistics of the family's states, for metric writers: SBS, masked_updates, magma.
 
+A family state is found in every form a user holds: an Optax state (chains,
+wrappers, ``inject_hyperparams``, ``MultiSteps``), a Flax NNX optimizer's
+``optimizer.opt_state``, ``nnx.state(optimizer)`` (in which the
+``NamedTuple`` has become a mapping of its fields) and ``nnx.to_pure_dict``
+of it. The layer axes come from the layout the state records.
+"""
+
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
+from typing import Literal
 
 import jax
+import numpy as np
 
 from optax_sbs import _layers
+from optax_sbs import _layout
+from optax_sbs import _magma
+from optax_sbs import _masked_updates
 from optax_sbs import _paths
 from optax_sbs import _transform
 
-_FIELDS = frozenset(_transform.StochasticBatchSizeState._fields)
+Kind = Literal['sbs', 'masked_updates', 'magma']
+_STATES: dict[str, Any] = {
+  'sbs': _transform.StochasticBatchSizeState,
+  'masked_updates': _masked_updates.MaskedUpdatesState,
+  'magma': _magma.MagmaState,
+}
+# The fields that tell a state's mapping form (Flax NNX) from other mappings.
+_SIGNATURES = {
+  'sbs': frozenset({'cma', 'count', 'key'}),
+  'masked_updates': frozenset({'inner_state', 'key', 'layout'}),
+  'magma': frozenset({'inner_state', 'momentum', 'score', 'key'}),
+}
+SliceName = Callable[[Sequence[str], tuple[int, ...]], str]
 
 
-def _count_trees(node: Any, where: str = '') -> Iterator[tuple[str, Any]]:
-  """Yields ``(where, count tree)`` of every SBS state inside ``node``.
+def _plain(node: Any) -> Any:
+  """``node`` with Flax NNX variables replaced by their values and mappings
+  (``nnx.State``) by dicts."""
+  if isinstance(node, Mapping):
+    return {k: _plain(v) for k, v in node.items()}
+  if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
+    return type(node)(_plain(v) for v in node)
+  return _layout.unwrap(node)
 
-  An SBS state is a :class:`StochasticBatchSizeState`, or a mapping with
-  its fields (``cma``, ``count``, ``key``), which is what Flax NNX makes of
-  it in ``nnx.state(optimizer)`` (and ``to_pure_dict``).
-  """
-  if isinstance(node, _transform.StochasticBatchSizeState):
-    yield where, node.count
-  elif isinstance(node, Mapping):
-    if _FIELDS <= set(node.keys()):
-      yield where, node['count']
+
+def _kind_of(node: Any) -> str | None:
+  for kind, cls in _STATES.items():
+    if isinstance(node, cls):
+      return kind
+  if isinstance(node, Mapping):
+    keys = set(node.keys())
+    for kind, fields in _SIGNATURES.items():
+      if fields <= keys and keys <= set(_STATES[kind]._fields):
+        return kind
+  return None
+
+
+def _walk(node: Any, where: str = '') -> Iterator[tuple[str, str, Any]]:
+  """Yields ``(where, kind, state)`` of every family state inside ``node``,
+  each as its ``NamedTuple`` with plain arrays."""
+  kind = _kind_of(node)
+  if kind is not None:
+    if isinstance(node, Mapping):
+      node = _STATES[kind](**{k: _plain(v) for k, v in node.items()})
+    yield where, kind, node
+    if kind == 'sbs':
       return
-    for name, child in node.items():
-      yield from _count_trees(child, f'{where}/{name}' if where else str(name))
+    node = node.inner_state  # a state may wrap another
+    where = f'{where}/inner_state' if where else 'inner_state'
+    yield from _walk(node, where)
+    return
+  children: Any = ()
+  if isinstance(node, Mapping):
+    children = node.items()
   elif isinstance(node, (tuple, list)):
-    names = getattr(node, '_fields', range(len(node)))
-    for name, child in zip(names, node):
-      yield from _count_trees(child, f'{where}/{name}' if where else str(name))
+    children = zip(getattr(node, '_fields', range(len(node))), node)
+  for name, child in children:
+    yield from _walk(child, f'{where}/{name}' if where else str(name))
 
 
-def _path_name(path: tuple[Any, ...]) -> str:
-  return '/'.join(_paths.names(path))
+def find_state(opt_state: Any, kind: Kind = 'sbs') -> Any:
+  """Finds a state of the family inside an optimizer state.
+
+  Works through ``optax.chain``, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps``, ``optax.apply_if_finite`` and other wrappers whose
+  states are pytrees, and on a Flax NNX optimizer's states:
+  ``optimizer.opt_state``, ``nnx.state(optimizer)`` and
+  ``nnx.to_pure_dict(nnx.state(optimizer))``.
+
+  Args:
+    opt_state: the state of an optimizer that contains one of the family.
+    kind: ``'sbs'`` (:func:`stochastic_batch_size`, also inside
+      :func:`with_stochastic_batch_size` and :func:`sbs`),
+      ``'masked_updates'`` or ``'magma'``.
+
+  Returns:
+    The (first) state of that kind, as its ``NamedTuple``
+    (:class:`StochasticBatchSizeState`, :class:`MaskedUpdatesState`,
+    :class:`MagmaState`) with plain arrays.
+
+  Raises:
+    ValueError: if there is none, or for an unknown ``kind``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_sbs
+    >>> tx = optax_sbs.sbs(0.1, key=0)
+    >>> state = tx.init({'w': jnp.ones(4)})
+    >>> sbs_state = optax_sbs.find_state(state)
+    >>> float(sbs_state.update_fraction()['w']), float(sbs_state.mean_count()['w'])
+    (1.0, 1.0)
+  """
+  if kind not in _STATES:
+    raise ValueError(f'find_state: kind must be one of {", ".join(_STATES)}; got {kind!r}.')
+  for _, found, state in _walk(opt_state):
+    if found == kind:
+      return state
+  raise ValueError(f'find_state: no {_STATES[kind].__name__} in this optimizer state.')
+
+
+def slice_names(path_names: Sequence[str], index: tuple[int, ...]) -> str:
+  """The default name of one layer of a stacked parameter: its path, then
+  the layer's index (``'layers/mlp/kernel/3'``; ``'.../1/2'`` for two layer
+  axes)."""
+  return '/'.join([*path_names, *(str(i) for i in index)])
+
+
+def maxtext_slice_names(layers: str = 'layers') -> SliceName:
+  """Names layers as an unrolled MaxText model does: ``'layers_3/mlp/kernel'``.
+
+  Give it as ``slice_name`` to :func:`layer_statistics`, so the statistics
+  of a scanned run line up with those of the same model unrolled. A
+  parameter whose path has no entry ``layers`` keeps the default name.
+
+  Args:
+    layers: the path entry of the stacked module.
+
+  Returns:
+    A ``slice_name`` callable.
+
+  Examples:
+    >>> import optax_sbs
+    >>> optax_sbs.maxtext_slice_names()(['decoder', 'layers', 'mlp', 'wo', 'kernel'], (3,))
+    'decoder/layers_3/mlp/wo/kernel'
+  """
+
+  def name(path_names: Sequence[str], index: tuple[int, ...]) -> str:
+    if layers not in path_names:
+      return slice_names(path_names, index)
+    suffix = '_'.join(str(i) for i in index)
+    return '/'.join(f'{n}_{suffix}' if n == layers else n for n in path_names)
+
+  return name
+
+
+def _per_layer(
+  values: Any, count_tree: Any, layout: Any, layer_axes: Any, slice_name: SliceName, who: str
+) -> Iterator[tuple[str, Any]]:
+  """``(name, scalar)`` per layer of every parameter of ``count_tree`` (a
+  tree like the params), from ``values(path, leaf, axes)``: an array of the
+  leaf's stacked axes' shape (a scalar for an ordinary leaf)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(count_tree)[0]:
+    axes = _layout.axes_for(layout, layer_axes, path, leaf, who)
+    flat = values(path, leaf, axes).reshape(-1)
+    names = _paths.names(path)
+    stacked = [np.shape(leaf)[a] for a in axes]
+    for i, index in enumerate(np.ndindex(*stacked)):
+      yield (slice_name(names, tuple(index)) if axes else '/'.join(names)), flat[i]
 
 
 def layer_statistics(
-  opt_state: Any, prefix: str = 'sbs', layer_axes: _layers.LayerAxesFn | None = None
+  opt_state: Any,
+  prefix: str | None = None,
+  layer_axes: _layers.LayerAxesFn | None = None,
+  slice_name: SliceName = slice_names,
 ) -> dict[str, Any]:
-  """Per parameter, SBS's update fraction and mean count as a flat mapping.
+  """Per parameter, and per layer of a stacked one, the family's statistics.
 
-  For every parameter leaf ``path`` (names joined by ``/``), two entries:
-  ``'{prefix}/update_fraction/{path}'``, the fraction of its elements
-  updated at the last step, and ``'{prefix}/mean_count/{path}'``, the mean
-  stochastic batch size ``k`` of its elements (in batches). Ready for a
-  metric writer (e.g. ``clu.metric_writers``' ``write_scalars``) and usable
-  under ``jit``.
+  For every state of the family found in ``opt_state`` (see
+  :func:`find_state`), keyed ``'{prefix}/{statistic}/{name}'``:
 
-  Works on any state holding SBS: Optax/Linen states (chains, wrappers,
-  ``inject_hyperparams``) and Flax NNX's ``nnx.state(optimizer)``, in which
-  the SBS ``NamedTuple`` has become a mapping. With several SBS states,
-  each path starts with where in the state it was found.
+  - SBS: ``update_fraction``, the fraction of elements updated at the last
+    step, and ``mean_count``, the mean stochastic batch size ``k`` (in
+    batches);
+  - Magma (``granularity='leaf'``): ``score``, the smoothed alignment score
+    that scales its kept updates.
 
-  With stacked layers, pass the transformation's ``layer_axes``: each slice
-  of a stacked leaf gets its own entries, its index appended to the path
-  (``'sbs/update_fraction/layers/mlp/kernel/3'`` for layer 3; ``.../1/2``
-  with two stacked axes), so a scanned run reads like the unrolled one.
+  ``name`` is the parameter's path (names joined by ``/``, a Flax NNX
+  variable's ``.value`` left out), and for a stacked parameter each layer
+  gets its own entry, named by ``slice_name`` (default: the layer's index
+  appended, ``'layers/mlp/kernel/3'``; :func:`maxtext_slice_names` names it
+  as MaxText's unrolled model would), so a scanned run reads like the
+  unrolled one. The layer axes come from the state's recorded layout.
+
+  Each value is a reduction of a state the step has already written, so
+  logging all of them every step inside a jitted train step costs one pass
+  over the counts (SBS) and nothing for Magma's scores.
 
   Args:
     opt_state: an optimizer state, or a Flax NNX optimizer's state (the
-      whole ``nnx.state(optimizer)`` or its ``'opt_state'``).
-    prefix: the first part of every key.
-    layer_axes: the ``layer_axes`` the transformation was built with.
+      whole ``nnx.state(optimizer)``, its ``'opt_state'``, or
+      ``nnx.to_pure_dict`` of either).
+    prefix: the first part of every key; default the state's kind
+      (``'sbs'``, ``'magma'``). With several states of one kind, each name
+      starts with where in the state it was found.
+    layer_axes: not needed; if given, it must agree with the one the
+      transformations were built with (else ``ValueError``).
+    slice_name: ``(path_names, index) -> str``, the name of one layer of a
+      stacked parameter.
 
   Returns:
     A ``dict`` of float32 scalars.
 
   Raises:
-    ValueError: if there is no SBS state in ``opt_state``.
+    ValueError: if there is no SBS or Magma state in ``opt_state``.
 
   Examples:
     >>> import jax.numpy as jnp, optax_sbs
@@ -84,22 +231,35 @@ def layer_statistics(
      'sbs/update_fraction/Dense_0/kernel': 0.0,
      'sbs/mean_count/Dense_0/bias': 2.0, 'sbs/mean_count/Dense_0/kernel': 2.0}
   """
-  found = list(_count_trees(opt_state))
+  found = [(w, k, s) for w, k, s in _walk(opt_state) if k != 'masked_updates']
+  found = [(w, k, s) for w, k, s in found if k == 'sbs' or not _magma._is_element_tree(s)]  # noqa: SLF001
   if not found:
     raise ValueError(
-      'layer_statistics: no stochastic batch size state (cma, count, key) in this optimizer state.'
+      'layer_statistics: no stochastic batch size (cma, count, key) or magma state in this '
+      'optimizer state.'
     )
-  fractions, counts = {}, {}
-  for where, count in found:
-    for path, k in jax.tree_util.tree_flatten_with_path(count)[0]:
-      name = _path_name(path)
-      if len(found) > 1 and where:
-        name = f'{where}/{name}'
-      axes = _layers.leaf_axes(layer_axes, path, k, 'layer_statistics')
-      fraction = _layers.slice_mean(k == 1, axes).reshape(-1)
-      mean = _layers.slice_mean(k, axes).reshape(-1)
-      for i, index in enumerate(_layers.slice_names(k.shape, axes)):
-        full = f'{name}/{index}' if index else name
-        fractions[f'{prefix}/update_fraction/{full}'] = fraction[i]
-        counts[f'{prefix}/mean_count/{full}'] = mean[i]
-  return {**fractions, **counts}
+  per_kind: dict[str, int] = {}
+  for _, kind, _ in found:
+    per_kind[kind] = per_kind.get(kind, 0) + 1
+  out: dict[str, Any] = {}
+  for where, kind, state in found:
+    head = prefix or kind
+    place = f'{where}/' if per_kind[kind] > 1 and where else ''
+    stats: dict[str, Callable[..., Any]]
+    if kind == 'sbs':
+      stats = {
+        'update_fraction': lambda p, k, ax: _layers.slice_mean(k == 1, ax),
+        'mean_count': lambda p, k, ax: _layers.slice_mean(k, ax),
+      }
+      tree = state.count
+    else:
+      scores = state.score_tree(layer_axes)
+      tree = state.momentum
+      by_path = dict(jax.tree_util.tree_flatten_with_path(scores)[0])
+      stats = {'score': lambda p, m, ax, by_path=by_path: by_path[p]}
+    for statistic, values in stats.items():
+      for name, value in _per_layer(
+        values, tree, state.layout, layer_axes, slice_name, 'layer_statistics'
+      ):
+        out[f'{head}/{statistic}/{place}{name}'] = value
+  return out

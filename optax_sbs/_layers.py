@@ -221,15 +221,6 @@ def slice_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.mean(x, axis=over, dtype=jnp.float32)
 
 
-def tree_slice_means(
-  fn: Callable[[jax.Array], jax.Array], tree: Any, layer_axes: LayerAxesFn | None, who: str
-) -> Any:
-  """``slice_mean(fn(leaf))`` per leaf of ``tree``, per slice with ``layer_axes``."""
-  return jax.tree_util.tree_map_with_path(
-    lambda path, x: slice_mean(fn(x), leaf_axes(layer_axes, path, x, who)), tree
-  )
-
-
 def split_slices(
   vector: jax.Array, leaves: Sequence[Any], axes: Sequence[tuple[int, ...]]
 ) -> list[jax.Array]:

@@ -1,6 +1,7 @@
 """Magma: masked updates scaled by the alignment of momentum and gradient
 (Joo et al., 2026), around any optimizer whose state moves densely."""
 
+from collections.abc import Mapping
 from typing import Any
 from typing import NamedTuple
 
@@ -11,6 +12,7 @@ import optax
 from optax_sbs import _bundles
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _layout
 from optax_sbs import _plan
 from optax_sbs import _sampling
 from optax_sbs import _sharding
@@ -33,18 +35,23 @@ class MagmaState(NamedTuple):
       :meth:`score_tree` lays it out like the params. With ``'element'`` a
       float32 array like each parameter.
     key: the typed PRNG key of the next step's masks.
+    layout: per parameter (by path name), ``uint8`` zeros shaped like its
+      statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
+      state made before layouts were recorded.
   """
 
   inner_state: Any
   momentum: Any
   score: Any
   key: jax.Array
+  layout: Any = None
 
   def score_tree(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """The scores as a tree like the params.
 
     Args:
-      layer_axes: the ``layer_axes`` the transformation was built with.
+      layer_axes: not needed (the state records its layer axes); if given,
+        it must agree with the one the transformation was built with.
 
     Returns:
       With ``granularity='leaf'``, per parameter a float32 scalar, or for a
@@ -54,7 +61,7 @@ class MagmaState(NamedTuple):
     if _is_element_tree(self):
       return self.score
     flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
-    axes = [_layers.leaf_axes(layer_axes, path, m, 'magma') for path, m in flat]
+    axes = [_layout.axes_for(self.layout, layer_axes, path, m, 'magma') for path, m in flat]
     return jax.tree.unflatten(treedef, _layers.split_slices(self.score, [m for _, m in flat], axes))
 
 
@@ -186,6 +193,8 @@ def magma(
   _layers.check_layer_axes(layer_axes)
   inner = optax.with_extra_args_support(inner)
 
+  record_layout = _layout.Recorder(layer_axes, who)
+
   def init_fn(params):
     _validation.check_float_leaves(params, 'params', who)
     momentum = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_plan.compute_dtype(p.dtype)), params)
@@ -197,7 +206,8 @@ def magma(
       score = jnp.full((blocks,), initial_score, jnp.float32)
     else:
       score = jax.tree.map(lambda p: jnp.full_like(p, initial_score, jnp.float32), params)
-    return MagmaState(inner.init(params), momentum, score, _keys.canonicalize_key(key))
+    layout = record_layout(params)
+    return MagmaState(inner.init(params), momentum, score, _keys.canonicalize_key(key), layout)
 
   @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
@@ -208,7 +218,11 @@ def magma(
     grads = [g for _, g in flat]
     us = treedef.flatten_up_to(inner_updates)
     momenta = treedef.flatten_up_to(state.momentum)
-    axes = _plan.tree_layer_axes(layer_axes, flat, who) if granularity == 'leaf' else None
+    axes = _plan.tree_layer_axes(layer_axes, flat, who)
+    if isinstance(state.layout, Mapping):
+      for (path, g), ax in zip(flat, axes):
+        _layout.check(state.layout, path, g.shape, ax, who)
+    axes = axes if granularity == 'leaf' else None
     plan = _plan.build(grads, axes, granularity, [m.dtype for m in momenta])
     if granularity == 'leaf':
       _check_score_size(state.score, plan)
@@ -240,6 +254,7 @@ def magma(
       treedef.unflatten(new_momenta),
       score,
       next_key,
+      state.layout,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

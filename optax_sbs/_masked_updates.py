@@ -14,6 +14,7 @@ or per parameter tensor (``'leaf'``), leaves in the order of
 the sharding of the leaves.
 """
 
+from collections.abc import Mapping
 from typing import Any
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ import optax
 
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _layout
 from optax_sbs import _plan
 from optax_sbs import _sampling
 from optax_sbs import _sharding
@@ -36,10 +38,14 @@ class MaskedUpdatesState(NamedTuple):
   Attributes:
     inner_state: the wrapped optimizer's state, updated densely.
     key: the typed PRNG key of the next step's masks.
+    layout: per parameter (by path name), ``uint8`` zeros shaped like its
+      statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
+      state made before layouts were recorded.
   """
 
   inner_state: Any
   key: jax.Array
+  layout: Any = None
 
 
 def masked_updates(
@@ -112,8 +118,11 @@ def masked_updates(
     raise TypeError(f'rescale must be a bool, got {rescale!r}.')
   inner = optax.with_extra_args_support(inner)
 
+  record_layout = _layout.Recorder(layer_axes, who)
+
   def init_fn(params):
-    return MaskedUpdatesState(inner.init(params), _keys.canonicalize_key(key))
+    layout = record_layout(params)
+    return MaskedUpdatesState(inner.init(params), _keys.canonicalize_key(key), layout)
 
   @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
@@ -121,8 +130,11 @@ def masked_updates(
     next_key, step_key = _sampling.split_step_key(state.key)
     flat, treedef = jax.tree_util.tree_flatten_with_path(inner_updates)
     leaves = [u for _, u in flat]
-    axes = _plan.tree_layer_axes(layer_axes, flat, who) if granularity == 'leaf' else None
-    plan = _plan.build(leaves, axes, granularity)
+    axes = _plan.tree_layer_axes(layer_axes, flat, who)
+    if isinstance(state.layout, Mapping):
+      for (path, u), ax in zip(flat, axes):
+        _layout.check(state.layout, path, u.shape, ax, who)
+    plan = _plan.build(leaves, axes if granularity == 'leaf' else None, granularity)
     masks = _sampling.masks(plan, step_key, probability)
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None
@@ -132,6 +144,6 @@ def masked_updates(
         u if scale is None else (u.astype(_plan.compute_dtype(u.dtype)) * scale).astype(u.dtype)
       )
       out.append(jnp.where(_sharding.broadcast_like(z, u), kept, jnp.zeros_like(u)))
-    return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key)
+    return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key, state.layout)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

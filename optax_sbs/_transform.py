@@ -1,5 +1,6 @@
 """Algorithm 2 of the paper: stochastic batch size via cumulative moving average."""
 
+from collections.abc import Mapping
 from typing import Any
 from typing import Literal
 from typing import NamedTuple
@@ -13,6 +14,7 @@ from optax_sbs import _bundles
 from optax_sbs import _groups
 from optax_sbs import _keys
 from optax_sbs import _layers
+from optax_sbs import _layout
 from optax_sbs import _paths
 from optax_sbs import _plan
 from optax_sbs import _probability
@@ -35,11 +37,16 @@ class StochasticBatchSizeState(NamedTuple):
       element's current stochastic batch size in units of the batch. A
       pytree like the params, integer, saturating at its dtype's maximum.
     key: the PRNG key the next step's masks are drawn from.
+    layout: per parameter (by path name), ``uint8`` zeros shaped like its
+      statistics grid: its layer axes' sizes, 1 elsewhere (see
+      :func:`layers_under`). The statistics read the layer axes from it;
+      ``None`` in a state made before layouts were recorded.
   """
 
   cma: optax.Updates
   count: optax.Updates
   key: jax.Array
+  layout: Any = None
 
   def update_fraction(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """Per leaf, the fraction of elements updated at the last step.
@@ -47,30 +54,43 @@ class StochasticBatchSizeState(NamedTuple):
     An element was updated at the last step exactly when its count is 1
     (``count = (1 - chi) (k + 1) + chi``), so nothing extra is stored.
     Before the first step every count is 1 and this is 1.0. Size-0 leaves
-    give 0.0.
+    give 0.0. A stacked leaf gets one fraction per layer (the state records
+    its layer axes).
 
     Args:
-      layer_axes: the transformation's ``layer_axes``: a stacked leaf then
-        gets one fraction per slice.
+      layer_axes: not needed; if given, it must agree with the one the
+        transformation was built with (else ``ValueError``).
 
     Returns:
       A pytree like the params of float32 scalars, or for a stacked leaf
       arrays with the shape of its stacked axes (``(num_layers,)``).
     """
-    return _layers.tree_slice_means(lambda k: k == 1, self.count, layer_axes, 'update_fraction')
+    return _slice_means(self, lambda k: k == 1, layer_axes, 'update_fraction')
 
   def mean_count(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
-    """Per leaf, the mean stochastic batch size ``k`` (in batches).
+    """Per leaf, the mean stochastic batch size ``k`` (in batches), per
+    layer for a stacked leaf.
 
     Args:
-      layer_axes: the transformation's ``layer_axes``: a stacked leaf then
-        gets one mean per slice.
+      layer_axes: not needed; if given, it must agree with the one the
+        transformation was built with (else ``ValueError``).
 
     Returns:
       A pytree like the params of float32 scalars (0.0 for size-0 leaves),
       or for a stacked leaf arrays with the shape of its stacked axes.
     """
-    return _layers.tree_slice_means(lambda k: k, self.count, layer_axes, 'mean_count')
+    return _slice_means(self, lambda k: k, layer_axes, 'mean_count')
+
+
+def _slice_means(state, fn, layer_axes, who):
+  """``fn(count)``'s float32 mean per leaf of ``state``, per layer of a
+  stacked leaf (layer axes from the state's layout)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, k: _layers.slice_mean(
+      fn(k), _layout.axes_for(state.layout, layer_axes, path, k, who)
+    ),
+    state.count,
+  )
 
 
 def stochastic_batch_size(
@@ -202,6 +222,8 @@ def stochastic_batch_size(
   if cma_dtype is not None and not jnp.issubdtype(cma_dtype, jnp.floating):
     raise TypeError(f'cma_dtype must be a float dtype, got {cma_dtype}.')
 
+  record_layout = _layout.Recorder(layer_axes, _WHO)
+
   def init_fn(params):
     _validation.check_float_leaves(params, 'params')
     # *_like keeps each param's sharding: the state is laid out like params.
@@ -212,7 +234,10 @@ def stochastic_batch_size(
       params,
     )
     count = jax.tree.map(lambda p: jnp.ones_like(p, dtype=count_dtype), params)
-    return StochasticBatchSizeState(cma=cma, count=count, key=_keys.canonicalize_key(key))
+    layout = record_layout(params)
+    return StochasticBatchSizeState(
+      cma=cma, count=count, key=_keys.canonicalize_key(key), layout=layout
+    )
 
   @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
@@ -228,7 +253,10 @@ def stochastic_batch_size(
     cmas = treedef.flatten_up_to(state.cma)
     counts = treedef.flatten_up_to(state.count)
     adaptive = probability is None
-    axes = _plan.tree_layer_axes(layer_axes, flat, _WHO) if adaptive else None
+    axes = _plan.tree_layer_axes(layer_axes, flat, _WHO)
+    if isinstance(state.layout, Mapping):
+      for (path, g), ax in zip(flat, axes):
+        _layout.check(state.layout, path, g.shape, ax, _WHO)
     dtypes = [_plan.compute_dtype(cma.dtype) for cma in cmas]
     plan = _plan.build(grads, axes, 'element', dtypes)
 
@@ -273,6 +301,7 @@ def stochastic_batch_size(
       cma=treedef.unflatten(new_cmas),
       count=treedef.unflatten(new_counts),
       key=next_key,
+      layout=state.layout,
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -318,34 +347,3 @@ def reset_accumulators(opt_state: Any) -> Any:
     )
 
   return jax.tree.map(reset, opt_state, is_leaf=_is_sbs_state)
-
-
-def find_state(opt_state: Any) -> StochasticBatchSizeState:
-  """Finds the :class:`StochasticBatchSizeState` inside an optimizer state.
-
-  Works through ``optax.chain``, ``optax.inject_hyperparams``,
-  ``optax.MultiSteps``, ``optax.apply_if_finite`` and other wrappers whose
-  states are pytrees.
-
-  Args:
-    opt_state: the state of any optimizer that contains one
-      :func:`stochastic_batch_size`.
-
-  Returns:
-    The (first) :class:`StochasticBatchSizeState` found.
-
-  Raises:
-    ValueError: if there is none.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax_sbs
-    >>> tx = optax_sbs.sbs(0.1, key=0)
-    >>> state = tx.init({'w': jnp.ones(4)})
-    >>> sbs_state = optax_sbs.find_state(state)
-    >>> float(sbs_state.update_fraction()['w']), float(sbs_state.mean_count()['w'])
-    (1.0, 1.0)
-  """
-  for node in jax.tree.leaves(opt_state, is_leaf=_is_sbs_state):
-    if _is_sbs_state(node):
-      return node
-  raise ValueError('find_state: no StochasticBatchSizeState in this optimizer state.')

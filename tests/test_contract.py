@@ -260,10 +260,12 @@ def test_every_exported_transformation_is_in_the_contract():
     'layer_statistics',
     'layers_from_axis_names',
     'layers_under',
+    'maxtext_slice_names',
     'parameter_type',
     'reset_accumulators',
     'sigmoid_schedule',
     'single_group',
+    'slice_names',
     'update_probability',
     'wrap_key_data_tree',
   }

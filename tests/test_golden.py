@@ -39,7 +39,8 @@ def test_golden_values(name):
   if SAME_JAX or fixed_p:
     assert found['masks'] == expected['masks']
   if SAME_JAX:
-    assert found['state'] == expected['state']
+    # Fields added since the values were written (a recorded layout) are new.
+    assert {f: found['state'].get(f) for f in expected['state']} == expected['state']
     assert found['params'] == expected['params']
   for field, sums in expected['sums'].items():
     np.testing.assert_allclose(found['sums'][field], sums, rtol=1e-4, atol=1e-6, err_msg=field)

@@ -203,6 +203,71 @@ def test_update_fraction_mean_count_and_layer_statistics_per_slice():
   assert 'sbs/mean_count/layers/mlp/kernel' not in stats
 
 
+def test_states_record_their_layout_and_statistics_need_no_layer_axes():
+  """Every family state records each leaf's statistics grid (uint8 zeros,
+  made in init); the statistics read the layer axes from it, and a
+  layer_axes that disagrees is an error naming the leaf."""
+  params = _params()
+  grads = _grads(np.random.default_rng(5))
+  txs = {
+    'sbs': optax_sbs.sbs(0.1, key=0, probability=0.5, layer_axes=LAYERS),
+    'magma': optax_sbs.magma(optax.sgd(0.1), 1, layer_axes=LAYERS),
+    'masked_updates': optax_sbs.masked_updates(optax.sgd(0.1), 2, layer_axes=LAYERS),
+  }
+  for kind, tx in txs.items():
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(grads, state, params)
+    found = optax_sbs.find_state(state, kind=kind)
+    layout = found.layout
+    assert layout['layers/mlp/kernel'].shape == (L, 1, 1)
+    assert layout['layers/norm/scale'].shape == (L, 1)
+    assert layout['head/kernel'].shape == (1, 1) and layout['head/kernel'].dtype == jnp.uint8
+    assert not np.asarray(layout['head/kernel']).any()
+  sbs_state = optax_sbs.find_state(
+    jax.jit(txs['sbs'].update)(grads, txs['sbs'].init(params), params)[1]
+  )
+  plain, told = sbs_state.update_fraction(), sbs_state.update_fraction(LAYERS)
+  assert plain['layers']['mlp']['kernel'].shape == (L,)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(told)):
+    np.testing.assert_array_equal(a, b)
+  wrong = optax_sbs.layers_under('mlp')  # names another set of leaves
+  with pytest.raises(ValueError, match="'layers/attn/bias'.*built with \\(0,\\)"):
+    sbs_state.mean_count(wrong)
+  with pytest.raises(ValueError, match='layers/attn/bias'):
+    optax_sbs.layer_statistics(sbs_state, layer_axes=wrong)
+  magma_state = optax_sbs.find_state(
+    jax.jit(txs['magma'].update)(grads, txs['magma'].init(params), params)[1], kind='magma'
+  )
+  assert magma_state.score_tree()['layers']['mlp']['kernel'].shape == (L, 1, 1)
+  stats = optax_sbs.layer_statistics(magma_state)
+  assert {f'magma/score/layers/mlp/kernel/{i}' for i in range(L)} <= set(stats)
+  np.testing.assert_allclose(
+    [float(stats[f'magma/score/layers/mlp/kernel/{i}']) for i in range(L)],
+    np.asarray(magma_state.score_tree()['layers']['mlp']['kernel']).reshape(-1),
+  )
+
+
+def test_update_refuses_layer_axes_that_disagree_with_the_state():
+  params = _params()
+  state = optax_sbs.sbs(0.1, key=0, layer_axes=LAYERS).init(params)
+  other = optax_sbs.sbs(0.1, key=0)  # the same, but built without layer_axes
+  with pytest.raises(ValueError, match="layer_axes gives the layer axes \\(\\) for 'layers/"):
+    other.update(_grads(np.random.default_rng(0)), state, params)
+
+
+def test_slice_names_line_up_with_an_unrolled_model():
+  tx = optax_sbs.sbs(0.1, key=0, probability=0.5, layer_axes=LAYERS)
+  params = _params()
+  _, state = tx.update(_grads(np.random.default_rng(1)), tx.init(params), params)
+  stats = optax_sbs.layer_statistics(state, slice_name=optax_sbs.maxtext_slice_names())
+  assert 'sbs/update_fraction/layers_2/mlp/kernel' in stats
+  assert 'sbs/update_fraction/head/kernel' in stats
+  default = optax_sbs.layer_statistics(state)
+  assert float(default['sbs/update_fraction/layers/mlp/kernel/2']) == float(
+    stats['sbs/update_fraction/layers_2/mlp/kernel']
+  )
+
+
 def _mask_blocks(updates):
   """Per stacked slice (and per ordinary leaf), whether its update was kept."""
   out = []

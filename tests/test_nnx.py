@@ -91,6 +91,11 @@ def test_layer_statistics_from_every_form_of_an_nnx_state():
     assert got.keys() == want.keys()
     for k in want:
       assert float(got[k]) == float(want[k])
+    # find_state gives the NamedTuple with plain arrays, whatever the form.
+    found = optax_sbs.find_state(form)
+    assert isinstance(found, optax_sbs.StochasticBatchSizeState)
+    assert isinstance(found.count['c_fc']['kernel'], jax.Array)
+    assert found.layout['c_fc/kernel'].shape == (1, 1)
   assert 'sbs/update_fraction/ln_f/scale' in want
   assert 'sbs/mean_count/c_fc/kernel' in want
   sbs_state = optax_sbs.find_state(optimizer.opt_state)
@@ -107,7 +112,7 @@ def test_layer_statistics_from_every_form_of_an_nnx_state():
   assert types["['ln_1']['scale']"] == types["['ln_f']['bias']"] == 'norm'
   assert types["['wte']['embedding']"] == 'embedding'
   assert types["['c_fc']['kernel']"] == 'dense'
-  with pytest.raises(ValueError, match='no stochastic batch size state'):
+  with pytest.raises(ValueError, match='no stochastic batch size'):
     optax_sbs.layer_statistics(nnx.state(model))
 
 
