@@ -1,4 +1,16 @@
-"""Checks of hyperparameters and pytrees that fail early with a clear message."""
+"""Checks of hyperparameters and pytrees that fail early with a clear message.
+
+Every error a user can meet reads by one of two rules:
+
+* at construction, a factory's own argument: ``'<argument> must <rule>, got
+  <value>.'`` (``TypeError`` for a wrong type, ``ValueError`` for a wrong
+  value). The traceback ends in the factory the user called, so the message
+  need not name it.
+* at ``init`` and ``update`` (trace time, often deep inside a user's jitted
+  train step): ``'<function>: <what is wrong, naming the leaf by its path or
+  name>, <what was given>[: <what to do>].'``, led by the public function's
+  name, since the traceback ends inside the library.
+"""
 
 import math
 import numbers
