@@ -226,7 +226,7 @@ def update_probability(
   alpha: jax.typing.ArrayLike,
   lam: jax.typing.ArrayLike,
   global_normalization: GlobalNormalization = 'std',
-  layer_axes: Sequence[tuple[int, ...]] | None = None,
+  layer_axes: _layers.LayerAxesFn | Sequence[tuple[int, ...]] | None = None,
 ) -> list[jax.Array]:
   """Combined adaptive update probability (eq. 21) for a list of leaves.
 
@@ -240,11 +240,13 @@ def update_probability(
       paper's eq. 19, ``(mu_l - M) / S`` with the group's standard deviation
       ``S``) or ``'mean'`` (``(mu_l - M) / M``, relative). ``'std'`` turns
       any spread into unit size in small groups, see the module docstring.
-    layer_axes: per leaf, the axes that index stacked layers (``()`` for an
-      ordinary leaf), as the ``layer_axes`` callable of
-      :func:`stochastic_batch_size` returns them; ``None`` for none. Every
-      slice along them is a layer: its own local statistics and its own
-      member of its group's global statistics, weighted by its size.
+    layer_axes: the axes of each leaf that index stacked layers, as the
+      transformations take them: a callable ``(path, leaf) -> tuple[int,
+      ...]`` (called with the leaf's position in ``magnitudes`` as its path,
+      ``(jax.tree_util.SequenceKey(i),)``), or a list with a tuple per leaf
+      (``()`` for an ordinary leaf); ``None`` for none. Every slice along them
+      is a layer: its own local statistics and its own member of its group's
+      global statistics, weighted by its size.
 
   Returns:
     Per leaf, ``p = sigmoid(alpha * v + lam * mu~)`` with the leaf's shape.
@@ -256,7 +258,10 @@ def update_probability(
     >>> [round(float(x), 3) for x in p[0]]
     [0.227, 0.5, 0.773]
   """
-  if layer_axes is not None:
+  if callable(layer_axes):
+    flat = [((jax.tree_util.SequenceKey(i),), a) for i, a in enumerate(magnitudes)]
+    layer_axes = [_layers.leaf_axes(layer_axes, p, a, 'update_probability') for p, a in flat]
+  elif layer_axes is not None:
     if len(layer_axes) != len(magnitudes):
       raise ValueError(
         f'update_probability: layer_axes has {len(layer_axes)} entries for '

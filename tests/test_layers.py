@@ -77,6 +77,11 @@ def test_update_probability_per_slice_matches_reference(alpha, lam, normalizatio
   )
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, atol=1e-6)
+  # layer_axes as the transformations take it: a callable (path: the position).
+  by_position = lambda path, leaf: axes[path[0].idx]
+  same = optax_sbs.update_probability(mags, groups, alpha, lam, normalization, by_position)
+  for a, b in zip(same, got):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
 
 
 def test_group_fn_is_called_on_one_slice():
