@@ -9,9 +9,11 @@ runs do: a few steps of SBS around each example's optimizer, at a fixed
 ``p = 0.5`` and with the adaptive ``p``, on data the repository holds (the
 CIFAR-10 sample committed with the cifar example; a text the script writes
 for the lm example). ``--check`` trains them again and compares every row:
-timing fields aside, the floats within ``RTOL`` (XLA may round differently
-from version to version) and, for the runs at a fixed ``p``, the logged SBS
-update fractions exactly (the masks depend on the key and the shapes alone).
+timing fields and the params' hash aside, the floats within ``RTOL`` (XLA
+may round differently from version to version, and its multi-threaded
+convolutions from run to run) and, for the runs at a fixed ``p``, the logged
+SBS update fractions exactly (the masks depend on the key and the shapes
+alone).
 One example per process: the examples' modules share names. Like the
 tests, it runs with XLA's backend optimisations off (unless
 ``OPTAX_SBS_TEST_XLA_OPTIMIZE=1``): they change float rounding.
@@ -39,8 +41,9 @@ RTOL = 1e-4
 TIMING = ('tokens_per_sec', 'images_per_sec', 'seconds')
 # Fields that a fixed-p run must reproduce exactly.
 EXACT = ('sbs_update_fraction', 'sbs_mean_count')
-# Hashes of floats: equal only where the floats are computed as they were
-# (the same jax version and XLA optimisation setting).
+# Hashes of floats, left out: even on one machine and jax version, XLA:CPU's
+# multi-threaded convolutions may sum in another order from run to run (seen
+# under load: every row within RTOL, the params' hash different).
 FLOAT_HASHES = ('params_sha256',)
 
 # example -> (the scale the loader reads, runs: name -> the example's fields).
@@ -98,9 +101,9 @@ def train(name: str) -> dict[str, list[dict]]:
   return out
 
 
-def differences(expected: dict, found: dict, same_jax: bool = True) -> list[str]:
+def differences(expected: dict, found: dict) -> list[str]:
   """What differs between two sets of golden rows, in words (float hashes
-  only compared with ``same_jax``)."""
+  left out)."""
   problems = []
   for run_name, rows in expected.items():
     exact = 'p=0.5' in run_name
@@ -114,7 +117,7 @@ def differences(expected: dict, found: dict, same_jax: bool = True) -> list[str]
         continue
       for key, value in want.items():
         other = have[key]
-        if key in FLOAT_HASHES and not same_jax:
+        if key in FLOAT_HASHES:
           continue
         if isinstance(value, float) and not (exact and key in EXACT):
           if not math.isclose(other, value, rel_tol=RTOL, abs_tol=1e-7):
@@ -149,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
   with open(path, encoding='utf-8') as f:
     golden = json.load(f)
   expected = golden['runs']
-  same = all(golden[k] == v for k, v in computed_as.items())
-  problems = differences(expected, found, same)
+  problems = differences(expected, found)
   for problem in problems:
     print(problem, file=sys.stderr)
   print(f'{args.example}: {len(problems)} differences in {len(expected)} runs')

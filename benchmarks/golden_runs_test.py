@@ -35,5 +35,4 @@ def test_differences_name_what_moved():
     'sbs lam=0 row 0: val_loss 2.6, expected 2.5',
   ]
   rehashed = {name: [dict(row, params_sha256='cd')] for name in expected}
-  assert len(golden_runs.differences(expected, rehashed)) == 2
-  assert golden_runs.differences(expected, rehashed, same_jax=False) == []
+  assert golden_runs.differences(expected, rehashed) == []  # a hash of floats is left out
