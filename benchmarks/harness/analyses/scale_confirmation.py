@@ -316,7 +316,7 @@ def report(runner) -> Report:
     rate, extra, tag = _confirmation_rate(study, chooser, best, tuning), None, ''
     if tuning is not None and name in study.TUNED:
       if tuning.winner is None:
-        rate = None
+        rate, chooser = None, 'tuned'  # it waits for the winner's settings
       else:
         extra, tag = tuning.changes[tuning.winner], tuning.winner
     if rate is None:
