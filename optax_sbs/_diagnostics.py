@@ -15,6 +15,7 @@ from typing import Any
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from optax_sbs import _layers
@@ -173,6 +174,53 @@ def _per_layer(
       yield (slice_name(names, tuple(index)) if axes else '/'.join(names)), flat[i]
 
 
+def _per_named_layer(
+  vector: Any, layout: Mapping[str, Any], slice_name: SliceName
+) -> Iterator[tuple[str, Any]]:
+  """``(name, scalar)`` per layer of every parameter of ``layout``, from
+  ``vector``: one entry per layer, parameters in the layout's order."""
+  vector = jnp.reshape(_layout.unwrap(vector), (-1,))
+  start = 0
+  for key, grid in layout.items():
+    shape = np.shape(_layout.unwrap(grid))
+    axes = [d for d, n in enumerate(shape) if n != 1]
+    if not axes:
+      yield key, vector[start]
+      start += 1
+      continue
+    names = key.split('/')
+    for index in np.ndindex(*(shape[a] for a in axes)):
+      yield slice_name(names, tuple(index)), vector[start]
+      start += 1
+
+
+def _statistics(kind: str, state: Any, layer_axes: Any, slice_name: SliceName):
+  """``(statistic, name, value)`` of one family state."""
+  who = 'layer_statistics'
+  if kind == 'sbs':
+    stats: dict[str, Callable[..., Any]] = {
+      'update_fraction': lambda p, k, ax: _layers.slice_mean(k == 1, ax),
+      'mean_count': lambda p, k, ax: _layers.slice_mean(k, ax),
+    }
+    for statistic, values in stats.items():
+      for name, value in _per_layer(values, state.count, state.layout, layer_axes, slice_name, who):
+        yield statistic, name, value
+    return
+  if kind == 'magma':
+    if _magma._is_element_tree(state):  # noqa: SLF001
+      values = lambda p, s, ax: _layers.slice_mean(s, ax)  # noqa: E731
+      tree = state.score
+    else:
+      by_path = dict(jax.tree_util.tree_flatten_with_path(state.score_tree(layer_axes))[0])
+      values = lambda p, m, ax: by_path[p]  # noqa: E731
+      tree = state.momentum
+    for name, value in _per_layer(values, tree, state.layout, layer_axes, slice_name, who):
+      yield 'score', name, value
+  if state.kept is not None and isinstance(state.layout, Mapping):
+    for name, value in _per_named_layer(state.kept, state.layout, slice_name):
+      yield 'kept_fraction', name, value
+
+
 def layer_statistics(
   opt_state: Any,
   prefix: str | None = None,
@@ -187,8 +235,10 @@ def layer_statistics(
   - SBS: ``update_fraction``, the fraction of elements updated at the last
     step, and ``mean_count``, the mean stochastic batch size ``k`` (in
     batches);
-  - Magma (``granularity='leaf'``): ``score``, the smoothed alignment score
-    that scales its kept updates.
+  - :func:`masked_updates`: ``kept_fraction``, the fraction of elements
+    whose update the last step kept (0 before the first step);
+  - :func:`magma`: ``score``, the smoothed alignment score that scales its
+    kept updates (the mean over the layer's blocks), and ``kept_fraction``.
 
   ``name`` is the parameter's path (names joined by ``/``, a Flax NNX
   variable's ``.value`` left out), and for a stacked parameter each layer
@@ -197,17 +247,20 @@ def layer_statistics(
   as MaxText's unrolled model would), so a scanned run reads like the
   unrolled one. The layer axes come from the state's recorded layout.
 
-  Each value is a reduction of a state the step has already written, so
-  logging all of them every step inside a jitted train step costs one pass
-  over the counts (SBS) and nothing for Magma's scores.
+  What each costs inside a jitted train step: the kept fractions and
+  Magma's scores (per layer or coarser) are read from the state as stored,
+  at no cost beyond the step's own (which reduces each mask once);
+  ``update_fraction``, ``mean_count`` and Magma's per-element scores are
+  one pass over the counts (or scores), a small share of a step's memory
+  traffic: all are cheap enough to log every step.
 
   Args:
     opt_state: an optimizer state, or a Flax NNX optimizer's state (the
       whole ``nnx.state(optimizer)``, its ``'opt_state'``, or
       ``nnx.to_pure_dict`` of either).
     prefix: the first part of every key; default the state's kind
-      (``'sbs'``, ``'magma'``). With several states of one kind, each name
-      starts with where in the state it was found.
+      (``'sbs'``, ``'masked_updates'``, ``'magma'``). With several states
+      of one kind, each name starts with where in the state it was found.
     layer_axes: not needed; if given, it must agree with the one the
       transformations were built with (else ``ValueError``).
     slice_name: ``(path_names, index) -> str``, the name of one layer of a
@@ -217,7 +270,7 @@ def layer_statistics(
     A ``dict`` of float32 scalars.
 
   Raises:
-    ValueError: if there is no SBS or Magma state in ``opt_state``.
+    ValueError: if there is no state of the family in ``opt_state``.
 
   Examples:
     >>> import jax.numpy as jnp, optax_sbs
@@ -231,12 +284,11 @@ def layer_statistics(
      'sbs/update_fraction/Dense_0/kernel': 0.0,
      'sbs/mean_count/Dense_0/bias': 2.0, 'sbs/mean_count/Dense_0/kernel': 2.0}
   """
-  found = [(w, k, s) for w, k, s in _walk(opt_state) if k != 'masked_updates']
-  found = [(w, k, s) for w, k, s in found if k == 'sbs' or not _magma._is_element_tree(s)]  # noqa: SLF001
+  found = list(_walk(opt_state))
   if not found:
     raise ValueError(
-      'layer_statistics: no stochastic batch size (cma, count, key) or magma state in this '
-      'optimizer state.'
+      'layer_statistics: no stochastic batch size (cma, count, key), masked_updates or magma '
+      'state in this optimizer state.'
     )
   per_kind: dict[str, int] = {}
   for _, kind, _ in found:
@@ -245,21 +297,6 @@ def layer_statistics(
   for where, kind, state in found:
     head = prefix or kind
     place = f'{where}/' if per_kind[kind] > 1 and where else ''
-    stats: dict[str, Callable[..., Any]]
-    if kind == 'sbs':
-      stats = {
-        'update_fraction': lambda p, k, ax: _layers.slice_mean(k == 1, ax),
-        'mean_count': lambda p, k, ax: _layers.slice_mean(k, ax),
-      }
-      tree = state.count
-    else:
-      scores = state.score_tree(layer_axes)
-      tree = state.momentum
-      by_path = dict(jax.tree_util.tree_flatten_with_path(scores)[0])
-      stats = {'score': lambda p, m, ax, by_path=by_path: by_path[p]}
-    for statistic, values in stats.items():
-      for name, value in _per_layer(
-        values, tree, state.layout, layer_axes, slice_name, 'layer_statistics'
-      ):
-        out[f'{head}/{statistic}/{place}{name}'] = value
+    for statistic, name, value in _statistics(kind, state, layer_axes, slice_name):
+      out[f'{head}/{statistic}/{place}{name}'] = value
   return out

@@ -19,6 +19,7 @@ whole parameter either way).
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+import math
 from typing import Any
 
 import jax
@@ -80,6 +81,15 @@ def _grids(flat, layer_axes, who) -> dict[str, tuple[int, ...]]:
     axes = _layers.leaf_axes(layer_axes, path, leaf, who)
     grids[key] = _layers.stat_shape(np.shape(leaf), axes)
   return grids
+
+
+def fractions(layout: Any) -> jax.Array:
+  """float32 zeros, one per layer of every parameter of ``layout`` (a
+  state's per-layer fractions before its first step), made from the layout,
+  so replicated."""
+  if not isinstance(layout, Mapping):
+    return jnp.zeros((0,), jnp.float32)
+  return jnp.zeros((sum(math.prod(np.shape(grid)) for grid in layout.values()),), jnp.float32)
 
 
 def unwrap(x: Any) -> Any:

@@ -38,6 +38,11 @@ class MagmaState(NamedTuple):
     layout: per parameter (by path name), ``uint8`` zeros shaped like its
       statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
       state made before layouts were recorded.
+    kept: the fraction of each layer's elements whose update the last step
+      kept (0 before the first step): one float32 vector with an entry per
+      parameter tensor (per slice of a stacked leaf), in the order of
+      ``jax.tree.leaves(params)``, replicated. ``None`` in a state made
+      before kept fractions were recorded.
   """
 
   inner_state: Any
@@ -45,6 +50,7 @@ class MagmaState(NamedTuple):
   score: Any
   key: jax.Array
   layout: Any = None
+  kept: Any = None
 
   def score_tree(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """The scores as a tree like the params.
@@ -207,7 +213,14 @@ def magma(
     else:
       score = jax.tree.map(lambda p: jnp.full_like(p, initial_score, jnp.float32), params)
     layout = record_layout(params)
-    return MagmaState(inner.init(params), momentum, score, _keys.canonicalize_key(key), layout)
+    return MagmaState(
+      inner.init(params),
+      momentum,
+      score,
+      _keys.canonicalize_key(key),
+      layout,
+      _layout.fractions(layout),
+    )
 
   @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
@@ -222,8 +235,9 @@ def magma(
     if isinstance(state.layout, Mapping):
       for (path, g), ax in zip(flat, axes):
         _layout.check(state.layout, path, g.shape, ax, who)
-    axes = axes if granularity == 'leaf' else None
-    plan = _plan.build(grads, axes, granularity, [m.dtype for m in momenta])
+    plan = _plan.build(
+      grads, axes if granularity == 'leaf' else None, granularity, [m.dtype for m in momenta]
+    )
     if granularity == 'leaf':
       _check_score_size(state.score, plan)
     masks = _sampling.masks(plan, step_key, probability)
@@ -255,6 +269,9 @@ def magma(
       score,
       next_key,
       state.layout,
+      _sampling.kept_fractions(masks, [x.shape for _, x in flat], axes)
+      if state.kept is not None
+      else None,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -41,11 +41,17 @@ class MaskedUpdatesState(NamedTuple):
     layout: per parameter (by path name), ``uint8`` zeros shaped like its
       statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
       state made before layouts were recorded.
+    kept: the fraction of each layer's elements whose update the last step
+      kept (0 before the first step): one float32 vector with an entry per
+      parameter tensor (per slice of a stacked leaf), in the order of
+      ``jax.tree.leaves(params)``, replicated. ``None`` in a state made
+      before kept fractions were recorded.
   """
 
   inner_state: Any
   key: jax.Array
   layout: Any = None
+  kept: Any = None
 
 
 def masked_updates(
@@ -122,7 +128,9 @@ def masked_updates(
 
   def init_fn(params):
     layout = record_layout(params)
-    return MaskedUpdatesState(inner.init(params), _keys.canonicalize_key(key), layout)
+    return MaskedUpdatesState(
+      inner.init(params), _keys.canonicalize_key(key), layout, _layout.fractions(layout)
+    )
 
   @_sharding.under_leaf_mesh
   def update_fn(updates, state, params=None, **extra_args):
@@ -144,6 +152,11 @@ def masked_updates(
         u if scale is None else (u.astype(_plan.compute_dtype(u.dtype)) * scale).astype(u.dtype)
       )
       out.append(jnp.where(_sharding.broadcast_like(z, u), kept, jnp.zeros_like(u)))
-    return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key, state.layout)
+    kept = (
+      _sampling.kept_fractions(masks, [x.shape for _, x in flat], axes)
+      if state.kept is not None
+      else None
+    )
+    return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key, state.layout, kept)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -21,6 +21,7 @@ layer of a leaf, in row-major order over its layer axes.
 """
 
 from collections.abc import Sequence
+import math
 from typing import Any
 from typing import Literal
 
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 
 from optax_sbs import _bundles
 from optax_sbs import _plan
+from optax_sbs import _sharding
 from optax_sbs import _threefry
 
 # Masks per parameter element, or one per layer (a parameter tensor, or a
@@ -116,3 +118,43 @@ def masks(
     for row, i in enumerate(positions):
       out[i] = _bundles.take_row(chi, rows[row])
   return out
+
+
+def kept_fractions(
+  masks: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], layer_axes: Sequence[tuple]
+) -> jax.Array:
+  """The fraction of each layer's elements a step's masks keep: one float32
+  per layer of every leaf (an ordinary leaf is one layer), leaves in order,
+  the layers of a leaf in row-major order over its layer axes; replicated.
+
+  Every block of a layer holds as many elements, so the mean of a layer's
+  blocks is the mean of its elements. The masks of leaves of one mask shape,
+  sharding and layer axes are reduced in one kernel (see ``_bundles``).
+
+  Args:
+    masks: per leaf, its mask over its block grid (the leaf's rank, 1 on the
+      axes a block spans; or a scalar, one block).
+    shapes: per leaf, its shape.
+    layer_axes: per leaf, its layer axes.
+  """
+  masks = [
+    jnp.reshape(m, (1,) * len(shape)) if jnp.ndim(m) != len(shape) else m
+    for m, shape in zip(masks, shapes)
+  ]
+  sizes = [math.prod(shape) for shape in shapes]
+  keys = [
+    (jnp.shape(m), _sharding.explicit_sharding(m), tuple(ax)) for m, ax in zip(masks, layer_axes)
+  ]
+  parts = []
+  for positions, joined in zip(*_joined(masks, keys, sizes)):
+    axes = layer_axes[positions[0]]
+    over = _bundles.row_reduced_axes(joined.ndim, axes)
+    kept = jnp.mean(joined, axis=over, dtype=jnp.float32)
+    parts.append((positions, _sharding.replicated(kept).reshape(-1)))
+  counts = [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
+  return _bundles.in_position_order(parts, counts, jnp.float32)
+
+
+def _joined(arrays, keys, sizes):
+  bundles = _plan.bundle(keys, sizes)
+  return bundles, _bundles.join(arrays, bundles)

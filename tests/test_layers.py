@@ -252,6 +252,48 @@ def test_states_record_their_layout_and_statistics_need_no_layer_axes():
   )
 
 
+@pytest.mark.parametrize('granularity', ['element', 'leaf'])
+@pytest.mark.parametrize('kind', ['masked_updates', 'magma'])
+def test_kept_fractions_are_the_fraction_of_updates_kept_per_slice(kind, granularity):
+  """The state's kept fractions, and layer_statistics' kept_fraction, are
+  the fraction of each slice's elements whose update the step kept."""
+  params = _params()
+  tx = getattr(optax_sbs, kind)(
+    optax.sgd(1.0), 3, probability=0.5, granularity=granularity, layer_axes=LAYERS
+  )
+  state = tx.init(params)
+  first = optax_sbs.find_state(state, kind=kind)
+  assert first.kept.shape == (sum(np.prod(g.shape) for g in first.layout.values()),)
+  assert not np.asarray(first.kept).any()
+  step = jax.jit(tx.update)
+  rng = np.random.default_rng(6)
+  for _ in range(3):
+    grads = jax.tree.map(lambda g: g + 1.0, _grads(rng))  # no zero gradient
+    updates, state = step(grads, state, params)
+  found = optax_sbs.find_state(state, kind=kind)
+  stats = optax_sbs.layer_statistics(state)
+  seen, start = set(), 0
+  for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    name = '/'.join(str(k.key) for k in path)
+    axes = LAYERS(path, u)
+    parts = reference.unstack(np.asarray(u), axes)
+    want = np.array([(part != 0).mean() for part in parts])
+    kept = np.asarray(found.kept[start : start + len(parts)])
+    start += len(parts)
+    np.testing.assert_allclose(kept, want, rtol=1e-6)
+    keys = (
+      [f'{kind}/kept_fraction/{name}/{i}' for i in range(len(parts))]
+      if axes
+      else [f'{kind}/kept_fraction/{name}']
+    )
+    np.testing.assert_allclose([float(stats[k]) for k in keys], want, rtol=1e-6)
+    seen.update(keys)
+    if granularity == 'element':
+      assert 0 < want.mean() < 1
+  assert {k for k in stats if '/kept_fraction/' in k} == seen
+  assert start == found.kept.shape[0]
+
+
 def test_update_refuses_layer_axes_that_disagree_with_the_state():
   params = _params()
   state = optax_sbs.sbs(0.1, key=0, layer_axes=LAYERS).init(params)

@@ -116,6 +116,24 @@ def test_layer_statistics_from_every_form_of_an_nnx_state():
     optax_sbs.layer_statistics(nnx.state(model))
 
 
+@pytest.mark.parametrize('kind', ['masked_updates', 'magma'])
+def test_kept_fractions_from_every_form_of_an_nnx_state(kind):
+  make_tx = getattr(optax_sbs, kind)
+  model, optimizer = make(lambda: make_tx(optax.adam(1e-2), key=0, probability=0.5))
+  for _ in range(2):
+    train_step(model, optimizer, TOKENS)
+  want = optax_sbs.layer_statistics(optimizer.opt_state)
+  kept = [k for k in want if '/kept_fraction/' in k]
+  assert f'{kind}/kept_fraction/c_fc/kernel' in kept
+  assert any(0 < float(want[k]) for k in kept)
+  whole = nnx.state(optimizer)
+  for form in (whole, whole['opt_state'], nnx.to_pure_dict(whole)):
+    got = optax_sbs.layer_statistics(form)
+    assert {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+    found = optax_sbs.find_state(form, kind=kind)
+    assert isinstance(found.kept, jax.Array) and found.kept.shape == (len(kept),)
+
+
 def test_nnx_optimizer_state_round_trips_through_orbax_into_an_abstract_template(tmp_path):
   model, optimizer = make(TXS['wrapped_adamw'])
   for _ in range(3):

@@ -331,7 +331,11 @@ COLLECTIVES = ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute', '
 HLO_CASES = {
   'sbs_fixed': (lambda: optax_sbs.sbs(0.1, key=0, probability=0.5), set()),
   'sbs_adaptive': (lambda: optax_sbs.sbs(0.1, key=0), {'all-reduce'}),  # the leaf's means
-  'masked_updates_element': (lambda: optax_sbs.masked_updates(optax.sgd(0.1), key=0), set()),
+  # The kept fraction: one scalar per leaf, summed over the shards.
+  'masked_updates_element': (
+    lambda: optax_sbs.masked_updates(optax.sgd(0.1), key=0),
+    {'all-reduce'},
+  ),
 }
 
 
