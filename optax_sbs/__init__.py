@@ -6,6 +6,8 @@ from optax_sbs._diagnostics import find_state
 from optax_sbs._diagnostics import layer_statistics
 from optax_sbs._diagnostics import maxtext_slice_names
 from optax_sbs._diagnostics import slice_names
+from optax_sbs._granularity import columns
+from optax_sbs._granularity import rows
 from optax_sbs._groups import parameter_type
 from optax_sbs._groups import single_group
 from optax_sbs._keys import key_data_tree
@@ -28,6 +30,7 @@ __version__ = '0.2.0.dev0'
 
 __all__ = (
   'baselines',
+  'columns',
   'find_state',
   'key_data_tree',
   'layer_statistics',
@@ -40,6 +43,7 @@ __all__ = (
   'MaskedUpdatesState',
   'parameter_type',
   'reset_accumulators',
+  'rows',
   'sbs',
   'sigmoid_schedule',
   'single_group',

@@ -5,6 +5,7 @@ from typing import Literal
 import jax
 import optax
 
+from optax_sbs import _granularity
 from optax_sbs import _groups
 from optax_sbs import _layers
 from optax_sbs import _wrapper
@@ -26,6 +27,7 @@ def sbs(
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
+  granularity: _granularity.Granularity = 'element',
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with stochastic batch size: the paper's optimiser in one call.
 
@@ -62,6 +64,8 @@ def sbs(
       :func:`stochastic_batch_size`).
     cma_dtype: dtype of the moving average.
     count_dtype: integer dtype of the counts.
+    granularity: what one draw of ``chi`` decides (see
+      :func:`stochastic_batch_size`).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -94,4 +98,5 @@ def sbs(
     layer_axes=layer_axes,
     cma_dtype=cma_dtype,
     count_dtype=count_dtype,
+    granularity=granularity,
   )

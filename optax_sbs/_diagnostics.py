@@ -212,7 +212,7 @@ def _statistics(kind: str, state: Any, layer_axes: Any, slice_name: SliceName):
       tree = state.score
     else:
       by_path = dict(jax.tree_util.tree_flatten_with_path(state.score_tree(layer_axes))[0])
-      values = lambda p, m, ax: by_path[p]  # noqa: E731
+      values = lambda p, m, ax: _layers.slice_mean(jnp.asarray(by_path[p]), ax)  # noqa: E731
       tree = state.momentum
     for name, value in _per_layer(values, tree, state.layout, layer_axes, slice_name, who):
       yield 'score', name, value

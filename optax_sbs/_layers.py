@@ -53,7 +53,9 @@ def leaf_axes(
   return normalize_axes(layer_axes(path, leaf), np.shape(leaf), where, who)
 
 
-def normalize_axes(axes: Any, shape: tuple[int, ...], where: str, who: str) -> tuple[int, ...]:
+def normalize_axes(
+  axes: Any, shape: tuple[int, ...], where: str, who: str, what: str = 'layer_axes'
+) -> tuple[int, ...]:
   """``axes`` checked against ``shape``, non-negative and increasing.
 
   Raises:
@@ -64,20 +66,18 @@ def normalize_axes(axes: Any, shape: tuple[int, ...], where: str, who: str) -> t
     isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
   ):
     raise TypeError(
-      f'{who}: layer_axes must give a tuple of ints for every leaf; for {where} it gave {axes!r}.'
+      f'{who}: {what} must give a tuple of ints for every leaf; for {where} it gave {axes!r}.'
     )
   ndim = len(shape)
   normalized = []
   for a in axes:
     if not -ndim <= a < ndim:
       raise ValueError(
-        f'{who}: layer_axes gave axis {a} for {where}, which has shape {shape} ({ndim} axes).'
+        f'{who}: {what} gave axis {a} for {where}, which has shape {shape} ({ndim} axes).'
       )
     normalized.append(int(a) % ndim)
   if len(set(normalized)) != len(normalized):
-    raise ValueError(
-      f'{who}: layer_axes gave a repeated axis {axes!r} for {where} (shape {shape}).'
-    )
+    raise ValueError(f'{who}: {what} gave a repeated axis {axes!r} for {where} (shape {shape}).')
   return tuple(sorted(normalized))
 
 

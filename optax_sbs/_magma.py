@@ -2,6 +2,7 @@
 (Joo et al., 2026), around any optimizer whose state moves densely."""
 
 from collections.abc import Mapping
+import math
 from typing import Any
 from typing import NamedTuple
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_sbs import _bundles
+from optax_sbs import _granularity
 from optax_sbs import _keys
 from optax_sbs import _layers
 from optax_sbs import _layout
@@ -32,6 +34,10 @@ class MagmaState(NamedTuple):
       ``jax.tree.leaves(params)``: not a tree like the params, since a
       scalar per parameter cannot carry the parameter's sharding (Flax NNX
       copies a parameter's sharding onto every state leaf in its place).
+      With columns, rows or kept axes the same vector holds every block,
+      leaves in order, a leaf's blocks in row-major order over its block
+      grid: replicated, 4 bytes per block (a 7B Llama-style transformer
+      has about 1.4 million kernel columns: under 6 MB on every device).
       :meth:`score_tree` lays it out like the params. With ``'element'`` a
       float32 array like each parameter.
     key: the typed PRNG key of the next step's masks.
@@ -43,6 +49,10 @@ class MagmaState(NamedTuple):
       parameter tensor (per slice of a stacked leaf), in the order of
       ``jax.tree.leaves(params)``, replicated. ``None`` in a state made
       before kept fractions were recorded.
+    blocks: with a granularity other than ``'leaf'`` and ``'element'``
+      (columns, rows, kept axes), per parameter (by path name) ``uint8``
+      zeros shaped like its grid of blocks (1 on the axes a block spans),
+      from which :meth:`score_tree` lays out ``score``; else ``None``.
   """
 
   inner_state: Any
@@ -51,6 +61,7 @@ class MagmaState(NamedTuple):
   key: jax.Array
   layout: Any = None
   kept: Any = None
+  blocks: Any = None
 
   def score_tree(self, layer_axes: _layers.LayerAxesFn | None = None) -> Any:
     """The scores as a tree like the params.
@@ -62,10 +73,23 @@ class MagmaState(NamedTuple):
     Returns:
       With ``granularity='leaf'``, per parameter a float32 scalar, or for a
       stacked leaf an array of its statistics shape (one score per slice, 1
-      on every other axis); with ``'element'``, ``score`` itself.
+      on every other axis); with columns, rows or kept axes, per parameter
+      an array of its block grid (1 on the axes a block spans); with
+      ``'element'``, ``score`` itself.
     """
     if _is_element_tree(self):
       return self.score
+    if isinstance(self.blocks, Mapping):
+      flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
+      for path, m in flat:  # checks layer_axes, if given, against the layout
+        _layout.axes_for(self.layout, layer_axes, path, m, 'magma')
+      out, start = [], 0
+      for path, _ in flat:
+        grid = jnp.shape(_layout.unwrap(self.blocks[_layout.name(path)]))
+        size = math.prod(grid)
+        out.append(jnp.reshape(self.score[start : start + size], grid))
+        start += size
+      return jax.tree.unflatten(treedef, out)
     flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
     axes = [_layout.axes_for(self.layout, layer_axes, path, m, 'magma') for path, m in flat]
     return jax.tree.unflatten(treedef, _layers.split_slices(self.score, [m for _, m in flat], axes))
@@ -96,12 +120,12 @@ def _block_cosines(plan, ms, gs):
   for positions, m, g in zip(
     plan.bundles, _bundles.join(ms, plan.bundles), _bundles.join(gs, plan.bundles)
   ):
-    over = _bundles.row_reduced_axes(m.ndim, plan.leaves[positions[0]].layer_axes)
+    over = _bundles.row_reduced_axes(m.ndim, plan.leaves[positions[0]].block_axes)
     dot = jnp.sum(m * g, axis=over)
     norms = jnp.sqrt(jnp.sum(m * m, axis=over)) * jnp.sqrt(jnp.sum(g * g, axis=over))
     cos = jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1), 0)
     parts.append((positions, _sharding.replicated(cos.astype(jnp.float32)).reshape(-1)))
-  counts = [leaf.num_layers for leaf in plan.leaves]
+  counts = [math.prod(leaf.block_shape) for leaf in plan.leaves]
   return _bundles.in_position_order(parts, counts, jnp.float32)
 
 
@@ -113,7 +137,7 @@ def magma(
   tau: jax.typing.ArrayLike = 2.0,
   score_decay: jax.typing.ArrayLike = 0.9,
   momentum_decay: jax.typing.ArrayLike = 0.9,
-  granularity: _sampling.Granularity = 'leaf',
+  granularity: _granularity.Granularity = 'leaf',
   initial_score: jax.typing.ArrayLike = 1.0,
   layer_axes: _layers.LayerAxesFn | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -145,7 +169,9 @@ def magma(
     with the rest of its update; keep it dense by applying it outside, as
     in :func:`masked_updates`.
   - ``granularity='element'`` is allowed: the cosine of two scalars is their
-    sign agreement, so ``s~`` is ``sigmoid(+-1 / tau)``.
+    sign agreement, so ``s~`` is ``sigmoid(+-1 / tau)``. The paper also
+    compares column- and block-wise masks: ``'column'``, ``'row'`` and
+    kept axes give them, a cosine per block.
 
   Args:
     inner: the optimizer whose updates are masked and scaled, e.g.
@@ -155,8 +181,11 @@ def magma(
     tau: temperature of the alignment score, ``> 0``.
     score_decay: EMA decay of the score, in ``[0, 1]``.
     momentum_decay: EMA decay of the gradient momentum ``m``, in ``[0, 1)``.
-    granularity: ``'leaf'`` (one block per parameter tensor, the paper's) or
-      ``'element'``.
+    granularity: ``'leaf'`` (one block per parameter tensor, the paper's),
+      ``'element'``, ``'column'`` / ``'row'`` (a column / row of each
+      layer's kernel; :func:`columns`, :func:`rows`), or a callable
+      ``(path, leaf) -> tuple[int, ...]`` naming the axes a block keeps.
+      The cosine and the score are per block.
     initial_score: the score ``s`` before the first step.
     layer_axes: ``(path, leaf) -> tuple[int, ...]``, the axes of a leaf that
       index stacked layers (e.g. :func:`layers_under`); with
@@ -200,18 +229,29 @@ def magma(
   inner = optax.with_extra_args_support(inner)
 
   record_layout = _layout.Recorder(layer_axes, who)
+  block_grids: dict[str, tuple[int, ...]] = {}
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params', who)
     momentum = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_plan.compute_dtype(p.dtype)), params)
-    if granularity == 'leaf':
-      flat = jax.tree_util.tree_flatten_with_path(params)[0]
-      blocks = sum(
-        _layers.num_slices(p.shape, _layers.leaf_axes(layer_axes, path, p, who)) for path, p in flat
-      )
-      score = jnp.full((blocks,), initial_score, jnp.float32)
-    else:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    axes = _plan.tree_layer_axes(layer_axes, flat, who)
+    kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
+    blocks = None
+    if kept_axes is None:
       score = jax.tree.map(lambda p: jnp.full_like(p, initial_score, jnp.float32), params)
+    else:
+      plan = _plan.build([p for _, p in flat], axes, kept_axes)
+      score = jnp.full((plan.num_blocks,), initial_score, jnp.float32)
+      if granularity != 'leaf':
+        # As the layout (see _layout.Recorder): a leafless placeholder params
+        # gets the grids of the last real params.
+        if flat:
+          block_grids.update(
+            (_layout.name(path), leaf.block_shape or (1,) * len(leaf.shape))
+            for (path, _), leaf in zip(flat, plan.leaves)
+          )
+        blocks = {key: jnp.zeros(grid, jnp.uint8) for key, grid in block_grids.items()}
     layout = record_layout(params)
     return MagmaState(
       inner.init(params),
@@ -220,6 +260,7 @@ def magma(
       _keys.canonicalize_key(key),
       layout,
       _layout.fractions(layout),
+      blocks,
     )
 
   @_sharding.under_leaf_mesh
@@ -235,15 +276,16 @@ def magma(
     if isinstance(state.layout, Mapping):
       for (path, g), ax in zip(flat, axes):
         _layout.check(state.layout, path, g.shape, ax, who)
+    kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
     plan = _plan.build(
-      grads, axes if granularity == 'leaf' else None, granularity, [m.dtype for m in momenta]
+      grads, None if kept_axes is None else axes, kept_axes, [m.dtype for m in momenta]
     )
-    if granularity == 'leaf':
+    if kept_axes is not None:
       _check_score_size(state.score, plan)
     masks = _sampling.masks(plan, step_key, probability)
     gs = [g.astype(m.dtype) for g, m in zip(grads, momenta)]
     ms = [momentum_decay * m + (1 - momentum_decay) * g for m, g in zip(momenta, gs)]
-    if granularity == 'leaf':
+    if kept_axes is not None:
       cos = _block_cosines(plan, ms, gs)
       score = score_decay * state.score + (1 - score_decay) * jax.nn.sigmoid(cos / tau)
       score = score.astype(jnp.float32)
@@ -272,13 +314,14 @@ def magma(
       _sampling.kept_fractions(masks, [x.shape for _, x in flat], axes)
       if state.kept is not None
       else None,
+      state.blocks,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _check_score_size(score, plan):
-  blocks = plan.num_layers
+  blocks = plan.num_blocks
   if jnp.shape(score) != (blocks,):
     raise ValueError(
       f'magma: the state holds {jnp.shape(score)} scores where the updates have {blocks} '

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_sbs import _granularity
 from optax_sbs import _keys
 from optax_sbs import _layers
 from optax_sbs import _layout
@@ -60,7 +61,7 @@ def masked_updates(
   *,
   probability: jax.typing.ArrayLike = 0.5,
   rescale: bool = True,
-  granularity: _sampling.Granularity = 'element',
+  granularity: _granularity.Granularity = 'element',
   layer_axes: _layers.LayerAxesFn | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keeps each update of ``inner`` with probability ``p``; the inner state stays dense.
@@ -86,8 +87,11 @@ def masked_updates(
     probability: ``p``, the probability of keeping an update, in ``[0, 1]``.
       ``1`` is ``inner`` itself, bit for bit; ``0`` never moves a parameter.
     rescale: divide kept updates by ``p`` (unbiased), or keep them as they are.
-    granularity: ``'element'`` (one draw per parameter element) or ``'leaf'``
-      (one per parameter tensor).
+    granularity: ``'element'`` (one draw per parameter element), ``'leaf'``
+      (one per parameter tensor), ``'column'`` / ``'row'`` (one per column /
+      row of each layer's kernel; :func:`columns`, :func:`rows`), or a
+      callable ``(path, leaf) -> tuple[int, ...]`` naming the axes a block
+      keeps.
     layer_axes: ``(path, leaf) -> tuple[int, ...]``, the axes of a leaf that
       index stacked layers (e.g. :func:`layers_under`); with
       ``granularity='leaf'`` every slice along them gets its own draw, as
@@ -142,7 +146,8 @@ def masked_updates(
     if isinstance(state.layout, Mapping):
       for (path, u), ax in zip(flat, axes):
         _layout.check(state.layout, path, u.shape, ax, who)
-    plan = _plan.build(leaves, axes if granularity == 'leaf' else None, granularity)
+    kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
+    plan = _plan.build(leaves, None if kept_axes is None else axes, kept_axes)
     masks = _sampling.masks(plan, step_key, probability)
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None

@@ -10,10 +10,12 @@ and layer axes, and the mask granularity. The words used throughout:
   leaf live in its *statistics shape* (the layer axes' sizes, 1 elsewhere).
 * a *group* is one of ``group_fn``'s parameter groups (``_groups``): the
   layers whose mean magnitudes are compared by the global term.
-* a *block* is what one mask draw decides: an element, or a layer
-  (``granularity='leaf'``). A leaf's blocks take consecutive places in the
-  step's random stream, after the blocks of the leaves before it in
-  ``jax.tree.leaves`` order.
+* a *block* is what one mask draw decides: an element, a layer
+  (``granularity='leaf'``), a column or row of a layer's kernel, or any
+  part the granularity names by the axes a block keeps (``_granularity``).
+  A leaf's blocks take consecutive places in the step's random stream,
+  after the blocks of the leaves before it in ``jax.tree.leaves`` order,
+  in row-major order over its block grid.
 * a *bundle* is a set of leaves computed in one call because they share a
   shape, dtype, sharding and layer axes (``_bundles``): it changes what XLA
   compiles, never a value.
@@ -55,8 +57,11 @@ class LeafLayout:
     layer_axes: the axes that index stacked layers, increasing (``()``: none).
     first_layer: the index of its first layer among all leaves' layers.
     num_layers: how many layers it holds (1 for an ordinary leaf).
-    block_shape: the shape of its grid of mask blocks: the leaf's shape per
-      element, its statistics shape per layer (``()`` for an ordinary leaf).
+    block_axes: the axes its mask blocks keep (the mask varies along them):
+      every axis per element, the layer axes per layer, the layer axes and
+      one more per column or row.
+    block_shape: the shape of its grid of mask blocks: the leaf's shape with
+      1 on every axis a block spans (``()`` when a block is the whole leaf).
     block_sharding: the sharding of that grid, or None.
     offset: the place of its first block in the step's random stream.
   """
@@ -67,6 +72,7 @@ class LeafLayout:
   layer_axes: tuple[int, ...]
   first_layer: int
   num_layers: int
+  block_axes: tuple[int, ...]
   block_shape: tuple[int, ...]
   block_sharding: Any
   offset: int
@@ -96,7 +102,7 @@ class Plan:
     leaves: per leaf, in ``jax.tree.leaves`` order, its layout.
     bundles: the leaves computed together (statistics, probabilities, masks
       drawn from per-element probabilities): positions of one shape, dtype,
-      sharding and layer axes, ordered by first position. A leaf larger than
+      sharding, layer axes and block axes, ordered by first position. A leaf larger than
       ``MAX_BUNDLED_SIZE`` is a bundle of its own; a size-0 leaf is in none.
     block_bundles: the leaves whose block grids are handled together
       (masks drawn at one fixed probability, per-block vectors split into
@@ -131,7 +137,7 @@ def bundle(keys: Sequence[Hashable], sizes: Sequence[int]) -> tuple[tuple[int, .
 def build(
   leaves: Sequence[Any],
   layer_axes: Sequence[tuple[int, ...]] | None = None,
-  granularity: str = 'element',
+  block_axes: Sequence[tuple[int, ...]] | None = None,
   dtypes: Sequence[Any] | None = None,
 ) -> Plan:
   """The plan of a step over ``leaves`` (arrays, tracers or
@@ -140,7 +146,9 @@ def build(
   Args:
     leaves: per leaf, an array-like.
     layer_axes: per leaf, its validated layer axes, or None for none.
-    granularity: ``'element'`` or ``'leaf'`` (one block per layer).
+    block_axes: per leaf, the validated axes its mask blocks keep
+      (``_granularity.kept_axes``), or None for every axis (one block per
+      element).
     dtypes: per leaf, the dtype its statistics are computed in (default:
       the leaf's).
 
@@ -151,17 +159,20 @@ def build(
     layer_axes = [()] * len(leaves)
   if dtypes is None:
     dtypes = [x.dtype for x in leaves]
+  if block_axes is None:
+    block_axes = [tuple(range(np.ndim(x))) for x in leaves]
   layouts = []
   first_layer = offset = 0
-  for x, axes, dtype in zip(leaves, layer_axes, dtypes):
+  for x, axes, kept, dtype in zip(leaves, layer_axes, block_axes, dtypes):
     shape = tuple(np.shape(x))
     sharding = _sharding.explicit_sharding(x)
     num_layers = _layers.num_slices(shape, axes) if axes else 1
-    if granularity == 'element':
+    kept = tuple(kept)
+    if len(kept) == len(shape):
       block_shape, block_sharding = shape, sharding
-    elif axes:
-      block_shape = _layers.stat_shape(shape, axes)
-      block_sharding = _sharding.keep_axes(sharding, axes, len(shape))
+    elif kept:
+      block_shape = tuple(n if d in kept else 1 for d, n in enumerate(shape))
+      block_sharding = _sharding.keep_axes(sharding, kept, len(shape))
     else:
       block_shape, block_sharding = (), None
     layouts.append(
@@ -172,6 +183,7 @@ def build(
         layer_axes=tuple(axes),
         first_layer=first_layer,
         num_layers=num_layers,
+        block_axes=kept,
         block_shape=block_shape,
         block_sharding=block_sharding,
         offset=offset,
@@ -180,7 +192,8 @@ def build(
     first_layer += num_layers
     offset += math.prod(block_shape)
   bundles = bundle(
-    [(x.shape, x.dtype, x.sharding, x.layer_axes) for x in layouts], [x.size for x in layouts]
+    [(x.shape, x.dtype, x.sharding, x.layer_axes, x.block_axes) for x in layouts],
+    [x.size for x in layouts],
   )
   block_bundles = bundle(
     [(x.block_shape, x.block_sharding) for x in layouts],

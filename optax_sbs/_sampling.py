@@ -16,14 +16,13 @@ another device's shard. The stream has ``2**64`` elements: a model of more
 than ``2**32`` parameters fills in the counter's high word, as JAX does.
 
 The places in the stream are the plan's (``_plan``): one per block, leaves
-in order. With stacked layers, ``granularity='leaf'`` draws one uniform per
-layer of a leaf, in row-major order over its layer axes.
+in order, a leaf's blocks in row-major order over its block grid (with
+``granularity='leaf'`` and stacked layers: over its layer axes).
 """
 
 from collections.abc import Sequence
 import math
 from typing import Any
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +31,6 @@ from optax_sbs import _bundles
 from optax_sbs import _plan
 from optax_sbs import _sharding
 from optax_sbs import _threefry
-
-# Masks per parameter element, or one per layer (a parameter tensor, or a
-# slice of a stacked one).
-Granularity = Literal['element', 'leaf']
 
 
 def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:

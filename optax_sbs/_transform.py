@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from optax_sbs import _bundles
+from optax_sbs import _granularity
 from optax_sbs import _groups
 from optax_sbs import _keys
 from optax_sbs import _layers
@@ -106,6 +107,7 @@ def stochastic_batch_size(
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
+  granularity: _granularity.Granularity = 'element',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size: every parameter element gets its own batch size.
 
@@ -173,6 +175,14 @@ def stochastic_batch_size(
       strings (``'bfloat16'``) under ``optax.inject_hyperparams``.
     count_dtype: integer dtype of the counts (``int32`` default; ``uint8`` or
       ``int16`` save memory). Counts saturate at the dtype's maximum.
+    granularity: what one draw of ``chi`` decides: ``'element'`` (default,
+      the paper's), ``'leaf'`` (a parameter tensor, or a layer of a stacked
+      one), ``'column'`` / ``'row'`` (a column / row of a layer's kernel:
+      :func:`columns`, :func:`rows`), or a callable ``(path, leaf) ->
+      tuple[int, ...]`` naming the axes a block keeps. A block is updated
+      or held as one: its probability is the mean of its elements' adaptive
+      probabilities (or the fixed ``probability``), one draw per block; the
+      moving average and count stay per element.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -216,6 +226,7 @@ def stochastic_batch_size(
   elif not callable(group_fn):
     raise TypeError(f'group_fn must be callable, got {group_fn!r}.')
   _layers.check_layer_axes(layer_axes)
+  _granularity.check(granularity, _WHO)
   count_dtype = jnp.dtype(count_dtype)
   if not jnp.issubdtype(count_dtype, jnp.integer):
     raise TypeError(f'count_dtype must be an integer dtype, got {count_dtype}.')
@@ -258,7 +269,9 @@ def stochastic_batch_size(
       for (path, g), ax in zip(flat, axes):
         _layout.check(state.layout, path, g.shape, ax, _WHO)
     dtypes = [_plan.compute_dtype(cma.dtype) for cma in cmas]
-    plan = _plan.build(grads, axes, 'element', dtypes)
+    plan = _plan.build(
+      grads, axes, _granularity.tree_kept_axes(granularity, flat, axes, _WHO), dtypes
+    )
 
     # Algorithm 2: each element's moving average g~ of the gradients since its last update.
     g_tildes = []
@@ -281,12 +294,13 @@ def stochastic_batch_size(
         plan, means, stds, groups, alpha, lam, global_normalization
       )
       p = _probability.bundle_probabilities(plan, joined, vectors)
-      chis = _sampling.masks(plan, step_key, bundle_probabilities=p)
+      chis = _sampling.masks(plan, step_key, bundle_probabilities=_block_means(plan, p))
     else:
       chis = _sampling.masks(plan, step_key, probability)
 
     new_updates, new_cmas, new_counts = [], [], []
     for g, gt, k, cma, chi in zip(grads, g_tildes, counts, cmas, chis):
+      chi = _sharding.broadcast_like(chi, k)
       new_count = jnp.where(chi, jnp.ones_like(k), optax.safe_increment(k))
       # The mask is read back from the new count (count == 1 exactly where
       # chi, as counts are >= 1 and saturate at >= 2). XLA then generates the
@@ -306,6 +320,21 @@ def stochastic_batch_size(
     return treedef.unflatten(new_updates), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _block_means(plan: _plan.Plan, probabilities: list[jax.Array]) -> list[jax.Array]:
+  """Per bundle, the mean ``p`` of each mask block, joined like its block
+  grids (the probabilities themselves where a block is an element)."""
+  out = []
+  for positions, p in zip(plan.bundles, probabilities):
+    first = plan.leaves[positions[0]]
+    if first.block_shape == first.shape:
+      out.append(p)
+      continue
+    over = _bundles.row_reduced_axes(p.ndim, first.block_axes)
+    mean = jnp.mean(p, axis=over, keepdims=True)
+    out.append(mean.reshape((p.shape[0], *first.block_shape)))
+  return out
 
 
 def _is_sbs_state(node: Any) -> bool:

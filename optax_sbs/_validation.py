@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_sbs import _granularity
+
 NO_PARAMS_MESSAGE = (
   '{name}: update needs the current parameters: call tx.update(updates, state, params).'
 )
@@ -100,9 +102,6 @@ def check_same_structure(
       )
 
 
-GRANULARITIES = ('element', 'leaf')
-
-
 def check_masking_arguments(who: str, inner: Any, probability: Any, granularity: Any) -> None:
   """The arguments every update-masking wrapper shares."""
   if not isinstance(inner, optax.GradientTransformation):
@@ -110,5 +109,4 @@ def check_masking_arguments(who: str, inner: Any, probability: Any, granularity:
       f'{who}: inner must be an optax.GradientTransformation, got {type(inner).__name__}.'
     )
   check_probability('probability', probability)
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"granularity must be 'element' or 'leaf', got {granularity!r}.")
+  _granularity.check(granularity, who)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_sbs import _granularity
 from optax_sbs import _groups
 from optax_sbs import _layers
 from optax_sbs import _per_parameter
@@ -51,6 +52,7 @@ def with_stochastic_batch_size(
   layer_axes: _layers.LayerAxesFn | None = None,
   cma_dtype: jax.typing.DTypeLike | None = None,
   count_dtype: jax.typing.DTypeLike = 'int32',
+  granularity: _granularity.Granularity = 'element',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic batch size around any optimizer (Algorithm 2's semantics).
 
@@ -110,6 +112,8 @@ def with_stochastic_batch_size(
       :func:`stochastic_batch_size`).
     cma_dtype: dtype of the moving average.
     count_dtype: integer dtype of the counts.
+    granularity: what one draw of ``chi`` decides (see
+      :func:`stochastic_batch_size`).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -150,6 +154,7 @@ def with_stochastic_batch_size(
     layer_axes=layer_axes,
     cma_dtype=cma_dtype,
     count_dtype=count_dtype,
+    granularity=granularity,
   )
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(

@@ -24,7 +24,8 @@ def test_row_indices_materialize_and_split_blocks_change_no_value():
   # Per-layer blocks: scalars for ordinary leaves, (3, 1) and (2,) grids for stacked ones.
   specs = [((4,), ()), ((3, 5), (0,)), ((2,), ()), ((2, 7), (0,)), ((3, 5), (0,)), ((6, 2), ())]
   leaves = [jax.ShapeDtypeStruct(s, jnp.float32) for s, _ in specs]
-  plan = _plan.build(leaves, [ax for _, ax in specs], granularity='leaf')
+  axes = [ax for _, ax in specs]
+  plan = _plan.build(leaves, axes, block_axes=axes)
   shapes = [leaf.block_shape for leaf in plan.leaves]
   assert shapes == [(), (3, 1), (), (2, 1), (3, 1), ()]
   assert plan.block_bundles == ((0, 2, 5), (1, 4), (3,))

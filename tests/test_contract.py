@@ -19,10 +19,16 @@ import pytest
 
 import optax_sbs
 
+# Leaves of rank 3 keep their last axis.
+CONV_COLUMNS = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)
 # name -> (factory of keyword hyperparameters, those hyperparameters)
 FACTORIES = {
   'sbs': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0, momentum=0.9)),
   'sbs_without_momentum': (optax_sbs.sbs, dict(learning_rate=1e-3, key=0)),
+  'sbs_columns': (
+    optax_sbs.sbs,
+    dict(learning_rate=1e-3, key=0, granularity=optax_sbs.columns(CONV_COLUMNS)),
+  ),
   'sbs_around_adam': (
     functools.partial(optax_sbs.with_stochastic_batch_size, optax.adam(1e-2)),
     dict(key=0),
@@ -255,6 +261,8 @@ def test_every_exported_transformation_is_in_the_contract():
   exported |= {f'baselines.{n}' for n in optax_sbs.baselines.__all__}
   states = {n for n in exported if n.endswith('State')}
   helpers = {
+    'columns',
+    'rows',
     'find_state',
     'key_data_tree',
     'layer_statistics',

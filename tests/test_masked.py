@@ -185,7 +185,7 @@ def test_magma_leaf_masks_rate_over_many_blocks():
   'call,match',
   [
     (lambda: optax_sbs.masked_updates(optax.sgd(1.0), 0, probability=1.5), r'probability'),
-    (lambda: optax_sbs.masked_updates(optax.sgd(1.0), 0, granularity='row'), 'granularity'),
+    (lambda: optax_sbs.masked_updates(optax.sgd(1.0), 0, granularity='rows'), 'granularity'),
     (lambda: optax_sbs.masked_updates(optax.sgd(1.0), 0, rescale='yes'), 'rescale must be'),
     (lambda: optax_sbs.masked_updates(lambda g: g, 0), 'optax.GradientTransformation'),
     (
@@ -195,7 +195,7 @@ def test_magma_leaf_masks_rate_over_many_blocks():
     (lambda: optax_sbs.magma(optax.sgd(1.0), 0, tau=0.0), 'tau must be positive'),
     (lambda: optax_sbs.magma(optax.sgd(1.0), 0, score_decay=-0.1), 'score_decay'),
     (lambda: optax_sbs.magma(optax.sgd(1.0), 0, momentum_decay=1.0), 'momentum_decay'),
-    (lambda: optax_sbs.magma(optax.sgd(1.0), 0, granularity='row'), 'granularity'),
+    (lambda: optax_sbs.magma(optax.sgd(1.0), 0, granularity='rows'), 'granularity'),
     (lambda: optax_sbs.magma(optax.sgd(1.0), 0).init({'n': jnp.zeros(3, int)}), 'magma: params'),
   ],
 )

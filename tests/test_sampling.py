@@ -64,7 +64,8 @@ def test_blocks_of_layers_take_their_places_in_the_stream():
   """Per layer (granularity 'leaf'): one uniform per layer, leaves in order,
   the layers of a stacked leaf in row-major order over its layer axes."""
   leaves = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((3, 4), (2, 5, 6), (0,), (7,))]
-  plan = _plan.build(leaves, [(), (0, 2), (), ()], granularity='leaf')
+  axes = [(), (0, 2), (), ()]
+  plan = _plan.build(leaves, axes, block_axes=axes)
   assert [leaf.offset for leaf in plan.leaves] == [0, 1, 13, 14]
   assert [leaf.block_shape for leaf in plan.leaves] == [(), (2, 1, 6), (), ()]
   key = jax.random.key(2)

@@ -100,6 +100,13 @@ FAMILY = {
   'magma_element': Member(
     lambda: optax_sbs.magma(optax.adam(1e-2), key=0, granularity='element'), 4
   ),
+  'sbs_column': Member(lambda: optax_sbs.sbs(1e-2, key=0, granularity='column'), 2, True),
+  'masked_updates_row': Member(
+    lambda: optax_sbs.masked_updates(optax.adamw(1e-2), key=0, granularity='row'), 2
+  ),
+  'magma_column': Member(
+    lambda: optax_sbs.magma(optax.adam(1e-2), key=0, granularity='column'), 3, True
+  ),
   'baselines.accelerated_sgd': Member(lambda: optax_sbs.baselines.accelerated_sgd(1e-2), 1),
   'baselines.entropy_sgd': Member(
     lambda: optax_sbs.baselines.entropy_sgd(1e-2, key=0, num_inner_steps=2), 0, rtol=1e-6
@@ -117,7 +124,7 @@ FAMILY = {
 def _export_of(member):
   """The exported function a family member is named after."""
   name = member.split('.')[-1]
-  for suffix in ('_adaptive', '_fixed', '_element', '_leaf'):
+  for suffix in ('_adaptive', '_fixed', '_element', '_leaf', '_column', '_row'):
     name = name.removesuffix(suffix)
   return name
 
@@ -547,6 +554,10 @@ STACKED_FAMILY = {
     optax.adam(1e-2), key=0, granularity='leaf', layer_axes=LAYERS
   ),
   'magma_leaf': lambda: optax_sbs.magma(optax.adam(1e-2), key=0, layer_axes=LAYERS),
+  'sbs_column': lambda: optax_sbs.sbs(1e-2, key=0, layer_axes=LAYERS, granularity='column'),
+  'magma_row': lambda: optax_sbs.magma(
+    optax.adam(1e-2), key=0, granularity='row', layer_axes=LAYERS
+  ),
 }
 
 
