@@ -22,6 +22,7 @@ from collections.abc import Callable
 import dataclasses
 from typing import Any
 from typing import Literal
+from typing import TypeAlias
 
 import jax
 import numpy as np
@@ -31,8 +32,8 @@ from optax_sbs import _layers
 from optax_sbs import _paths
 
 NAMES = ('element', 'leaf', 'column', 'row')
-KeptAxesFn = Callable[[tuple[Any, ...], Any], tuple[int, ...]]
-DimensionNumbers = (
+KeptAxesFn: TypeAlias = Callable[[tuple[Any, ...], Any], tuple[int, ...]]
+DimensionNumbers: TypeAlias = (
   optax_contrib.MuonDimensionNumbers
   | Callable[[tuple[Any, ...], Any], optax_contrib.MuonDimensionNumbers | None]
   | None
@@ -53,7 +54,7 @@ class MatrixBlocks:
   dimension_numbers: DimensionNumbers = None
 
 
-Granularity = Literal['element', 'leaf', 'column', 'row'] | KeptAxesFn | MatrixBlocks
+Granularity: TypeAlias = Literal['element', 'leaf', 'column', 'row'] | KeptAxesFn | MatrixBlocks
 
 
 def columns(dimension_numbers: DimensionNumbers = None) -> MatrixBlocks:
@@ -165,7 +166,7 @@ def kept_axes(
     return tuple(layer_axes)
   where = 'the leaf at ' + (jax.tree_util.keystr(_paths.user_path(path)) or 'the root')
   if isinstance(granularity, str):
-    granularity = MatrixBlocks(granularity)  # type: ignore[arg-type]
+    granularity = MatrixBlocks(granularity)
   if isinstance(granularity, MatrixBlocks):
     added = _matrix_axes(granularity, path, leaf, layer_axes, where, who)
   else:
