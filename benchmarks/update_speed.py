@@ -72,7 +72,7 @@ def optimizers():
       0.1, key=0, count_dtype='uint8', cma_dtype='bfloat16'
     ),
     'with_stochastic_batch_size(adam)': lambda: optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-3), key=0
+      optax.adam(1e-3), key=0, lam=-4.0
     ),
     'masked_updates(adam)': lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
     'magma(adam)': lambda: optax_sbs.magma(optax.adam(1e-3), key=0),
@@ -359,7 +359,7 @@ def leaf_optimizers():
     'adam': lambda: optax.adam(1e-3),
     'sbs': lambda: optax_sbs.sbs(0.1, key=0),
     'with_stochastic_batch_size(adam)': lambda: optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-3), key=0
+      optax.adam(1e-3), key=0, lam=-4.0
     ),
     'masked_updates(adam)': lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
     'magma(adam)': lambda: optax_sbs.magma(optax.adam(1e-3), key=0),

@@ -49,8 +49,11 @@ def sbs(
   Args:
     learning_rate: a scalar or a schedule, e.g. :func:`sigmoid_schedule`.
     key: PRNG key or int seed of the update masks.
-    alpha: local slope of the update probability.
-    lam: global slope of the update probability.
+    alpha: local slope of the update probability (the paper's ``0.1``).
+    lam: global slope of the update probability: the paper's ``-4`` by
+      default, as in :func:`stochastic_batch_size` (this is the paper's
+      optimiser); :func:`with_stochastic_batch_size` around other
+      optimisers defaults to ``0``.
     global_normalization: ``'std'`` (eq. 19) or ``'mean'``: how a layer's
       mean magnitude is compared with its group's.
     momentum: SGD momentum (``None`` or 0 for none). The paper pairs batch

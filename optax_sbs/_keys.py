@@ -1,10 +1,21 @@
-"""PRNG keys of the optimizers: canonicalisation, checks, checkpoint helpers."""
+"""PRNG keys of the optimizers: canonicalisation, checks, checkpoint helpers.
+
+An int seed and a raw ``uint32[2]`` key (``jax.random.PRNGKey`` under JAX's
+default) become threefry keys whatever ``jax_default_prng_impl`` says, so a
+seed gives the same masks in every program (MaxText, for one, sets
+``unsafe_rbg`` globally). A typed key keeps its implementation. A raw key of
+another shape is the data of another implementation (``rbg`` and
+``unsafe_rbg`` keys are both ``uint32[4]``), which its data cannot tell apart:
+it is refused, with what to pass instead.
+"""
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+THREEFRY = 'threefry2x32'
 
 
 def check_key(key: Any) -> None:
@@ -37,11 +48,18 @@ def check_key(key: Any) -> None:
           f'shape {shape} (from jax.random.split?): pass one of them.'
         )
       return
+    if dtype == jnp.uint32 and shape:
+      raise TypeError(
+        'key must be an int seed (a threefry key, whatever jax_default_prng_impl says), a '
+        'typed key (jax.random.key(seed, impl=...)) or a raw threefry key (uint32 of shape '
+        f'(2,)); a raw uint32 key of shape {shape} is the data of a key whose implementation '
+        'its data does not tell (jax.random.PRNGKey gives one under jax_default_prng_impl='
+        "'rbg' or 'unsafe_rbg'): wrap it with jax.random.wrap_key_data(data, impl=...)."
+      )
     if shape or not jnp.issubdtype(dtype, jnp.integer):
       raise TypeError(
-        'key must be a typed key (jax.random.key), a raw uint32 key of '
-        f'shape (2,) (jax.random.PRNGKey) or an int seed; got an array of '
-        f'dtype {dtype} and shape {shape}.'
+        'key must be an int seed, a typed key (jax.random.key) or a raw threefry key '
+        f'(uint32 of shape (2,)); got an array of dtype {dtype} and shape {shape}.'
       )
     return
   if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
@@ -49,14 +67,15 @@ def check_key(key: Any) -> None:
 
 
 def canonicalize_key(key: jax.Array | int) -> jax.Array:
-  """A typed key from a typed key, a raw ``uint32`` key or an int seed."""
+  """A typed key from a typed key (kept as it is), a raw threefry key or an
+  int seed (threefry keys, whatever ``jax_default_prng_impl`` says)."""
   check_key(key)
   if isinstance(key, (jax.Array, np.ndarray)):
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       return key
     if key.dtype == jnp.uint32:
-      return jax.random.wrap_key_data(key)
-  return jax.random.key(key)
+      return jax.random.wrap_key_data(key, impl=THREEFRY)
+  return jax.random.key(key, impl=THREEFRY)
 
 
 def _is_typed_key(x: Any) -> bool:

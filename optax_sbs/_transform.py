@@ -139,8 +139,11 @@ def stochastic_batch_size(
     alpha: local slope (eq. 18), the spread of ``p`` within a layer. ``0``
       gives the paper's global scheme (eq. 20).
     lam: global slope (eq. 20), the spread of ``p`` across layers. ``0``
-      gives the paper's local scheme (eq. 18). The paper's default -4
-      updates layers with *smaller* mean gradient magnitude more often.
+      gives the paper's local scheme (eq. 18). The default is the paper's
+      ``-4`` (this is the paper's transform, chained before ``optax.sgd``),
+      which updates layers with *smaller* mean gradient magnitude more
+      often; around AdamW it can hold whole kernels back, which is why
+      :func:`with_stochastic_batch_size` defaults to ``0``.
     global_normalization: ``'std'`` (default, eq. 19): a leaf's mean
       magnitude standardised over its group, ``(mu_l - M) / S``; ``'mean'``:
       relative to the group's mean, ``(mu_l - M) / M``. Standardising turns

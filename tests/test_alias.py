@@ -36,7 +36,7 @@ def test_sbs_without_momentum_equals_the_explicit_chain():
 def test_sbs_with_momentum_is_the_wrapper_not_the_chain():
   sgd = lambda: optax.sgd(LEARNING_RATE, momentum=0.9, nesterov=True)
   a = trajectory_end(optax_sbs.sbs(LEARNING_RATE, key=4, momentum=0.9, nesterov=True))
-  b = trajectory_end(optax_sbs.with_stochastic_batch_size(sgd(), key=4))
+  b = trajectory_end(optax_sbs.with_stochastic_batch_size(sgd(), key=4, lam=-4.0))
   helpers.assert_trees_equal(a, b)
   chain_params, _ = trajectory_end(
     optax.chain(optax_sbs.stochastic_batch_size(key=4), optax.sgd(LEARNING_RATE, momentum=0.9))

@@ -61,7 +61,7 @@ def test_matches_numpy_reference_of_frozen_semantics(inner_name):
     'adam': optax.adam(lr, b1=b1, b2=b2, eps=eps),
     'adamw': optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd),
   }[inner_name]
-  tx = optax_sbs.with_stochastic_batch_size(inner, key=5)
+  tx = optax_sbs.with_stochastic_batch_size(inner, key=5, lam=-4.0)
   rng = np.random.default_rng(0)
   params = make_params()
   state = tx.init(params)
@@ -183,7 +183,7 @@ def test_probability_zero_never_moves_params_or_per_parameter_state(name):
 @pytest.mark.parametrize('probability', [0.5, None])
 def test_with_adamw_exactly_the_released_elements_move(probability):
   tx = optax_sbs.with_stochastic_batch_size(
-    optax.adamw(1e-2, weight_decay=0.5), key=3, probability=probability
+    optax.adamw(1e-2, weight_decay=0.5), key=3, lam=-4.0, probability=probability
   )
   for updates, _, state in run(tx, steps=12):
     for u, chi in zip(jax.tree.leaves(updates), released(state)):
@@ -194,7 +194,7 @@ def test_chain_moves_waiting_elements_the_wrapper_does_not():
   """The difference the two semantics make, as the docs report it."""
   for inner in (optax.sgd(0.1, momentum=0.3), optax.adam(1e-3)):
     chain = optax.chain(optax_sbs.stochastic_batch_size(0), inner)
-    wrapped = optax_sbs.with_stochastic_batch_size(inner, 0)
+    wrapped = optax_sbs.with_stochastic_batch_size(inner, 0, lam=-4.0)  # the chain's masks
     (u_c, _, s_c), (u_w, _, s_w) = run(chain, 5)[-1], run(wrapped, 5)[-1]
     chis = np.concatenate([c.ravel() for c in released(s_w)])
     moved = lambda u: np.mean(
@@ -375,3 +375,25 @@ def test_apply_if_finite_around_the_wrapper_leaves_its_state_on_nan():
     s.inner_state,
   )
   helpers.assert_trees_equal(keep(after), keep(state))
+
+
+def test_default_lam_is_zero_around_any_optimizer_and_the_papers_in_sbs():
+  """The wrapper's masks are those of lam=0 (which differ from lam=-4's on
+  layers of unequal magnitude); sbs and the transform keep the paper's -4."""
+  params = make_params()
+  grads = random_grads(np.random.default_rng(3))  # leaves of unequal magnitude
+
+  def chi(tx):
+    _, state = tx.update(grads, tx.init(params), params)
+    return [np.asarray(k == 1) for k in jax.tree.leaves(optax_sbs.find_state(state).count)]
+
+  def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+  adam = optax.adam(1e-2)
+  default = chi(optax_sbs.with_stochastic_batch_size(adam, key=2))
+  assert same(default, chi(optax_sbs.with_stochastic_batch_size(adam, key=2, lam=0.0)))
+  assert not same(default, chi(optax_sbs.with_stochastic_batch_size(adam, key=2, lam=-4.0)))
+  paper = chi(optax_sbs.with_stochastic_batch_size(optax.sgd(0.1), key=2, lam=-4.0))
+  assert same(paper, chi(optax_sbs.sbs(0.1, key=2)))
+  assert same(paper, chi(optax.chain(optax_sbs.stochastic_batch_size(2), optax.sgd(0.1))))
