@@ -34,9 +34,10 @@ _CONV_PATTERN = re.compile(r'conv', re.IGNORECASE)
 # Dense-like projections: Flax's Dense_0 / DenseGeneral_0 / Einsum_0,
 # attention's query / key / value / out (Linen MultiHeadDotProductAttention,
 # NNX MultiHeadAttention), NNX Linear / LinearGeneral under the usual
-# attribute names (qkv, q_proj, o_proj, wq, fc1, mlp, ffn, head, ...).
+# attribute names (qkv, q_proj, o_proj, wq, fc1, mlp, ffn, head, ...), and
+# mixture-of-experts kernels (MaxText's MoeBlock_0/wi_0, Flax-style experts).
 _DENSE_PATTERN = re.compile(
-  r'dense|linear|einsum|attn|attention|qkv|proj|mlp|ffn|feed_?forward|head|logits|'
+  r'dense|linear|einsum|attn|attention|qkv|proj|mlp|ffn|feed_?forward|head|logits|moe|expert|'
   r'^(query|key|value|out|q|k|v|o|kv|wq|wk|wv|wo|wi|wi_\d|fc\d*|c_fc|c_proj|c_attn|'
   r'gate|up|down|w\d|lm_head)$',
   re.IGNORECASE,
@@ -74,8 +75,10 @@ def parameter_type(path: tuple[Any, ...], leaf: Any) -> str:
      ``conv1d``); ``'dense'`` if one names a dense-like projection
      (``Dense_0``, ``DenseGeneral_0``, ``Einsum_0``, attention's
      ``query``/``key``/``value``/``out``, ``qkv``, ``q_proj``, ``mlp``,
-     ``fc1``, ``head``, ...); otherwise by shape: ``'dense'`` for 2 dimensions
-     and ``'conv'`` for 3 or more.
+     ``fc1``, ``head``, ...) or a mixture of experts (MaxText's
+     ``MoeBlock_0/wi_0``, whose ``(experts, embed, mlp)`` kernels have no
+     ``kernel`` entry; ``experts``); otherwise by shape: ``'dense'`` for 2
+     dimensions and ``'conv'`` for 3 or more.
 
   Where the default guesses: the last rule. A 3-D kernel under a name it does
   not know (an ``nnx.LinearGeneral`` attribute called ``w_in``, say) is

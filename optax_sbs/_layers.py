@@ -18,6 +18,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 import math
 from typing import Any
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -121,95 +122,238 @@ def _names(path: tuple[Any, ...]) -> list[str]:
   return _paths.names(path)
 
 
-def layers_under(name: str, axis: int | Sequence[int] = 0) -> LayerAxesFn:
+def _checked_names(name: Any, who: str) -> tuple[str, ...]:
+  names = (name,) if isinstance(name, str) else name
+  if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
+    raise TypeError(f'{who}: name must be a str or a tuple of str, got {name!r}.')
+  if not names:
+    raise ValueError(f'{who}: name is an empty tuple: give at least one name.')
+  return names
+
+
+def _checked_num_layers(num_layers: Any, who: str) -> int | None:
+  if num_layers is None:
+    return None
+  if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)):
+    raise TypeError(f'{who}: num_layers must be a positive int or None, got {num_layers!r}.')
+  if num_layers < 1:
+    raise ValueError(f'{who}: num_layers must be a positive int, got {num_layers}.')
+  return int(num_layers)
+
+
+class _LayerHelper:
+  """A ``layer_axes`` callable that knows the names it looks for.
+
+  The transformations' ``init`` asks :meth:`matches` of every parameter and
+  warns (once) when no parameter matches: a misspelt name would otherwise
+  make every stack one layer.
+  """
+
+  def __init__(self, who: str, names: tuple[str, ...], num_layers: int | None):
+    self.who, self.names, self.num_layers = who, names, num_layers
+    self.warned = False
+
+  def axes(self, path: tuple[Any, ...]) -> tuple[int, ...] | None:
+    """The layer axes of the parameter at ``path``, or None if it is not
+    one this helper names."""
+    raise NotImplementedError
+
+  def matches(self, path: tuple[Any, ...]) -> bool:
+    return self.axes(path) is not None
+
+  def __call__(self, path: tuple[Any, ...], leaf: Any) -> tuple[int, ...]:
+    axes = self.axes(path)
+    if axes is None:
+      return ()
+    shape = tuple(np.shape(leaf))
+    where = 'the leaf at ' + (jax.tree_util.keystr(_paths.user_path(path)) or 'the root')
+    for a in axes:
+      if not -len(shape) <= a < len(shape):
+        raise ValueError(
+          f'{self!r}: axis {a} is out of range for {where}, of shape {shape} ({len(shape)} axes).'
+        )
+    if self.num_layers is not None and math.prod(shape[a] for a in axes) != self.num_layers:
+      sizes = ', '.join(f'{shape[a]} along axis {a % len(shape)}' for a in axes)
+      raise ValueError(
+        f'{self!r}: {where} (shape {shape}) has {sizes}, not {self.num_layers} layers: its '
+        "layer axis is another one (MaxText stacks on axis 1, Flax's nn.scan on axis 0)."
+      )
+    return axes
+
+  def warn_if_unmatched(self, paths: Sequence[tuple[Any, ...]], who: str) -> None:
+    """Warns, once per helper, if no parameter of ``paths`` matches."""
+    if self.warned or not paths or any(self.matches(p) for p in paths):
+      return
+    self.warned = True
+    warnings.warn(
+      f'{who}: layer_axes={self!r} matches no parameter, so no parameter is stacked: every '
+      'stack is one layer. Check the name against the parameter paths (e.g. '
+      f'{"/".join(_names(paths[0]))!r}).',
+      UserWarning,
+      stacklevel=5,
+    )
+
+
+class _LayersUnder(_LayerHelper):
+  def __init__(self, names, axes, num_layers):
+    super().__init__('layers_under', names, num_layers)
+    self.stacked = axes
+
+  def axes(self, path):
+    return self.stacked if any(n in self.names for n in _names(path)) else None
+
+  def __repr__(self):
+    name = self.names[0] if len(self.names) == 1 else self.names
+    axis = self.stacked[0] if len(self.stacked) == 1 else self.stacked
+    extra = f', num_layers={self.num_layers}' if self.num_layers is not None else ''
+    return f'layers_under({name!r}, axis={axis!r}{extra})'
+
+
+class _LayersFromAxisNames(_LayerHelper):
+  def __init__(self, table, names, num_layers):
+    super().__init__('layers_from_axis_names', names, num_layers)
+    self.table = table
+
+  def axes(self, path):
+    axes = self.table.get(tuple(_names(path)))
+    return axes or None
+
+  def __repr__(self):
+    name = self.names[0] if len(self.names) == 1 else self.names
+    extra = f', num_layers={self.num_layers}' if self.num_layers is not None else ''
+    return f'layers_from_axis_names(..., name={name!r}{extra})'
+
+
+def warn_if_unmatched(layer_axes: Any, paths: Sequence[tuple[Any, ...]], who: str) -> None:
+  """Warns once if ``layer_axes`` is one of this module's helpers and names
+  no parameter of ``paths``."""
+  if isinstance(layer_axes, _LayerHelper):
+    layer_axes.warn_if_unmatched(paths, who)
+
+
+def layers_under(
+  name: str | tuple[str, ...], axis: int | Sequence[int] = 0, num_layers: int | None = None
+) -> LayerAxesFn:
   """``layer_axes`` for leaves stacked under a module named ``name``.
 
-  Every leaf whose path has an entry equal to ``name`` is stacked along
-  ``axis``; every other leaf is an ordinary one. This fits the common
-  layouts:
+  Every leaf whose path has an entry equal to ``name`` (or to one of
+  several names) is stacked along ``axis``; every other leaf is an ordinary
+  one. This fits the common layouts:
 
   * Flax Linen ``nn.scan`` and NNX ``nnx.vmap`` + ``nnx.scan``: axis 0 of
     every leaf of the scanned module (``layers_under('layers')`` for a module
     attribute named ``layers``);
-  * MaxText's ``param_scan_axis = 1``: ``layers_under('layers', axis=1)``;
+  * MaxText (``param_scan_axis = 1``, its default): axis 1,
+    ``layers_under('layers', axis=1)``; DeepSeek-style models stack two
+    modules, ``layers_under(('dense_layers', 'moe_layers'), axis=1)``;
   * ``nn.remat_scan`` with two levels: ``layers_under('layers', axis=(0, 1))``.
 
-  A leaf under ``name`` with too few axes is an error (it names the leaf).
+  A wrong axis is silent unless the helper knows how many layers there are:
+  with ``num_layers``, a matched leaf whose stacked axes hold another number
+  of layers raises, naming the leaf and its axes. A name that matches no
+  parameter warns once, from the transformation's ``init``.
 
   Args:
-    name: the path entry (dict key or attribute name) of the stacked module.
+    name: the path entry (dict key or attribute name) of the stacked module,
+      or a tuple of such names.
     axis: the stacked axis, or several.
+    num_layers: the number of layers (the product of the stacked axes'
+      sizes), checked on every matched leaf; None: not checked.
 
   Returns:
     A callable ``(path, leaf) -> tuple[int, ...]`` for ``layer_axes``.
+
+  Raises:
+    TypeError / ValueError: for a name that is not a str or a non-empty
+      tuple of str, an axis that is not an int, or a ``num_layers`` that is
+      not a positive int; ValueError (when called) for an axis a matched
+      leaf does not have, or a number of layers other than ``num_layers``.
 
   Examples:
     >>> import jax.numpy as jnp, optax_sbs
     >>> fn = optax_sbs.layers_under('layers')
     >>> fn(('layers', 'mlp', 'kernel'), jnp.zeros((4, 8, 16))), fn(('head',), jnp.zeros(3))
     ((0,), ())
+    >>> maxtext = optax_sbs.layers_under('layers', axis=1, num_layers=4)
+    >>> maxtext(('decoder', 'layers', 'mlp', 'wo', 'kernel'), jnp.zeros((16, 4, 8)))
+    (1,)
   """
+  who = 'layers_under'
+  names = _checked_names(name, who)
   axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-  if not isinstance(name, str):
-    raise TypeError(f'layers_under: name must be a str, got {name!r}.')
-  if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
-    raise TypeError(f'layers_under: axis must be an int or a sequence of ints, got {axis!r}.')
-
-  def layer_axes(path, leaf):
-    del leaf
-    return tuple(int(a) for a in axes) if name in _names(path) else ()
-
-  return layer_axes
+  if not axes or not all(
+    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
+  ):
+    raise TypeError(f'{who}: axis must be an int or a non-empty sequence of ints, got {axis!r}.')
+  return _LayersUnder(names, tuple(int(a) for a in axes), _checked_num_layers(num_layers, who))
 
 
-def layers_from_axis_names(axis_names: Any, name: str = 'layers') -> LayerAxesFn:
+def layers_from_axis_names(
+  axis_names: Any, name: str | tuple[str, ...] = 'layers', num_layers: int | None = None
+) -> LayerAxesFn:
   """``layer_axes`` from logical axis names: the axes called ``name``.
 
   Models annotated with logical axis names (Flax Linen's
   ``nn.with_logical_partitioning``, NNX's ``sharding_names``/``sharding``
-  metadata) already say which axis of each leaf indexes layers. Give the
-  tree of names, e.g. ``nn.get_partition_spec(boxed_params)`` or
+  metadata, MaxText) already say which axis of each leaf indexes layers.
+  Give the tree of names, e.g. ``nn.get_partition_spec(boxed_params)`` or
   ``nnx.get_partition_spec(nnx.state(model, nnx.Param))`` taken *before*
-  the names are mapped to mesh axes, and every axis named ``name`` is a
-  stacked axis. Leaves are matched by their path's names (a trailing
-  ``value`` of an NNX variable is ignored); a leaf without names is an
-  ordinary leaf.
+  the names are mapped to mesh axes (for a MaxText model, as it comes), and
+  every axis named ``name`` (or one of several names: DeepSeek-style
+  MaxText models name ``dense_layers`` and ``moe_layers``) is a stacked
+  axis. Leaves are matched by their path's names (a trailing ``value`` of an
+  NNX variable is ignored); a leaf without names is an ordinary leaf. A
+  name found on no axis warns once, from the transformation's ``init``.
 
   Args:
     axis_names: a pytree like the params whose leaves are tuples of axis
-      names or ``jax.sharding.PartitionSpec``.
-    name: the logical name of the layer axis.
+      names or ``jax.sharding.PartitionSpec`` (Flax NNX variables holding
+      them too).
+    name: the logical name of the layer axis, or a tuple of names.
+    num_layers: the number of layers, checked on every matched leaf; None:
+      not checked.
 
   Returns:
     A callable ``(path, leaf) -> tuple[int, ...]`` for ``layer_axes``.
 
+  Raises:
+    TypeError / ValueError: for a bad ``name`` or ``num_layers`` (as
+      :func:`layers_under`); ValueError (when called) for a number of layers
+      other than ``num_layers``.
+
   Examples:
     >>> import jax.numpy as jnp, optax_sbs
     >>> from jax.sharding import PartitionSpec as P
-    >>> names = {'layers': {'kernel': P('layers', 'embed', 'mlp')}, 'head': P('embed', 'vocab')}
+    >>> names = {'layers': {'kernel': P('embed', 'layers', 'mlp')}, 'head': P('embed', 'vocab')}
     >>> fn = optax_sbs.layers_from_axis_names(names)
-    >>> fn(('layers', 'kernel'), jnp.zeros((4, 8, 16))), fn(('head',), jnp.zeros((8, 3)))
-    ((0,), ())
+    >>> fn(('layers', 'kernel'), jnp.zeros((8, 4, 16))), fn(('head',), jnp.zeros((8, 3)))
+    ((1,), ())
   """
+  who = 'layers_from_axis_names'
+  names = _checked_names(name, who)
 
   def is_names(x):
     return isinstance(x, (tuple, jax.sharding.PartitionSpec)) and all(
       e is None or isinstance(e, (str, tuple)) for e in x
     )
 
+  def unboxed(x):
+    return x.get_value() if callable(getattr(type(x), 'get_value', None)) else x
+
+  def is_leaf(x):
+    return is_names(x) or is_names(unboxed(x))
+
   table: dict[tuple[str, ...], tuple[int, ...]] = {}
-  for path, names in jax.tree_util.tree_flatten_with_path(axis_names, is_leaf=is_names)[0]:
-    if not is_names(names):
+  for path, entry in jax.tree_util.tree_flatten_with_path(axis_names, is_leaf=is_leaf)[0]:
+    entry = unboxed(entry)
+    if not is_names(entry):
       continue
     table[tuple(_names(path))] = tuple(
-      i for i, n in enumerate(names) if n == name or (isinstance(n, tuple) and name in n)
+      i
+      for i, n in enumerate(entry)
+      if n in names or (isinstance(n, tuple) and any(x in names for x in n))
     )
-
-  def layer_axes(path, leaf):
-    del leaf
-    return table.get(tuple(_names(path)), ())
-
-  return layer_axes
+  return _LayersFromAxisNames(table, names, _checked_num_layers(num_layers, who))
 
 
 def slice_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:

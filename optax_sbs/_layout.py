@@ -64,6 +64,7 @@ class Recorder:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     if flat:
       self.grids = _grids(flat, self.layer_axes, self.who)
+      _layers.warn_if_unmatched(self.layer_axes, [path for path, _ in flat], self.who)
     elif self.grids is None:
       return jnp.zeros((), jnp.uint8)
     return {key: jnp.zeros(grid, jnp.uint8) for key, grid in self.grids.items()}

@@ -3,6 +3,7 @@ against the NumPy reference, a stacked tree against the same tree unrolled,
 the helpers, the diagnostics and the errors."""
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -458,6 +459,113 @@ def test_layers_under_and_from_axis_names_on_flax_scan():
   assert kernel.shape == (L, 8, 8)
   assert names(('layers', 'mlp', 'kernel'), kernel) == (0,)
   assert names(('head', 'kernel'), params['head']['kernel']) == ()
+
+
+def _maxtext_like():
+  """A MaxText-shaped tree: layers stacked on axis 1, two stacks as in its
+  DeepSeek-style models, an expert kernel without a 'kernel' entry."""
+  return {
+    'decoder': {
+      'dense_layers': {'mlp': {'wo': {'kernel': jnp.zeros((16, 2, 8))}}},
+      'moe_layers': {
+        'MoeBlock_0': {'wi_0': jnp.zeros((4, 3, 8, 16)), 'gate': {'kernel': jnp.zeros((8, 3, 4))}}
+      },
+      'decoder_norm': {'scale': jnp.zeros(8)},
+    },
+    'token_embedder': {'embedding': jnp.zeros((32, 8))},
+  }
+
+
+def test_helpers_take_several_names_and_check_the_number_of_layers():
+  params = _maxtext_like()
+  fn = optax_sbs.layers_under(('dense_layers', 'moe_layers'), axis=1)
+  flat = dict(
+    (jax.tree_util.keystr(p), fn(p, x)) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  )
+  assert flat["['decoder']['dense_layers']['mlp']['wo']['kernel']"] == (1,)
+  assert flat["['decoder']['moe_layers']['MoeBlock_0']['wi_0']"] == (1,)
+  assert flat["['decoder']['decoder_norm']['scale']"] == ()
+  # Axis 0 with the number of layers named: the wrong axis is an error naming the leaf.
+  wrong = optax_sbs.layers_under('dense_layers', num_layers=2)
+  with pytest.raises(ValueError, match=r"\['dense_layers'\].*16 along axis 0, not 2 layers"):
+    optax_sbs.sbs(0.1, key=0, layer_axes=wrong).init(params)
+  right = optax_sbs.layers_under('dense_layers', axis=1, num_layers=2)
+  optax_sbs.sbs(0.1, key=0, layer_axes=right).init(params)
+  with pytest.raises(ValueError, match='axis 5 is out of range'):
+    optax_sbs.layers_under('dense_layers', axis=5)(
+      (jax.tree_util.DictKey('dense_layers'),), jnp.zeros((2, 3))
+    )
+  # What get_partition_spec gives: logical names, two stack names.
+  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+  specs = {
+    'decoder': {
+      'dense_layers': {'mlp': {'wo': {'kernel': P('mlp', 'dense_layers', 'embed')}}},
+      'moe_layers': {
+        'MoeBlock_0': {
+          'wi_0': P('exp', 'moe_layers', 'embed', 'mlp'),
+          'gate': {'kernel': P('embed', 'moe_layers', None)},
+        }
+      },
+      'decoder_norm': {'scale': P('norm')},
+    },
+    'token_embedder': {'embedding': P('vocab', 'embed')},
+  }
+  by_names = optax_sbs.layers_from_axis_names(specs, ('dense_layers', 'moe_layers'), num_layers=3)
+  with pytest.raises(ValueError, match=r"\['dense_layers'\].*2 along axis 1, not 3 layers"):
+    optax_sbs.sbs(0.1, key=0, layer_axes=by_names).init(params)
+  by_names = optax_sbs.layers_from_axis_names(specs, name=('dense_layers', 'moe_layers'))
+  state = optax_sbs.sbs(0.1, key=0, layer_axes=by_names).init(params)
+  layout = optax_sbs.find_state(state).layout
+  assert layout['decoder/moe_layers/MoeBlock_0/wi_0'].shape == (1, 3, 1, 1)
+  assert layout['decoder/dense_layers/mlp/wo/kernel'].shape == (1, 2, 1)
+
+
+@pytest.mark.parametrize(
+  'call,error,match',
+  [
+    (lambda: optax_sbs.layers_under(()), ValueError, 'layers_under: name is an empty tuple'),
+    (lambda: optax_sbs.layers_under(('a', 1)), TypeError, 'layers_under: name must be a str'),
+    (
+      lambda: optax_sbs.layers_under('a', num_layers=0),
+      ValueError,
+      'num_layers must be a positive',
+    ),
+    (
+      lambda: optax_sbs.layers_under('a', num_layers=2.0),
+      TypeError,
+      'num_layers must be a positive',
+    ),
+    (lambda: optax_sbs.layers_under('a', axis=()), TypeError, 'axis must be an int'),
+    (lambda: optax_sbs.layers_from_axis_names({}, name=()), ValueError, 'name is an empty tuple'),
+  ],
+)
+def test_helper_arguments_are_checked(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+
+
+def test_a_helper_that_matches_no_parameter_warns_once_from_init():
+  params = _maxtext_like()
+  typo = optax_sbs.layers_under('layer', axis=1)
+  tx = optax_sbs.with_stochastic_batch_size(optax.adam(1e-3), key=0, layer_axes=typo)
+  with pytest.warns(UserWarning, match=r"layers_under\('layer', axis=1\) matches no parameter"):
+    tx.init(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tx.init(params)  # once
+    optax_sbs.masked_updates(optax.sgd(0.1), 0, layer_axes=LAYERS).init(_params())  # matches
+
+
+def test_moe_expert_kernels_group_with_the_dense_kernels():
+  flat = jax.tree_util.tree_flatten_with_path(_maxtext_like())[0]
+  types = {'/'.join(str(k.key) for k in p): optax_sbs.parameter_type(p, x) for p, x in flat}
+  assert types['decoder/moe_layers/MoeBlock_0/wi_0'] == 'dense'
+  assert types['decoder/moe_layers/MoeBlock_0/gate/kernel'] == 'dense'
+  assert types['decoder/dense_layers/mlp/wo/kernel'] == 'dense'
+  assert types['decoder/decoder_norm/scale'] == 'norm'
+  experts = (jax.tree_util.DictKey('experts'), jax.tree_util.DictKey('w_in'))
+  assert optax_sbs.parameter_type(experts, jnp.zeros((4, 8, 16))) == 'dense'
 
 
 def test_layer_axes_under_inject_hyperparams_as_a_static_arg():

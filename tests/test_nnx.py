@@ -190,3 +190,25 @@ def test_user_callables_see_one_path_form_in_init_and_update():
   assert seen['init'] and not any(p.endswith('.value') for p in seen['init'] | seen['update'])
   assert seen['init'] <= seen['update']
   assert "['c_fc']['kernel']" in seen['init'] and "group ['c_fc']['kernel']" in seen['update']
+
+
+def test_layers_from_axis_names_takes_nnx_partition_specs_as_they_come():
+  """nnx.get_partition_spec(nnx.state(model, nnx.Param)) holds Variables of
+  PartitionSpecs (logical names, MaxText's layer axis 1): accepted directly."""
+  from jax.sharding import AxisType  # noqa: PLC0415
+
+  class Block(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.zeros((8, 4, 16)), sharding_names=('embed', 'layers', 'mlp'))
+      self.b = nnx.Param(jnp.zeros((16,)))
+
+  mesh = jax.make_mesh((1, 1, 1), ('embed', 'layers', 'mlp'), axis_types=(AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh):
+    abstract = nnx.eval_shape(Block)
+  params = nnx.state(abstract, nnx.Param)
+  layer_axes = optax_sbs.layers_from_axis_names(nnx.get_partition_spec(params), num_layers=4)
+  found = {
+    jax.tree_util.keystr(p): layer_axes(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  assert found == {"['b'].value": (), "['w'].value": (1,)}
