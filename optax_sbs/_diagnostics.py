@@ -131,7 +131,7 @@ def slice_names(path_names: Sequence[str], index: tuple[int, ...]) -> str:
   return '/'.join([*path_names, *(str(i) for i in index)])
 
 
-def maxtext_slice_names(layers: str = 'layers') -> SliceName:
+def maxtext_slice_names(layers: str | tuple[str, ...] = 'layers') -> SliceName:
   """Names layers as an unrolled MaxText model does: ``'layers_3/mlp/kernel'``.
 
   Give it as ``slice_name`` to :func:`layer_statistics`, so the statistics
@@ -139,7 +139,8 @@ def maxtext_slice_names(layers: str = 'layers') -> SliceName:
   parameter whose path has no entry ``layers`` keeps the default name.
 
   Args:
-    layers: the path entry of the stacked module.
+    layers: the path entry of the stacked module, or several
+      (DeepSeek-style models: ``('dense_layers', 'moe_layers')``).
 
   Returns:
     A ``slice_name`` callable.
@@ -148,13 +149,22 @@ def maxtext_slice_names(layers: str = 'layers') -> SliceName:
     >>> import optax_sbs
     >>> optax_sbs.maxtext_slice_names()(['decoder', 'layers', 'mlp', 'wo', 'kernel'], (3,))
     'decoder/layers_3/mlp/wo/kernel'
+    >>> name = optax_sbs.maxtext_slice_names(('dense_layers', 'moe_layers'))
+    >>> name(['decoder', 'moe_layers', 'MoeBlock_0', 'wi_0'], (1,))
+    'decoder/moe_layers_1/MoeBlock_0/wi_0'
   """
+  stacks = (layers,) if isinstance(layers, str) else tuple(layers)
+  if not stacks or not all(isinstance(n, str) for n in stacks):
+    raise TypeError(
+      f'maxtext_slice_names: layers must be a str or a non-empty tuple of str, got {layers!r}.'
+    )
 
   def name(path_names: Sequence[str], index: tuple[int, ...]) -> str:
-    if layers not in path_names:
+    stack = next((n for n in path_names if n in stacks), None)
+    if stack is None:
       return slice_names(path_names, index)
     suffix = '_'.join(str(i) for i in index)
-    return '/'.join(f'{n}_{suffix}' if n == layers else n for n in path_names)
+    return '/'.join(f'{n}_{suffix}' if n == stack else n for n in path_names)
 
   return name
 
