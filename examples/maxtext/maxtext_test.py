@@ -263,3 +263,52 @@ def test_deepseek_stacks(runs):
     layers = {int(m[1]) for k in stats if (m := re.search(rf'/{stack}_(\d+)/', k))}
     assert layers == {0, 1}, (stack, sorted(stats))
   assert 'decoder/moe_layers_1/DeepSeekMoeBlock_0/MoeBlock_0/wo' in stats
+
+
+ABSTRACT_PARAMS = """
+import json, os, sys
+import jax
+from maxtext.configs import pyconfig
+from maxtext.utils import maxtext_utils, model_creation_utils
+from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+import optax_sbs
+
+config = pyconfig.initialize([None, os.path.join(MAXTEXT_CONFIGS_DIR, 'base.yml'), *sys.argv[1:]])
+params = maxtext_utils.get_abstract_param(model_creation_utils.from_config(config), config)['params']
+layer_axes = optax_sbs.layers_under(('dense_layers', 'moe_layers'), axis=config.param_scan_axis)
+out = {}
+for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+  leaf = getattr(leaf, 'value', leaf)
+  axes = layer_axes(path, leaf)
+  one = jax.ShapeDtypeStruct([n for d, n in enumerate(leaf.shape) if d not in axes], leaf.dtype)
+  names = [str(getattr(k, 'key', k)) for k in path if str(k) != '.value']
+  out['/'.join(names)] = optax_sbs.parameter_type(path, one)
+print(json.dumps(out))
+"""
+
+
+def test_deepseek_expert_kernels_group_with_the_dense_kernels(tmp_path):
+  """The abstract params of a DeepSeek-style model (jax.eval_shape, nothing
+  trained): the experts' kernels, which have no 'kernel' entry, are 'dense'."""
+  done = subprocess.run(
+    [
+      sys.executable,
+      '-c',
+      ABSTRACT_PARAMS,
+      *TINY,
+      *DEEPSEEK,
+      'run_name=abstract',
+      f'base_output_directory={tmp_path}',
+      'enable_checkpointing=false',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-6000:]
+  types = json.loads(done.stdout.strip().splitlines()[-1])
+  experts = [k for k in types if re.search(r'MoeBlock_0/(wi_0|wi_1|wo)$', k)]
+  assert len(experts) == 3, sorted(types)
+  assert {types[k] for k in experts} == {'dense'}
+  assert {t for k, t in types.items() if k.endswith('kernel')} == {'dense'}
+  assert {t for k, t in types.items() if 'norm' in k} == {'norm'}
