@@ -15,6 +15,7 @@ axes.
 """
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 import math
 from typing import Any
@@ -131,14 +132,26 @@ def _checked_names(name: Any, who: str) -> tuple[str, ...]:
   return names
 
 
-def _checked_num_layers(num_layers: Any, who: str) -> int | None:
+def _checked_num_layers(num_layers: Any, names: tuple[str, ...], who: str) -> Any:
+  """``num_layers`` checked: None, a positive int, or a mapping from some of
+  ``names`` to positive ints."""
   if num_layers is None:
     return None
-  if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)):
-    raise TypeError(f'{who}: num_layers must be a positive int or None, got {num_layers!r}.')
-  if num_layers < 1:
-    raise ValueError(f'{who}: num_layers must be a positive int, got {num_layers}.')
-  return int(num_layers)
+  counts = dict(num_layers) if isinstance(num_layers, Mapping) else {None: num_layers}
+  for name, count in counts.items():
+    if name is not None and name not in names:
+      raise ValueError(f'{who}: num_layers names {name!r}, which is not one of the names {names}.')
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+      raise TypeError(
+        f'{who}: num_layers must be a positive int, a mapping of names to them, or None; '
+        f'got {num_layers!r}.'
+      )
+    if count < 1:
+      raise ValueError(
+        f'{who}: num_layers must be a positive int, got {count}'
+        + (f' for {name!r}.' if name else '.')
+      )
+  return {k: int(v) for k, v in counts.items()}
 
 
 class _LayerHelper:
@@ -149,22 +162,33 @@ class _LayerHelper:
   make every stack one layer.
   """
 
-  def __init__(self, who: str, names: tuple[str, ...], num_layers: int | None):
+  def __init__(self, who: str, names: tuple[str, ...], num_layers: dict | None):
     self.who, self.names, self.num_layers = who, names, num_layers
     self.warned = False
 
-  def axes(self, path: tuple[Any, ...]) -> tuple[int, ...] | None:
-    """The layer axes of the parameter at ``path``, or None if it is not
-    one this helper names."""
+  def match(self, path: tuple[Any, ...]) -> tuple[tuple[int, ...], str] | None:
+    """The layer axes of the parameter at ``path`` and the name that
+    matched, or None if it is not one this helper names."""
     raise NotImplementedError
 
   def matches(self, path: tuple[Any, ...]) -> bool:
-    return self.axes(path) is not None
+    return self.match(path) is not None
+
+  def _counts_repr(self) -> str:
+    if self.num_layers is None:
+      return ''
+    if list(self.num_layers) == [None]:
+      return f', num_layers={self.num_layers[None]}'
+    return f', num_layers={self.num_layers}'
 
   def __call__(self, path: tuple[Any, ...], leaf: Any) -> tuple[int, ...]:
-    axes = self.axes(path)
-    if axes is None:
+    found = self.match(path)
+    if found is None:
       return ()
+    axes, name = found
+    expected = None
+    if self.num_layers is not None:
+      expected = self.num_layers.get(name, self.num_layers.get(None))
     shape = tuple(np.shape(leaf))
     where = 'the leaf at ' + (jax.tree_util.keystr(_paths.user_path(path)) or 'the root')
     for a in axes:
@@ -172,10 +196,10 @@ class _LayerHelper:
         raise ValueError(
           f'{self!r}: axis {a} is out of range for {where}, of shape {shape} ({len(shape)} axes).'
         )
-    if self.num_layers is not None and math.prod(shape[a] for a in axes) != self.num_layers:
+    if expected is not None and math.prod(shape[a] for a in axes) != expected:
       sizes = ', '.join(f'{shape[a]} along axis {a % len(shape)}' for a in axes)
       raise ValueError(
-        f'{self!r}: {where} (shape {shape}) has {sizes}, not {self.num_layers} layers: its '
+        f'{self!r}: {where} (shape {shape}) has {sizes}, not {expected} layers: its '
         "layer axis is another one (MaxText stacks on axis 1, Flax's nn.scan on axis 0)."
       )
     return axes
@@ -199,14 +223,14 @@ class _LayersUnder(_LayerHelper):
     super().__init__('layers_under', names, num_layers)
     self.stacked = axes
 
-  def axes(self, path):
-    return self.stacked if any(n in self.names for n in _names(path)) else None
+  def match(self, path):
+    name = next((n for n in _names(path) if n in self.names), None)
+    return None if name is None else (self.stacked, name)
 
   def __repr__(self):
     name = self.names[0] if len(self.names) == 1 else self.names
     axis = self.stacked[0] if len(self.stacked) == 1 else self.stacked
-    extra = f', num_layers={self.num_layers}' if self.num_layers is not None else ''
-    return f'layers_under({name!r}, axis={axis!r}{extra})'
+    return f'layers_under({name!r}, axis={axis!r}{self._counts_repr()})'
 
 
 class _LayersFromAxisNames(_LayerHelper):
@@ -214,14 +238,12 @@ class _LayersFromAxisNames(_LayerHelper):
     super().__init__('layers_from_axis_names', names, num_layers)
     self.table = table
 
-  def axes(self, path):
-    axes = self.table.get(tuple(_names(path)))
-    return axes or None
+  def match(self, path):
+    return self.table.get(tuple(_names(path)))
 
   def __repr__(self):
     name = self.names[0] if len(self.names) == 1 else self.names
-    extra = f', num_layers={self.num_layers}' if self.num_layers is not None else ''
-    return f'layers_from_axis_names(..., name={name!r}{extra})'
+    return f'layers_from_axis_names(..., name={name!r}{self._counts_repr()})'
 
 
 def warn_if_unmatched(layer_axes: Any, paths: Sequence[tuple[Any, ...]], who: str) -> None:
@@ -232,7 +254,9 @@ def warn_if_unmatched(layer_axes: Any, paths: Sequence[tuple[Any, ...]], who: st
 
 
 def layers_under(
-  name: str | tuple[str, ...], axis: int | Sequence[int] = 0, num_layers: int | None = None
+  name: str | tuple[str, ...],
+  axis: int | Sequence[int] = 0,
+  num_layers: int | Mapping[str, int] | None = None,
 ) -> LayerAxesFn:
   """``layer_axes`` for leaves stacked under a module named ``name``.
 
@@ -258,7 +282,9 @@ def layers_under(
       or a tuple of such names.
     axis: the stacked axis, or several.
     num_layers: the number of layers (the product of the stacked axes'
-      sizes), checked on every matched leaf; None: not checked.
+      sizes), checked on every matched leaf; a mapping from names to
+      numbers for stacks of different lengths (``{'dense_layers': 3,
+      'moe_layers': 58}``); None: not checked.
 
   Returns:
     A callable ``(path, leaf) -> tuple[int, ...]`` for ``layer_axes``.
@@ -285,11 +311,15 @@ def layers_under(
     isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
   ):
     raise TypeError(f'{who}: axis must be an int or a non-empty sequence of ints, got {axis!r}.')
-  return _LayersUnder(names, tuple(int(a) for a in axes), _checked_num_layers(num_layers, who))
+  return _LayersUnder(
+    names, tuple(int(a) for a in axes), _checked_num_layers(num_layers, names, who)
+  )
 
 
 def layers_from_axis_names(
-  axis_names: Any, name: str | tuple[str, ...] = 'layers', num_layers: int | None = None
+  axis_names: Any,
+  name: str | tuple[str, ...] = 'layers',
+  num_layers: int | Mapping[str, int] | None = None,
 ) -> LayerAxesFn:
   """``layer_axes`` from logical axis names: the axes called ``name``.
 
@@ -310,8 +340,8 @@ def layers_from_axis_names(
       names or ``jax.sharding.PartitionSpec`` (Flax NNX variables holding
       them too).
     name: the logical name of the layer axis, or a tuple of names.
-    num_layers: the number of layers, checked on every matched leaf; None:
-      not checked.
+    num_layers: the number of layers, checked on every matched leaf, or a
+      mapping from names to numbers; None: not checked.
 
   Returns:
     A callable ``(path, leaf) -> tuple[int, ...]`` for ``layer_axes``.
@@ -343,17 +373,20 @@ def layers_from_axis_names(
   def is_leaf(x):
     return is_names(x) or is_names(unboxed(x))
 
-  table: dict[tuple[str, ...], tuple[int, ...]] = {}
+  table: dict[tuple[str, ...], tuple[tuple[int, ...], str]] = {}
   for path, entry in jax.tree_util.tree_flatten_with_path(axis_names, is_leaf=is_leaf)[0]:
     entry = unboxed(entry)
     if not is_names(entry):
       continue
-    table[tuple(_names(path))] = tuple(
-      i
-      for i, n in enumerate(entry)
-      if n in names or (isinstance(n, tuple) and any(x in names for x in n))
-    )
-  return _LayersFromAxisNames(table, names, _checked_num_layers(num_layers, who))
+    axes, matched = [], None
+    for i, n in enumerate(entry):
+      found = [x for x in (n if isinstance(n, tuple) else (n,)) if x in names]
+      if found:
+        axes.append(i)
+        matched = matched or found[0]
+    if matched is not None:
+      table[tuple(_names(path))] = (tuple(axes), matched)
+  return _LayersFromAxisNames(table, names, _checked_num_layers(num_layers, names, who))
 
 
 def slice_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:

@@ -514,6 +514,20 @@ def test_helpers_take_several_names_and_check_the_number_of_layers():
   by_names = optax_sbs.layers_from_axis_names(specs, ('dense_layers', 'moe_layers'), num_layers=3)
   with pytest.raises(ValueError, match=r"\['dense_layers'\].*2 along axis 1, not 3 layers"):
     optax_sbs.sbs(0.1, key=0, layer_axes=by_names).init(params)
+  # Stacks of different lengths: a number per name.
+  per_stack = {'dense_layers': 2, 'moe_layers': 3}
+  optax_sbs.sbs(
+    0.1,
+    key=0,
+    layer_axes=optax_sbs.layers_from_axis_names(specs, tuple(per_stack), num_layers=per_stack),
+  ).init(params)
+  swapped = optax_sbs.layers_under(
+    tuple(per_stack), axis=1, num_layers={'dense_layers': 3, 'moe_layers': 3}
+  )
+  with pytest.raises(ValueError, match=r"\['dense_layers'\].*2 along axis 1, not 3 layers"):
+    optax_sbs.sbs(0.1, key=0, layer_axes=swapped).init(params)
+  with pytest.raises(ValueError, match="num_layers names 'moe', which is not one of the names"):
+    optax_sbs.layers_under(tuple(per_stack), num_layers={'moe': 3})
   by_names = optax_sbs.layers_from_axis_names(specs, name=('dense_layers', 'moe_layers'))
   state = optax_sbs.sbs(0.1, key=0, layer_axes=by_names).init(params)
   layout = optax_sbs.find_state(state).layout

@@ -56,7 +56,9 @@ def layer_axes(config):
     return None  # every layer is its own parameter: layers_0, layers_1, ...
   axis = config.param_scan_axis
   if config.decoder_block == DecoderBlockType.DEEPSEEK:
-    return optax_sbs.layers_under(('dense_layers', 'moe_layers'), axis=axis)
+    dense = config.first_num_dense_layers
+    counts = {'dense_layers': dense, 'moe_layers': config.num_decoder_layers - dense}
+    return optax_sbs.layers_under(tuple(counts), axis=axis, num_layers=counts)
   return optax_sbs.layers_under('layers', axis=axis, num_layers=config.num_decoder_layers)
 
 
