@@ -83,12 +83,6 @@ def normalize_axes(
   return tuple(sorted(normalized))
 
 
-def tree_axes(layer_axes: LayerAxesFn | None, tree: Any, who: str) -> list[tuple[int, ...]]:
-  """Per leaf of ``tree`` (in ``jax.tree.leaves`` order), its stacked axes."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [leaf_axes(layer_axes, path, leaf, who) for path, leaf in flat]
-
-
 def stat_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
   """The shape of per-slice quantities: 1 on every non-stacked axis."""
   return tuple(d if i in axes else 1 for i, d in enumerate(shape))
