@@ -125,17 +125,14 @@ def check(granularity: Any, who: str) -> None:
     ValueError: for an unknown name.
     TypeError: for anything else.
   """
-  if isinstance(granularity, str):
-    if granularity not in NAMES:
-      raise ValueError(
-        f'{who}: granularity must be one of {", ".join(repr(n) for n in NAMES)}, '
-        f'optax_sbs.columns(...), optax_sbs.rows(...) or a callable (path, leaf) -> kept axes; '
-        f'got {granularity!r}.'
-      )
+  if isinstance(granularity, MatrixBlocks) or (
+    callable(granularity) and not isinstance(granularity, str)
+  ):
     return
-  if isinstance(granularity, MatrixBlocks) or callable(granularity):
+  if isinstance(granularity, str) and granularity in NAMES:
     return
-  raise TypeError(
+  error = ValueError if isinstance(granularity, str) else TypeError
+  raise error(
     f'{who}: granularity must be one of {", ".join(repr(n) for n in NAMES)}, '
     f'optax_sbs.columns(...), optax_sbs.rows(...) or a callable (path, leaf) -> kept axes; '
     f'got {granularity!r}.'
