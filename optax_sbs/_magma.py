@@ -282,7 +282,11 @@ def magma(
     )
     if kept_axes is not None:
       _check_score_size(state.score, plan)
-    masks = _sampling.masks(plan, step_key, probability)
+    shapes = [x.shape for _, x in flat]
+    if state.kept is None:  # a state from before kept fractions were recorded
+      masks, kept = _sampling.masks(plan, step_key, probability), None
+    else:
+      masks, kept = _sampling.masks_and_kept_fractions(plan, step_key, probability, shapes, axes)
     gs = [g.astype(m.dtype) for g, m in zip(grads, momenta)]
     ms = [momentum_decay * m + (1 - momentum_decay) * g for m, g in zip(momenta, gs)]
     if kept_axes is not None:
@@ -311,9 +315,7 @@ def magma(
       score,
       next_key,
       state.layout,
-      _sampling.kept_fractions(masks, [x.shape for _, x in flat], axes)
-      if state.kept is not None
-      else None,
+      kept,
       state.blocks,
     )
 

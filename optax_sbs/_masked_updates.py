@@ -148,20 +148,19 @@ def masked_updates(
         _layout.check(state.layout, path, u.shape, ax, who)
     kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
     plan = _plan.build(leaves, None if kept_axes is None else axes, kept_axes)
-    masks = _sampling.masks(plan, step_key, probability)
+    shapes = [x.shape for _, x in flat]
+    if state.kept is None:  # a state from before kept fractions were recorded
+      masks, kept = _sampling.masks(plan, step_key, probability), None
+    else:
+      masks, kept = _sampling.masks_and_kept_fractions(plan, step_key, probability, shapes, axes)
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None
     out = []
     for u, z in zip(leaves, masks):
-      kept = (
+      scaled = (
         u if scale is None else (u.astype(_plan.compute_dtype(u.dtype)) * scale).astype(u.dtype)
       )
-      out.append(jnp.where(_sharding.broadcast_like(z, u), kept, jnp.zeros_like(u)))
-    kept = (
-      _sampling.kept_fractions(masks, [x.shape for _, x in flat], axes)
-      if state.kept is not None
-      else None
-    )
+      out.append(jnp.where(_sharding.broadcast_like(z, u), scaled, jnp.zeros_like(u)))
     return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key, state.layout, kept)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

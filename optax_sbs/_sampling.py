@@ -71,10 +71,66 @@ def masks(
   Returns:
     Per leaf, a boolean array of its block grid's shape.
   """
+  return _draw(plan, step_key, probability, bundle_probabilities, materialize_alone=False)[0]
+
+
+def masks_and_kept_fractions(
+  plan: _plan.Plan,
+  step_key: jax.Array,
+  probability: jax.typing.ArrayLike,
+  shapes: Sequence[tuple[int, ...]],
+  layer_axes: Sequence[tuple],
+) -> tuple[list[jax.Array], jax.Array]:
+  """:func:`masks` with one ``probability``, and the fraction of each layer's
+  elements they keep (as :func:`kept_fractions`).
+
+  The fractions are reduced from the masks as drawn (a bundle's joined
+  masks, a large leaf's mask computed once in its own kernel), so the
+  generator runs once per element and nothing is stacked again.
+
+  Args:
+    plan: the step's plan.
+    step_key: the key of this step.
+    probability: ``p`` for every block (a scalar).
+    shapes: per leaf, its shape.
+    layer_axes: per leaf, its layer axes.
+
+  Returns:
+    The masks, per leaf, and the kept fractions, one float32 per layer.
+  """
+  out, drawn = _draw(plan, step_key, probability, None, materialize_alone=True)
+  if drawn is None:  # not threefry: one stream sliced per leaf
+    return out, kept_fractions(out, shapes, layer_axes)
+  parts = []
+  alone = []
+  for positions, joined in drawn:
+    axes = {tuple(layer_axes[i]) for i in positions}
+    ranks = {len(shapes[i]) for i in positions}
+    if len(axes) != 1 or (axes != {()} and ranks != {joined.ndim - 1}):
+      alone.extend(positions)
+      continue
+    over = _bundles.row_reduced_axes(joined.ndim, axes.pop())
+    kept = jnp.mean(joined, axis=over, dtype=jnp.float32)
+    parts.append((positions, _sharding.replicated(kept).reshape(-1)))
+  if alone:
+    rest = kept_fractions(
+      [out[i] for i in alone], [shapes[i] for i in alone], [layer_axes[i] for i in alone]
+    )
+    parts.append((tuple(alone), rest))
+  counts = [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
+  return out, _bundles.in_position_order(parts, counts, jnp.float32)
+
+
+def _draw(plan, step_key, probability, bundle_probabilities, materialize_alone):
+  """The masks of :func:`masks`, and per bundle drawn in one call its
+  positions and joined masks (None for keys that are not threefry). With
+  ``materialize_alone`` a bundle of one leaf's mask is computed once, in its
+  own kernel, for more than one reader."""
   leaves = plan.leaves
   out: list[Any] = [jnp.zeros(leaf.block_shape, bool) for leaf in leaves]
+  drawn: list[tuple[tuple[int, ...], jax.Array]] = []
   if plan.num_blocks == 0:
-    return out
+    return out, drawn
   bundles = plan.block_bundles if bundle_probabilities is None else plan.bundles
   p_of: list[Any] = (
     [probability] * len(bundles) if bundle_probabilities is None else list(bundle_probabilities)
@@ -93,7 +149,7 @@ def masks(
         if leaf.block_sharding is not None:
           u = jax.sharding.reshard(u, leaf.block_sharding)
         out[i] = u < row_p(b, row)
-    return out
+    return out, None
 
   def uniform(offset, shape, sharding):
     return _threefry.uniform_from_bits(_threefry.random_bits(step_key, offset, shape, sharding))
@@ -103,16 +159,19 @@ def masks(
   for b, positions in enumerate(bundles):
     first = leaves[positions[0]]
     if len(positions) == 1:
-      out[positions[0]] = uniform(first.offset, first.block_shape, first.block_sharding) < row_p(
-        b, 0
-      )
+      chi = uniform(first.offset, first.block_shape, first.block_sharding) < row_p(b, 0)
+      if materialize_alone:
+        chi = _bundles.materialize(chi)
+      out[positions[0]] = chi
+      drawn.append((positions, chi[None]))
       continue
     offsets = [leaves[i].offset for i in positions]
     u = uniform(offsets, first.block_shape, _joined_sharding(first.block_sharding))
     chi = _bundles.materialize(u < p_of[b])
+    drawn.append((positions, chi))
     for row, i in enumerate(positions):
       out[i] = _bundles.take_row(chi, rows[row])
-  return out
+  return out, drawn
 
 
 def kept_fractions(

@@ -5,7 +5,6 @@ from typing import Literal
 from typing import NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -188,23 +187,7 @@ def with_stochastic_batch_size(
     new_updates = jax.tree.map(
       lambda u, chi: jnp.where(chi, u, jnp.zeros_like(u)), inner_updates, released
     )
-    released = jax.tree.map(_after, released, new_updates)
     inner_state = _per_parameter.hold(inner, inner_state, state.inner_state, released, _WHO)
     return new_updates, WithStochasticBatchSizeState(sbs_state, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _after(chi: jax.Array, update: jax.Array) -> jax.Array:
-  """``chi``, computed from ``update`` so that it comes after it.
-
-  The held inner state is written into the old state's (donated) buffers,
-  which the kernel computing the update also reads. Unless the held state
-  depends on the update, XLA cannot order the two and copies every inner
-  moment before the step (two passes more over 8 bytes per parameter with
-  Adam). ``update`` enters through a zero the compiler cannot prove to be
-  zero (a population count of 32 bits, shifted right by 6): elementwise, so
-  it stays on each device's shard. The value is ``chi``, exactly.
-  """
-  bits = lax.bitcast_convert_type(update.astype(jnp.float32), jnp.uint32)
-  return chi | (lax.shift_right_logical(lax.population_count(bits), jnp.uint32(6)) != 0)
