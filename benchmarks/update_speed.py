@@ -6,9 +6,10 @@ of many repetitions after warm-up:
 1. the optimizer-only step (``update`` + ``apply_updates``) on parameter
    trees shaped like the example's small CNN, VGG11, ResNet-18 and ResNet-50
    and a GPT-style transformer, for optax.sgd, sgd(momentum=0.9), adam,
-   MultiSteps(sgd, 4), SBS (default, and the low-memory uint8-count /
-   bf16-CMA variant), ``with_stochastic_batch_size(adam)``,
-   ``masked_updates(adam)`` and ``magma(adam)``: the time interleaved and
+   MultiSteps(sgd, 4), SBS (its default lam = -4, and the low-memory
+   uint8-count / bf16-CMA variant), ``with_stochastic_batch_size(adam)``
+   (its default lam = 0, and lam = -4), ``masked_updates(adam)`` and
+   ``magma(adam)``: the time interleaved and
    back-to-back, compile time, optimizer-state bytes per parameter and the
    number of kernels of the compiled step;
 2. how the update time grows with the parameter count (1M -> 25M);
@@ -21,7 +22,11 @@ of many repetitions after warm-up:
    an unscanned transformer): compile time, kernels (all, and distinct:
    what XLA compiles) and step time for adam and the family, ratios to adam
    in the same run; the collectives of the step on an FSDP-sharded tree
-   (8 CPU devices, in a child process); notes on the alternatives measured.
+   (8 CPU devices, in a child process).
+
+With ``--parent DIR`` (a worktree of an earlier commit), sections 1 and 5
+also compile and time the family's main rows with that commit's library, in
+the same process and the same run, and tabulate this checkout against it.
 
   python benchmarks/update_speed.py            # everything (CPU: ~25 min)
   python benchmarks/update_speed.py --quick    # fewer reps, no batch-128 ResNet-18
@@ -31,10 +36,16 @@ of many repetitions after warm-up:
   python benchmarks/update_speed.py --quick --trees resnet18,transformer --sections 1,5
                                                 # results/update_speed_leaves_cpu.md
 
-Writes ``benchmarks/results/update_speed_<platform>.md``.
+  git worktree add /tmp/parent HEAD~1 && \\
+    python benchmarks/update_speed.py --parent /tmp/parent   # against a commit
+
+Writes ``benchmarks/results/update_speed_<platform>.md``. What the numbers
+mean, and the alternatives measured and not kept, are in
+``docs/evidence/cost.md``.
 """
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -61,22 +72,100 @@ import models
 import steps
 
 
-def optimizers():
+def family(lib=optax_sbs, tag=''):
+  """The family's optimizers of section 1, from ``lib`` (this checkout's
+  library, or the one loaded by :func:`load_library`, its rows marked with
+  ``tag``). Each label names ``lam`` where the rule is adaptive."""
   return {
+    f'sbs (lam=-4){tag}': lambda: lib.sbs(0.1, key=0, lam=-4.0),
+    f'sbs (lam=-4), uint8 count, bf16 cma{tag}': lambda: lib.sbs(
+      0.1, key=0, lam=-4.0, count_dtype='uint8', cma_dtype='bfloat16'
+    ),
+    f'with_stochastic_batch_size(adam, lam=0){tag}': lambda: lib.with_stochastic_batch_size(
+      optax.adam(1e-3), key=0, lam=0.0
+    ),
+    f'with_stochastic_batch_size(adam, lam=-4){tag}': lambda: lib.with_stochastic_batch_size(
+      optax.adam(1e-3), key=0, lam=-4.0
+    ),
+    f'masked_updates(adam){tag}': lambda: lib.masked_updates(optax.adam(1e-3), key=0),
+    f'magma(adam){tag}': lambda: lib.magma(optax.adam(1e-3), key=0),
+  }
+
+
+# The rows timed again with an earlier commit's library (--parent).
+PARENT_ROWS = (
+  'sbs (lam=-4)',
+  'with_stochastic_batch_size(adam, lam=0)',
+  'masked_updates(adam)',
+  'magma(adam)',
+)
+
+
+def optimizers(parent=None):
+  """Section 1's optimizers: plain Optax, the family, and with ``parent``
+  (a ``(library, tag)`` pair) the rows of :data:`PARENT_ROWS` from it."""
+  out = {
     'sgd': lambda: optax.sgd(0.1),
     'sgd m=0.9': lambda: optax.sgd(0.1, momentum=0.9),
     'adam': lambda: optax.adam(1e-3),
     'MultiSteps(sgd, 4)': lambda: optax.MultiSteps(optax.sgd(0.1), 4),
-    'sbs': lambda: optax_sbs.sbs(0.1, key=0),
-    'sbs uint8 count, bf16 cma': lambda: optax_sbs.sbs(
-      0.1, key=0, count_dtype='uint8', cma_dtype='bfloat16'
-    ),
-    'with_stochastic_batch_size(adam)': lambda: optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-3), key=0, lam=-4.0
-    ),
-    'masked_updates(adam)': lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
-    'magma(adam)': lambda: optax_sbs.magma(optax.adam(1e-3), key=0),
+    **family(),
   }
+  if parent is not None:
+    lib, tag = parent
+    rows = family(lib, tag)
+    out.update({name + tag: rows[name + tag] for name in PARENT_ROWS})
+  return out
+
+
+def load_library(root: str):
+  """The ``optax_sbs`` package under ``root`` (a worktree of another commit),
+  loaded beside the one already imported: its modules bind one another at
+  import time, so both run side by side in this process."""
+  mine = {k: v for k, v in sys.modules.items() if k.split('.')[0] == 'optax_sbs'}
+  for name in mine:
+    del sys.modules[name]
+  sys.path.insert(0, root)
+  try:
+    lib = importlib.import_module('optax_sbs')
+  finally:
+    sys.path.remove(root)
+    for name in [k for k in sys.modules if k.split('.')[0] == 'optax_sbs']:
+      del sys.modules[name]
+    sys.modules.update(mine)
+  if not os.path.abspath(lib.__file__).startswith(os.path.abspath(root) + os.sep):
+    raise SystemExit(f'--parent {root}: optax_sbs was not loaded from there ({lib.__file__})')
+  return lib
+
+
+def parent_tag(root: str) -> str:
+  """`` @ <short commit>`` of the checkout at ``root``."""
+  commit = subprocess.run(
+    ['git', '-C', root, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, check=True
+  ).stdout.strip()
+  return f' @ {commit}'
+
+
+def parent_rows(steps: dict, times: dict, tag: str, label: str) -> list[str]:
+  """Rows of this checkout against the parent: back-to-back time and compile
+  time of each row of :data:`PARENT_ROWS`, measured in the same run."""
+  rows = []
+  for name in PARENT_ROWS:
+    if name + tag not in steps:
+      continue
+    now, before = times[name], times[name + tag]
+    c_now, c_before = steps[name][1], steps[name + tag][1]
+    rows.append(
+      f'| {label} | {name} | {1e3 * before:.2f} | {1e3 * now:.2f} | {now / before:.2f}x | '
+      f'{c_before:.2f} | {c_now:.2f} | {c_now / c_before:.2f}x |'
+    )
+  return rows
+
+
+PARENT_HEAD = (
+  '| tree | optimizer | parent (ms) | this (ms) | this / parent | parent compile (s) '
+  '| this compile (s) | this / parent compile |'
+)
 
 
 def transformer_params(layers: int, width: int, vocab: int, context: int):
@@ -354,27 +443,30 @@ def many_leaves(count: int, width: int = 64):
   return params
 
 
-def leaf_optimizers():
-  return {
+def leaf_optimizers(parent=None):
+  out = {
     'adam': lambda: optax.adam(1e-3),
-    'sbs': lambda: optax_sbs.sbs(0.1, key=0),
-    'with_stochastic_batch_size(adam)': lambda: optax_sbs.with_stochastic_batch_size(
-      optax.adam(1e-3), key=0, lam=-4.0
-    ),
-    'masked_updates(adam)': lambda: optax_sbs.masked_updates(optax.adam(1e-3), key=0),
-    'magma(adam)': lambda: optax_sbs.magma(optax.adam(1e-3), key=0),
+    **{k: v for k, v in family().items() if k in PARENT_ROWS},
   }
+  if parent is not None:
+    lib, tag = parent
+    rows = family(lib, tag)
+    out.update({name + tag: rows[name + tag] for name in PARENT_ROWS})
+  return out
 
 
-def leaf_scaling(counts, reps):
-  """Rows of section 5: compile time, kernels and step time per leaf count."""
-  rows = []
+def leaf_scaling(counts, reps, parent=None):
+  """Rows of section 5 (compile time, kernels and step time per leaf count)
+  and, with ``parent``, rows against it."""
+  rows, against = [], []
   for count in counts:
     params, grads, n = step_inputs(many_leaves(count))
     steps = {
-      name: optimizer_step(make(), params, grads) for name, make in leaf_optimizers().items()
+      name: optimizer_step(make(), params, grads) for name, make in leaf_optimizers(parent).items()
     }
     times = {name: back_to_back_median(step[0], reps) for name, step in steps.items()}
+    if parent is not None:
+      against += parent_rows(steps, times, parent[1], f'{count} leaves')
     adam_t, adam_c = times['adam'], steps['adam'][1]
     for name, (_, c, _, kernels, unique, temp) in steps.items():
       rows.append(
@@ -382,7 +474,7 @@ def leaf_scaling(counts, reps):
         f'{unique} | {1e3 * times[name]:.2f} | {times[name] / adam_t:.1f}x | {temp:.1f} |'
       )
     del steps, params, grads
-  return rows
+  return rows, against
 
 
 COLLECTIVE_OPS = ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute', 'reduce-scatter')
@@ -434,57 +526,6 @@ def collectives_section(devices: int) -> list[str]:
   return rows
 
 
-# Alternatives measured on XLA:CPU (2 cores) on the 400-leaf tree of section 5
-# (or on N leaves of one shape where said) and not kept, with why.
-LEAF_NOTES = (
-  'XLA compiles each distinct fusion once. Drawing the masks of every leaf with its own '
-  "generator call writes the leaf's stream offset into the kernel as a constant, so each "
-  'leaf compiles its own ~130-instruction threefry kernel (sbs: 46 s at 400 leaves, 4224 '
-  'kernels, where adam compiled its 1203 kernels in 4.1 s, 180 of them distinct). Kept: '
-  'leaves of one shape and sharding draw their masks in one stacked generator call (row r '
-  'from counter offset_r + j: the same bits), computed once, and every leaf reads its row '
-  'with an index the compiler cannot fold (an output of a small variadic reduction), so '
-  'the per-leaf kernels are the same for every leaf of a shape.',
-  'Kept: the per-layer statistics of SBS (mean and standard deviation, eq. 17) and the three '
-  "sums of Magma's cosines are row reductions of the stacked leaves of a shape (SBS stacks "
-  'the magnitudes for its probabilities anyway), instead of two to four reduction kernels and '
-  'their scalar kernels per leaf. At 400 leaves, kernels per leaf went from 11.6 to 5.2 (sbs) '
-  "and from 11.1 to 4.1 (magma), against adam's 3, and compile time from 4.0x adam's (sbs) "
-  'and 5.6x (magma) to the ratios in the table above.',
-  'Not kept: stacking large leaves too. A stack is a copy, and a temporary as large as its '
-  "leaves: Magma's step on the ResNet-18 tree went from 47 to 70 ms (2.7x to 3.8x adam, one "
-  'run), and SBS on 10 and 25 leaves of 1M elements took 6.1-7.1x adam where drawing each leaf '
-  'alone takes 4.3-4.6x. Leaves of more than 2**16 elements are computed alone: their kernels '
-  'are few next to their memory traffic.',
-  'Remaining, per leaf: SBS runs 5 kernels (the moving average, its magnitude into the '
-  'stack, the new count, the new moving average, the parameter update) where adam runs 3. '
-  '`with_stochastic_batch_size(adam)` adds 2 copies per leaf: XLA copies the inner '
-  "optimizer's moments before the step because the update reads the old moments while the "
-  'held moments are written into their donated buffers: two more passes over 8 bytes per '
-  'parameter with adam.',
-  'Not kept: stacking the leaves of a shape and slicing the results back per leaf. The '
-  'slices carry their offsets as constants, so every per-leaf kernel is distinct again '
-  '(sbs: 1661 kernels, 54-66 s).',
-  'Not kept: `lax.optimization_barrier` around the stacked masks to keep them out of their '
-  'readers. XLA:CPU removes the barrier before fusion; the generator was still fused into '
-  'every reader. A reduction (an OR over a pair with False) is a fusion root and is not '
-  'duplicated; that is what keeps the stacked masks in one kernel.',
-  'Not kept: per-leaf generators with the offsets as runtime values. The kernels are then '
-  'shared (100 leaves of one shape: 4 distinct kernels), but 100 copies of the generator '
-  'still pass through the HLO pipeline: 4.6 s to compile against 8.6 s with constant '
-  'offsets and 0.2 s for one stacked call.',
-  'Not kept: one variadic reduction for all opaque indices (17 s to compile at 1000 '
-  'indices; chunks of 32 cost ~2.9 s): indices are drawn only for the rows of a group '
-  '(up to the largest number of leaves of one shape), not per leaf.',
-  'Not kept: `lax.cond` to make the indices opaque (cheaper to compile, 0.9 s for 250), '
-  'because a conditional reads its predicate on the host on GPUs; a `lax.while_loop` that '
-  'carries them: XLA sees through it (1005 distinct kernels for 1000 leaves).',
-  'Earlier alternatives: one materialised `jax.random.uniform` stream for all leaves '
-  "instead of the unrolled generator per leaf (sbs 9x adam's compile time at 400 "
-  'leaves) and a rolled `jax.random.bits` per leaf (46-59 s).',
-)
-
-
 def parse_cases(text: str) -> list[tuple[str, int]]:
   """``'small_cnn:16,resnet18:128'`` -> ``[('small_cnn', 16), ('resnet18', 128)]``."""
   cases = []
@@ -532,6 +573,13 @@ def main(argv=None):
     help='markdown path (default: results/update_speed_PLATFORM.md; '
     'needed with --smoke, which must not overwrite the committed table)',
   )
+  parser.add_argument(
+    '--parent',
+    default=None,
+    metavar='DIR',
+    help='a checkout of an earlier commit (e.g. a git worktree): sections 1 and 5 time the '
+    "family's rows again with its optax_sbs, in the same run, and compare",
+  )
   parser.add_argument('--collectives-json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.smoke and args.out is None:
@@ -554,6 +602,9 @@ def main(argv=None):
   reps = args.reps or reps
   leaf_counts = args.leaf_counts or leaf_counts
   sections = set(args.sections.split(','))
+  parent = None
+  if args.parent is not None:
+    parent = (load_library(args.parent), parent_tag(args.parent))
   dev = jax.devices()[0]
   command = shlex.join(
     ['python', 'benchmarks/update_speed.py'] + list(sys.argv[1:] if argv is None else argv)
@@ -569,8 +620,13 @@ def main(argv=None):
     'Ratios are of back-to-back times, against `optax.sgd` and `optax.adam` in the same run.',
     "- kernels: instructions of the compiled step's entry computation that launch work "
     '(fusions, copies, library calls, loops).',
-    '',
   ]
+  if parent is not None:
+    lines.append(
+      f'- rows marked `{parent[1].strip()}`: the same optimizers with the library of that '
+      'commit (a worktree of it), compiled and timed in this run.'
+    )
+  lines.append('')
 
   out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'update_speed_{dev.platform}.md')
 
@@ -590,10 +646,12 @@ def main(argv=None):
       '| / adam | compile (s) | / adam compile | state bytes / param | kernels |'
     )
     emit('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    against = []
     for name in trees:
       params, grads, n = step_inputs(tree_shapes(name))
       steps = {
-        opt_name: optimizer_step(make(), params, grads) for opt_name, make in optimizers().items()
+        opt_name: optimizer_step(make(), params, grads)
+        for opt_name, make in optimizers(parent).items()
       }
       interleaved = interleaved_medians({k: v[0] for k, v in steps.items()}, reps)
       b2b = {k: back_to_back_median(v[0], reps) for k, v in steps.items()}
@@ -605,7 +663,17 @@ def main(argv=None):
           f'{1e3 * interleaved[opt_name]:.2f} | {1e3 * t:.2f} | {t / sgd:.1f}x | '
           f'{t / adam:.1f}x | {c:.2f} | {c / adam_compile:.1f}x | {b:.1f} | {kernels} |'
         )
+      if parent is not None:
+        against += parent_rows(steps, b2b, parent[1], name)
       del steps, params, grads
+    if against:
+      emit()
+      emit(f'Against the parent commit ({parent[1].strip()}), back-to-back medians:')
+      emit()
+      emit(PARENT_HEAD)
+      emit('|---|---|---|---|---|---|---|---|')
+      for row in against:
+        emit(row)
 
   if '2' in sections:
     emit()
@@ -658,8 +726,17 @@ def main(argv=None):
       '| step, back-to-back (ms) | / adam | temporary bytes / param |'
     )
     emit('|---|---|---|---|---|---|---|---|---|---|')
-    for row in leaf_scaling(leaf_counts, reps):
+    rows, against = leaf_scaling(leaf_counts, reps, parent)
+    for row in rows:
       emit(row)
+    if against:
+      emit()
+      emit(f'Against the parent commit ({parent[1].strip()}), back-to-back medians:')
+      emit()
+      emit(PARENT_HEAD.replace('| tree |', '| leaves |'))
+      emit('|---|---|---|---|---|---|---|---|')
+      for row in against:
+        emit(row)
     emit()
     emit(
       'Collectives in the compiled step on 100 of these leaves, each sharded along its first '
@@ -668,11 +745,6 @@ def main(argv=None):
     emit()
     for row in collectives_section(8):
       emit(row)
-    emit()
-    emit('Notes:')
-    emit()
-    for note in LEAF_NOTES:
-      emit(f'- {note}')
 
   print(f'\nwritten to {out}')
   return 0
