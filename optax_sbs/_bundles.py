@@ -29,6 +29,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_sbs import _sharding
+
 # Row indices per reduction: one variadic reduction of many operands
 # compiles slowly (superlinear in the operands), many small ones add kernels.
 _ROWS_PER_REDUCTION = 32
@@ -79,6 +81,33 @@ def materialize(mask: jax.Array) -> jax.Array:
   """
   pair = jnp.stack([mask, jnp.zeros_like(mask)], axis=-1)
   return jnp.any(pair, axis=-1)
+
+
+def kept_fraction(mask: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """The fraction of True entries of a boolean ``mask`` over ``axes``, float32.
+
+  The entries are counted exactly (int32, below ``2**31`` per count). When
+  the last axis is reduced and not explicitly sharded, it is first cut into
+  chunks of at most 255 entries counted in uint8: XLA:CPU writes the
+  converted mask out before a large reduction, and a byte per entry, not
+  four, keeps that copy small (on a ResNet-18-shaped tree, a 4-byte copy
+  made ``masked_updates(adam)``'s step 1.5x slower).
+  """
+  if not axes:
+    return mask.astype(jnp.float32)
+  size = math.prod(mask.shape[a] for a in axes)
+  last = mask.ndim - 1
+  sharding = _sharding.explicit_sharding(mask)
+  sharded_last = sharding is not None and len(sharding.spec) > last and sharding.spec[last]
+  length = mask.shape[last]
+  chunk = max(d for d in range(1, min(length, 255) + 1) if length % d == 0)
+  if last not in axes or sharded_last or chunk == 1:
+    count = jnp.sum(mask, axis=axes, dtype=jnp.int32)
+  else:
+    cut = mask.reshape(*mask.shape[:last], length // chunk, chunk)
+    partial = lax.reduce(cut.astype(jnp.uint8), np.uint8(0), lax.add, (last + 1,))
+    count = jnp.sum(partial, axis=axes, dtype=jnp.int32)
+  return count.astype(jnp.float32) / np.float32(size)
 
 
 def row_reduced_axes(ndim: int, layer_axes: tuple[int, ...]) -> tuple[int, ...]:

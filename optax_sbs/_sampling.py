@@ -110,7 +110,7 @@ def masks_and_kept_fractions(
       alone.extend(positions)
       continue
     over = _bundles.row_reduced_axes(joined.ndim, axes.pop())
-    kept = jnp.mean(joined, axis=over, dtype=jnp.float32)
+    kept = _bundles.kept_fraction(joined, over)
     parts.append((positions, _sharding.replicated(kept).reshape(-1)))
   if alone:
     rest = kept_fractions(
@@ -203,7 +203,7 @@ def kept_fractions(
   for positions, joined in zip(*_joined(masks, keys, sizes)):
     axes = layer_axes[positions[0]]
     over = _bundles.row_reduced_axes(joined.ndim, axes)
-    kept = jnp.mean(joined, axis=over, dtype=jnp.float32)
+    kept = _bundles.kept_fraction(joined, over)
     parts.append((positions, _sharding.replicated(kept).reshape(-1)))
   counts = [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
   return _bundles.in_position_order(parts, counts, jnp.float32)

@@ -38,6 +38,25 @@ def test_row_indices_materialize_and_split_blocks_change_no_value():
     start += n
 
 
+@pytest.mark.parametrize(
+  'shape, axes',
+  [
+    ((3, 1024), (1,)),  # the last axis cut into chunks of 256
+    ((2, 4, 509), (1, 2)),  # a prime last axis: no chunk, one int32 sum
+    ((2, 5, 3, 300), (1, 3)),  # a layer axis between the reduced ones
+    ((4, 6, 7), (1,)),  # the last axis kept
+    ((5, 255 * 3), (1,)),
+    ((3,), ()),  # nothing reduced: each entry its own fraction
+  ],
+)
+def test_kept_fraction_counts_exactly(shape, axes):
+  mask = np.random.default_rng(sum(shape)).random(shape) < 0.3
+  got = jax.jit(_bundles.kept_fraction, static_argnums=1)(jnp.asarray(mask), axes)
+  want = mask.sum(axis=axes) / np.prod([shape[a] for a in axes])
+  np.testing.assert_allclose(got, want.astype(np.float32), rtol=3e-7)  # a float32 ulp
+  assert got.dtype == jnp.float32
+
+
 def test_the_bundle_rule():
   keys, sizes = ['a', 'b', 'a', 'c', 'b', 'a', 'a'], [1, 2, 1, 0, 2, _plan.MAX_BUNDLED_SIZE + 1, 5]
   # Equal keys together, by first position; a size-0 position in none; a large one alone.
