@@ -100,7 +100,7 @@ def kept_fraction(mask: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   sharding = _sharding.explicit_sharding(mask)
   sharded_last = sharding is not None and len(sharding.spec) > last and sharding.spec[last]
   length = mask.shape[last]
-  chunk = max(d for d in range(1, min(length, 255) + 1) if length % d == 0)
+  chunk = max((d for d in range(1, min(length, 255) + 1) if length % d == 0), default=1)
   if last not in axes or sharded_last or chunk == 1:
     count = jnp.sum(mask, axis=axes, dtype=jnp.int32)
   else:

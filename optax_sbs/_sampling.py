@@ -102,8 +102,12 @@ def masks_and_kept_fractions(
   if drawn is None:  # not threefry: one stream sliced per leaf
     return out, kept_fractions(out, shapes, layer_axes)
   parts = []
-  alone = []
+  alone: list[int] = []
+  empty = {i for i, shape in enumerate(shapes) if math.prod(shape) == 0}  # no fraction: 0
   for positions, joined in drawn:
+    if empty.intersection(positions):
+      alone.extend(i for i in positions if i not in empty)
+      continue
     axes = {tuple(layer_axes[i]) for i in positions}
     ranks = {len(shapes[i]) for i in positions}
     if len(axes) != 1 or (axes != {()} and ranks != {joined.ndim - 1}):

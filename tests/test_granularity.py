@@ -112,6 +112,22 @@ def test_masks_are_constant_within_a_block_and_kept_at_rate_p(name, kind):
     assert abs(kept - total * p) <= 5 * math.sqrt(total * p * (1 - p)) + 1, (kept, total)
 
 
+@pytest.mark.parametrize('granularity', ['element', 'leaf', 'column'])
+@pytest.mark.parametrize('family', ['masked_updates', 'magma'])
+def test_kept_fractions_match_the_updates_and_an_empty_leaf_keeps_nothing(family, granularity):
+  """The recorded kept fraction of each leaf is the fraction of its updates
+  that are not zero; a leaf with no elements records 0, whatever its
+  block's draw."""
+  tx = getattr(optax_sbs, family)(optax.sgd(1.0), 5, probability=0.5, granularity=granularity)
+  params = {'a': jnp.zeros((4, 0)), 'b': jnp.ones((6, 3)), 'c': jnp.ones(40), 'd': jnp.ones((2, 0))}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(4):
+    updates, state = step(jax.tree.map(jnp.ones_like, params), state, params)
+    want = [np.mean(np.asarray(u) != 0) if u.size else 0.0 for u in jax.tree.leaves(updates)]
+    np.testing.assert_allclose(np.asarray(state.kept), want, rtol=1e-6)
+
+
 def test_sbs_block_probability_is_the_mean_of_its_elements():
   """With the gradient's magnitudes setting p, the mask of each column is
   ``u < mean(p)`` over the column, with ``u`` the block's place in the
