@@ -3,7 +3,7 @@
 A record is one training run (one trial of one cell) with everything its
 report needs, so that a study renders from its cache alone, on any machine:
 
-  {"schema": 3, "key": str, "config": {...}, "data": {"name": str,
+  {"schema": 4, "key": str, "config": {...}, "data": {"name": str,
    "sha256": str | null}, "facts": {...}, "rows": [...], "seconds": float,
    "provenance": {"machine": str, "versions": str, "command": str}}
 
@@ -15,9 +15,8 @@ different copy of a dataset never hits it. ``key`` hashes the two.
 ``facts`` are what the report says about the data and the model (sizes,
 counts), measured when the run trained.
 
-Records of an older ``schema`` are migrated when read (:data:`MIGRATIONS`);
-:mod:`harness.legacy` imports the per-trial JSON files of the scripts this
-harness replaced. Two processes can share a cache: each run is claimed by a
+Records of an older ``schema`` are migrated when read (:data:`MIGRATIONS`).
+Two processes can share a cache: each run is claimed by a
 lock file beside it, and records are appended under an exclusive ``flock``.
 """
 
@@ -96,8 +95,8 @@ def migrate(record: dict) -> dict:
   while schema < SCHEMA:
     if schema not in MIGRATIONS:
       raise ValueError(
-        f'a cache record of schema {schema} has no migration to {SCHEMA}; '
-        'per-trial JSON files of the old scripts are imported with harness.legacy'
+        f'a cache record of schema {schema} has no migration to {SCHEMA}: '
+        'it was not written by this harness'
       )
     record = MIGRATIONS[schema](record)
     schema = record['schema']
