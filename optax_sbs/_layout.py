@@ -146,6 +146,16 @@ def check(layout: Any, path: tuple[Any, ...], shape: Sequence[int], axes: tuple,
     )
 
 
+def check_tree(
+  layout: Any, flat: Sequence[tuple[Any, Any]], axes: Sequence[tuple], who: str
+) -> None:
+  """:func:`check` for every ``(path, leaf)`` of ``flat`` and its axes;
+  nothing to check in a state made before layouts were recorded."""
+  if isinstance(layout, Mapping):
+    for (path, leaf), ax in zip(flat, axes):
+      check(layout, path, np.shape(leaf), ax, who)
+
+
 def axes_for(
   layout: Any, layer_axes: _layers.LayerAxesFn | None, path: tuple[Any, ...], leaf: Any, who: str
 ) -> tuple[int, ...]:

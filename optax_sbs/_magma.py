@@ -273,9 +273,7 @@ def magma(
     us = treedef.flatten_up_to(inner_updates)
     momenta = treedef.flatten_up_to(state.momentum)
     axes = _plan.tree_layer_axes(layer_axes, flat, who)
-    if isinstance(state.layout, Mapping):
-      for (path, g), ax in zip(flat, axes):
-        _layout.check(state.layout, path, g.shape, ax, who)
+    _layout.check_tree(state.layout, flat, axes, who)
     kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
     plan = _plan.build(
       grads, None if kept_axes is None else axes, kept_axes, [m.dtype for m in momenta]
@@ -283,10 +281,11 @@ def magma(
     if kept_axes is not None:
       _check_score_size(state.score, plan)
     shapes = [x.shape for _, x in flat]
-    if state.kept is None:  # a state from before kept fractions were recorded
-      masks, kept = _sampling.masks(plan, step_key, probability), None
-    else:
-      masks, kept = _sampling.masks_and_kept_fractions(plan, step_key, probability, shapes, axes)
+    # A state from before kept fractions were recorded records none.
+    with_kept = state.kept is not None
+    masks, kept = _sampling.masks_and_kept_fractions(
+      plan, step_key, probability, shapes, axes, with_fractions=with_kept
+    )
     gs = [g.astype(m.dtype) for g, m in zip(grads, momenta)]
     ms = [momentum_decay * m + (1 - momentum_decay) * g for m, g in zip(momenta, gs)]
     if kept_axes is not None:

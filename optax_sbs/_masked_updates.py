@@ -14,7 +14,6 @@ or per parameter tensor (``'leaf'``), leaves in the order of
 the sharding of the leaves.
 """
 
-from collections.abc import Mapping
 from typing import Any
 from typing import NamedTuple
 
@@ -143,16 +142,15 @@ def masked_updates(
     flat, treedef = jax.tree_util.tree_flatten_with_path(inner_updates)
     leaves = [u for _, u in flat]
     axes = _plan.tree_layer_axes(layer_axes, flat, who)
-    if isinstance(state.layout, Mapping):
-      for (path, u), ax in zip(flat, axes):
-        _layout.check(state.layout, path, u.shape, ax, who)
+    _layout.check_tree(state.layout, flat, axes, who)
     kept_axes = _granularity.tree_kept_axes(granularity, flat, axes, who)
     plan = _plan.build(leaves, None if kept_axes is None else axes, kept_axes)
     shapes = [x.shape for _, x in flat]
-    if state.kept is None:  # a state from before kept fractions were recorded
-      masks, kept = _sampling.masks(plan, step_key, probability), None
-    else:
-      masks, kept = _sampling.masks_and_kept_fractions(plan, step_key, probability, shapes, axes)
+    # A state from before kept fractions were recorded records none.
+    with_kept = state.kept is not None
+    masks, kept = _sampling.masks_and_kept_fractions(
+      plan, step_key, probability, shapes, axes, with_fractions=with_kept
+    )
     p = jnp.asarray(probability, jnp.float32)
     scale = jnp.where(p > 0, 1 / jnp.where(p > 0, p, 1), 0) if rescale else None
     out = []

@@ -80,9 +80,11 @@ def masks_and_kept_fractions(
   probability: jax.typing.ArrayLike,
   shapes: Sequence[tuple[int, ...]],
   layer_axes: Sequence[tuple],
-) -> tuple[list[jax.Array], jax.Array]:
+  with_fractions: bool = True,
+) -> tuple[list[jax.Array], jax.Array | None]:
   """:func:`masks` with one ``probability``, and the fraction of each layer's
-  elements they keep (as :func:`kept_fractions`).
+  elements they keep (as :func:`kept_fractions`; None without
+  ``with_fractions``).
 
   The fractions are reduced from the masks as drawn (a bundle's joined
   masks, a large leaf's mask computed once in its own kernel), so the
@@ -94,10 +96,13 @@ def masks_and_kept_fractions(
     probability: ``p`` for every block (a scalar).
     shapes: per leaf, its shape.
     layer_axes: per leaf, its layer axes.
+    with_fractions: whether to count the kept fractions.
 
   Returns:
     The masks, per leaf, and the kept fractions, one float32 per layer.
   """
+  if not with_fractions:
+    return masks(plan, step_key, probability), None
   out, drawn = _draw(plan, step_key, probability, None, materialize_alone=True)
   if drawn is None:  # not threefry: one stream sliced per leaf
     return out, kept_fractions(out, shapes, layer_axes)
@@ -121,8 +126,7 @@ def masks_and_kept_fractions(
       [out[i] for i in alone], [shapes[i] for i in alone], [layer_axes[i] for i in alone]
     )
     parts.append((tuple(alone), rest))
-  counts = [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
-  return out, _bundles.in_position_order(parts, counts, jnp.float32)
+  return out, _bundles.in_position_order(parts, _layer_counts(shapes, layer_axes), jnp.float32)
 
 
 def _draw(plan, step_key, probability, bundle_probabilities, materialize_alone):
@@ -209,8 +213,12 @@ def kept_fractions(
     over = _bundles.row_reduced_axes(joined.ndim, axes)
     kept = _bundles.kept_fraction(joined, over)
     parts.append((positions, _sharding.replicated(kept).reshape(-1)))
-  counts = [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
-  return _bundles.in_position_order(parts, counts, jnp.float32)
+  return _bundles.in_position_order(parts, _layer_counts(shapes, layer_axes), jnp.float32)
+
+
+def _layer_counts(shapes: Sequence[tuple[int, ...]], layer_axes: Sequence[tuple]) -> list[int]:
+  """Per leaf, its number of layers (1 for a leaf without layer axes)."""
+  return [math.prod(shape[a] for a in ax) for shape, ax in zip(shapes, layer_axes)]
 
 
 def _joined(arrays, keys, sizes):

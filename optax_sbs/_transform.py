@@ -1,6 +1,5 @@
 """Algorithm 2 of the paper: stochastic batch size via cumulative moving average."""
 
-from collections.abc import Mapping
 from typing import Any
 from typing import Literal
 from typing import NamedTuple
@@ -268,9 +267,7 @@ def stochastic_batch_size(
     counts = treedef.flatten_up_to(state.count)
     adaptive = probability is None
     axes = _plan.tree_layer_axes(layer_axes, flat, _WHO)
-    if isinstance(state.layout, Mapping):
-      for (path, g), ax in zip(flat, axes):
-        _layout.check(state.layout, path, g.shape, ax, _WHO)
+    _layout.check_tree(state.layout, flat, axes, _WHO)
     dtypes = [_plan.compute_dtype(cma.dtype) for cma in cmas]
     plan = _plan.build(
       grads, axes, _granularity.tree_kept_axes(granularity, flat, axes, _WHO), dtypes
