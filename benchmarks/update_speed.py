@@ -146,24 +146,49 @@ def parent_tag(root: str) -> str:
   return f' @ {commit}'
 
 
-def parent_rows(steps: dict, times: dict, tag: str, label: str) -> list[str]:
-  """Rows of this checkout against the parent: back-to-back time and compile
-  time of each row of :data:`PARENT_ROWS`, measured in the same run."""
+def paired_ratio(run, other, reps: int, warmup: int = 3) -> tuple[float, float, float]:
+  """Medians of ``run``'s and ``other``'s times and of their ratio, timed in
+  pairs (the order alternating): each ratio is of two steps taken under the
+  same background load, so it is steadier than a ratio of two medians."""
+  for _ in range(warmup):
+    run()
+    other()
+  mine, theirs = [], []
+  for i in range(reps):
+    for fn, out in ((run, mine), (other, theirs))[:: 1 if i % 2 == 0 else -1]:
+      start = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - start)
+  ratio = np.median(np.array(mine) / np.array(theirs))
+  return float(np.median(mine)), float(np.median(theirs)), float(ratio)
+
+
+def parent_rows(steps: dict, reps: int, tag: str, label: str) -> list[str]:
+  """Rows of this checkout against the parent for each row of
+  :data:`PARENT_ROWS`: step times timed in pairs (:func:`paired_ratio`) and
+  compile times, measured in the same run."""
   rows = []
   for name in PARENT_ROWS:
     if name + tag not in steps:
       continue
-    now, before = times[name], times[name + tag]
+    now, before, ratio = paired_ratio(steps[name][0], steps[name + tag][0], reps)
     c_now, c_before = steps[name][1], steps[name + tag][1]
     rows.append(
-      f'| {label} | {name} | {1e3 * before:.2f} | {1e3 * now:.2f} | {now / before:.2f}x | '
+      f'| {label} | {name} | {1e3 * before:.2f} | {1e3 * now:.2f} | {ratio:.2f}x | '
       f'{c_before:.2f} | {c_now:.2f} | {c_now / c_before:.2f}x |'
     )
   return rows
 
 
+PAIRED_REPS = 60
+AGAINST_PARENT = (
+  'Against the parent commit ({}): medians of the step times and of their ratio over '
+  f'at least {PAIRED_REPS} pairs (this and parent timed in turn, the order alternating); '
+  'one compile each:'
+)
+
 PARENT_HEAD = (
-  '| tree | optimizer | parent (ms) | this (ms) | this / parent | parent compile (s) '
+  '| tree | optimizer | parent (ms) | this (ms) | this / parent (paired) | parent compile (s) '
   '| this compile (s) | this / parent compile |'
 )
 
@@ -466,7 +491,7 @@ def leaf_scaling(counts, reps, parent=None):
     }
     times = {name: back_to_back_median(step[0], reps) for name, step in steps.items()}
     if parent is not None:
-      against += parent_rows(steps, times, parent[1], f'{count} leaves')
+      against += parent_rows(steps, max(reps, PAIRED_REPS), parent[1], f'{count} leaves')
     adam_t, adam_c = times['adam'], steps['adam'][1]
     for name, (_, c, _, kernels, unique, temp) in steps.items():
       rows.append(
@@ -664,11 +689,11 @@ def main(argv=None):
           f'{t / adam:.1f}x | {c:.2f} | {c / adam_compile:.1f}x | {b:.1f} | {kernels} |'
         )
       if parent is not None:
-        against += parent_rows(steps, b2b, parent[1], name)
+        against += parent_rows(steps, max(reps, PAIRED_REPS), parent[1], name)
       del steps, params, grads
     if against:
       emit()
-      emit(f'Against the parent commit ({parent[1].strip()}), back-to-back medians:')
+      emit(AGAINST_PARENT.format(parent[1].strip()))
       emit()
       emit(PARENT_HEAD)
       emit('|---|---|---|---|---|---|---|---|')
@@ -731,7 +756,7 @@ def main(argv=None):
       emit(row)
     if against:
       emit()
-      emit(f'Against the parent commit ({parent[1].strip()}), back-to-back medians:')
+      emit(AGAINST_PARENT.format(parent[1].strip()))
       emit()
       emit(PARENT_HEAD.replace('| tree |', '| leaves |'))
       emit('|---|---|---|---|---|---|---|---|')
