@@ -41,8 +41,8 @@ def cell_configs(study: Any, scale: str, smoke: bool) -> dict[str, Any]:
   fields = dict(study.SCALES[scale]['config'], **(SMOKE if smoke else {}))
   train = LM.module('train')
   out = {}
-  for name, (method, options, *_) in study.CELLS.items():
-    config = LM.config_class()(**dict(fields, **options), methods=(method,))
+  for name, cell in study.CELLS.items():
+    config = LM.config_class()(**dict(fields, **cell.options), methods=(cell.method,))
     train.validate(config)
     out[name] = config
   return out
@@ -50,8 +50,8 @@ def cell_configs(study: Any, scale: str, smoke: bool) -> dict[str, Any]:
 
 def describe(study: Any, name: str) -> str:
   """The cell's method and the options it sets."""
-  method, options, *_ = study.CELLS[name]
-  return ', '.join([method, *(f'{k}={v}' for k, v in options.items())])
+  cell = study.CELLS[name]
+  return ', '.join([cell.method, *(f'{k}={v}' for k, v in cell.options.items())])
 
 
 def step_runner(config: Any, seed: int):

@@ -1,6 +1,8 @@
 """benchmarks/run.py: the studies it lists, its errors, and every committed
 result written again, byte for byte, from the committed cache."""
 
+import glob
+import importlib
 import json
 import os
 import subprocess
@@ -81,6 +83,23 @@ def test_committed_results_are_written_again_byte_for_byte(study, stem, tmp_path
   assert os.path.exists(committed_json) == (tmp_path / f'{stem}.json').exists()
   if os.path.exists(committed_json):
     assert (tmp_path / f'{stem}.json').read_bytes() == open(committed_json, 'rb').read()
+
+
+def test_every_cached_run_is_still_requested_by_a_study():
+  """A study whose cells or scales change keeps asking for the runs its
+  cache holds (a key that drifts would leave them behind and train again):
+  every record of every committed cache is asked for by a study that reads
+  it, finished or not."""
+  requested: dict[str, set[str]] = {}
+  for name in runner_lib.study_names():
+    study = runner_lib.load_study(name)
+    options = runner_lib.Options(study=name, scale=study.DEFAULT_SCALE, cached_only=True)
+    runner = runner_lib.Runner(study, options)
+    importlib.import_module(f'harness.analyses.{study.ANALYSIS}').report(runner)
+    requested.setdefault(runner.store.path, set()).update(runner.requested)
+  for path in glob.glob(os.path.join(RESULTS, 'trials', '*.jsonl')):
+    left = set(store.TrialStore(path).records) - requested.get(path, set())
+    assert not left, f'{os.path.basename(path)}: {len(left)} records no study asks for'
 
 
 def _strings(value):

@@ -63,34 +63,36 @@ def test_paper_tables_cells_and_pairing():
   scale = study.SCALES['cpu']
   t3, t4, t5 = (study.cells(scale, t) for t in '345')
   assert len(t3) == 18 and len(t4) == 18
-  assert {dict(c.overrides).get('alpha') for c in t3 if 'local' in c.label} == {-0.1, 0.0, 0.1, 1.0}
+  assert {dict(c.options).get('alpha') for c in t3 if 'local' in c.name} == {-0.1, 0.0, 0.1, 1.0}
   assert [c.method for c in t5] == ['sgd', 'dropout', 'adrop', 'esgd', 'asgd', 'sbs']
   # Every cell is paired with the SGD cell of its data, batch and rate.
   lr_cell = next(
-    c
-    for c in t3
-    if c.label.startswith('lr check: SBS') and dict(c.overrides)['learning_rate'] == 0.2
+    c for c in t3 if c.name.startswith('lr check: SBS') and dict(c.options)['learning_rate'] == 0.2
   )
-  baseline = dict(lr_cell.baseline().overrides)
-  assert lr_cell.baseline().method == 'sgd'
+  baseline = dict(cifar_tables.baseline(lr_cell).options)
+  assert cifar_tables.baseline(lr_cell).method == 'sgd'
   assert baseline == {'learning_rate': 0.2, 'train_fraction': 1 / 32, 'batch_size': 16}
   # Table 4 under momentum ran SBS chained before SGD at the CPU scale; at
   # batch 16 (momentum 0) the two semantics are one method.
-  by_label = {c.label: dict(c.overrides) for c in t4}
+  by_label = {c.name: dict(c.options) for c in t4}
   assert by_label['SBS, 1/16, batch 128 (chain)']['sbs_momentum'] == 'chain'
   assert 'sbs_momentum' not in by_label['SBS, 1/16, batch 16']
-  assert 'sbs_momentum' not in dict(study.cells(study.SCALES['paper'], '4')[-1].overrides)
+  assert 'sbs_momentum' not in dict(study.cells(study.SCALES['paper'], '4')[-1].options)
 
 
 def test_momentum_cells_pair_frozen_and_chain_with_sgd(tmp_path):
   runner = _runner(tmp_path, 'momentum_semantics', scale='cpu')
   cells = runner.study.cells(runner.scale, 'm')
-  by_label = {c.label: c for c in cells}
+  by_label = {c.name: c for c in cells}
   assert len(cells) == 18
   chain, frozen = (by_label[f'SBS {s}, 1/32, batch 32'] for s in ('chain', 'frozen'))
   assert _table_config(runner, chain)['sbs_momentum'] == 'chain'
   assert _table_config(runner, frozen)['sbs_momentum'] == 'frozen'
-  assert chain.baseline() == frozen.baseline() == by_label['SGD, 1/32, batch 32'].baseline()
+  assert (
+    cifar_tables.baseline(chain)
+    == cifar_tables.baseline(frozen)
+    == cifar_tables.baseline(by_label['SGD, 1/32, batch 32'])
+  )
   combined = _table_config(runner, by_label['SBS combined frozen, 1/64, batch 128'])
   assert (combined['batch_size'], combined['lam'], combined['scale_by_count']) == (128, 0.0, True)
 
@@ -109,7 +111,7 @@ def test_best_rates_compares_each_method_at_its_own_best_rate(tmp_path):
     ('sbs', 0.1): 35.0,
     ('sbs', 0.2): 44.0,
   }
-  for cell in dict.fromkeys(todo + [c.baseline() for c in todo]):
+  for cell in dict.fromkeys(todo + [cifar_tables.baseline(c) for c in todo]):
     config = _table_config(runner, cell)
     value = acc.get((cell.method, config['learning_rate']), 99.0)
     reading = tuple(config[k] for k in ('alpha', 'lam', 'group', 'magnitude', 'scale_by_count'))
@@ -127,7 +129,7 @@ def test_best_rates_compares_each_method_at_its_own_best_rate(tmp_path):
 def test_frozen_vs_chain_pairs_cells_that_differ_only_in_semantics(tmp_path):
   runner = _runner(tmp_path, 'momentum_semantics')
   todo = runner.study.cells(runner.scale, 'm')
-  for cell in dict.fromkeys(todo + [c.baseline() for c in todo]):
+  for cell in dict.fromkeys(todo + [cifar_tables.baseline(c) for c in todo]):
     config = _table_config(runner, cell)
     # Fabricated: frozen = chain + 1 + t/2 for the combined reading at the
     # large batch only; every other pair ties.
@@ -257,9 +259,9 @@ def test_rate_sweep_reports_each_method_at_its_best_rate(tmp_path):
     ('masked_updates', 1e-2): 1.8,
   }
   for (cell, lr), loss in losses.items():
-    method, options = runner.study.CELLS[cell]
+    c = runner.study.CELLS[cell]
     config = runner.config(
-      method=method, **scale['config'], **options, learning_rate=lr, seed=scale['seed']
+      method=c.method, **scale['config'], **c.options, learning_rate=lr, seed=scale['seed']
     )
     _cache(runner, config, [_steps(loss + t / 100) for t in range(2)], facts={'params': 1234})
   report = rate_sweep.report(runner)
@@ -285,10 +287,10 @@ def _medium_cache(runner, cell, lr, phase, finals, extra=None, steps=(10, 20)):
   """Caches ``cell`` at ``lr`` with final validation losses ``finals`` (one
   per trial); train loss 0.2 lower, test 0.1 higher."""
   scale = runner.scale
-  method, options, _ = runner.study.CELLS[cell]
+  c = runner.study.CELLS[cell]
   seed = scale['seed'] if phase == 'confirmation' else scale['sweep_seed']
   config = runner.config(
-    method=method, **scale['config'], **options, **(extra or {}), learning_rate=lr, seed=seed
+    method=c.method, **scale['config'], **c.options, **(extra or {}), learning_rate=lr, seed=seed
   )
   per_trial = []
   for val in finals:
@@ -386,7 +388,7 @@ class _FakeGrid:
     if rate in self.missing:
       return None
     rows = [dict(_steps(self.loss(rate))[-1], trial=0)]
-    return scale_confirmation.Cell(name, rate, rows, {}, [0])
+    return scale_confirmation.Runs(name, rate, rows, {}, [0])
 
 
 @pytest.mark.parametrize(

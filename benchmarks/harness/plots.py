@@ -1,6 +1,10 @@
 """The figures of the analyses (matplotlib, drawn off-screen)."""
 
+from typing import Any
+
 import numpy as np
+
+from harness import examples
 
 
 def _pyplot():
@@ -99,3 +103,14 @@ def difference_over_steps(
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def add_loss_curves(result: Any, runner: Any, curves: dict, caption: str, title: str) -> Any:
+  """``result`` (a :class:`harness.analyses.Report`) with the validation
+  curves ``{label: (steps, values per trial)}`` drawn by the lm example's own
+  plot (if there are any)."""
+  if curves:
+    title = f'{title}, scale {runner.options.scale}'
+    plot = examples.light_module('lm', 'results.py').plot_curves
+    result.add_curves(runner.stem(), caption, lambda path: plot(curves, path, title=title))
+  return result

@@ -18,6 +18,7 @@ import time
 from types import ModuleType
 from typing import Any
 
+from harness import cells as cells_lib
 from harness import examples
 from harness import report
 from harness import store as store_lib
@@ -116,6 +117,8 @@ class Runner:
       if options.local_data and self.data_id.get('sha256'):
         self.dataset = os.path.join(options.local_data, self.data_id['name'])
     self.used: dict[str, dict] = {}  # key -> record behind the report, in order
+    self.requested: set[str] = set()  # the key of every run asked for, cached or not
+    self._rows: dict[tuple[str, int], list[dict]] = {}  # finished cells' rows
     self.missing: dict[str, int] = {}  # cell label -> finished trials
     # Runs this pass trained, found claimed by another process, or left
     # unstarted (past --start-no-run-after).
@@ -149,14 +152,36 @@ class Runner:
     """The example's full configuration with ``fields`` changed (a dict)."""
     return self.example.config(**fields)
 
+  def runs(
+    self, cell: cells_lib.Cell, trials: int, label: str = '', **fields: Any
+  ) -> list[dict] | None:
+    """The rows of ``trials`` trials of ``cell`` (see :meth:`rows`): its
+    method and options over the example's ``fields`` (``seed`` among them);
+    ``label`` names it in progress lines and in :meth:`waiting` (default: the
+    cell's name). Asked again, the same rows are returned, not fetched again."""
+    config = self.config(method=cell.method, **{**fields, **cell.options})
+    return self.rows(config, trials, label or cell.name)
+
+  def cached(self, label: str) -> int:
+    """The trials cached of the unfinished cell ``label``."""
+    return self.missing.get(label, 0)
+
+  def waiting(self, label: str, trials: int) -> str:
+    """What the unfinished cell ``label`` has: ``'k/n trials cached'``."""
+    return f'{self.cached(label)}/{trials} trials cached'
+
   def rows(self, config: dict[str, Any], trials: int, label: str = '') -> list[dict] | None:
     """The rows of ``trials`` trials of ``config`` (each tagged with
     ``trial``), or None while some are not cached (then counted in
     :attr:`missing`)."""
+    memo = (store_lib.run_key(config, self.data_id), trials)
+    if memo in self._rows:
+      return self._rows[memo]
     rows, records = [], []
     for trial in range(trials):
       run = dict(config, seed=config['seed'] + trial)
       key = store_lib.run_key(run, self.data_id)
+      self.requested.add(key)
       record = self.store.get(key)
       if record is None and not self.options.cached_only:
         record = self._train(key, run, label, trial)
@@ -169,6 +194,7 @@ class Runner:
       return None
     for record in records:
       self.used.setdefault(record['key'], record)
+    self._rows[memo] = rows
     return rows
 
   def _train(self, key: str, run: dict, label: str, trial: int) -> dict | None:

@@ -12,6 +12,8 @@ rate. Learning-Rate Dropout, which tied AdamW on the small model
 runs did not fit the study's CPU budget.
 """
 
+from harness.cells import Cell
+from harness.cells import by_name
 from studies import lm as _lm
 
 EXAMPLE = 'lm'
@@ -23,15 +25,21 @@ DEFAULT_SCALE = 'cpu'
 DATASET = 'tiny_shakespeare'  # TFDS
 
 
-def _model(*fields):
-  """The lm study's model fields, blocks stacked and scanned."""
-  return dict(_lm._model(*fields), scan_layers=True)  # pylint: disable=protected-access
-
+# The lm study's model fields, with more and wider blocks, stacked and scanned.
+_LM_CPU = _lm.SCALES['cpu']['config']
 
 SCALES = {
   # 2 CPU cores: 6k to 15k tokens/s by machine, a run of 2000 steps in 5 to 12 minutes.
   'cpu': dict(
-    config=_model(4, 4, 128, 64, 32, 2000, 100, 200, 8),
+    config=dict(
+      _LM_CPU,
+      num_layers=4,
+      embed_dim=128,
+      steps=2000,
+      warmup_steps=100,
+      eval_interval=200,
+      scan_layers=True,
+    ),
     # Steps of about 1.5x; each method starts at the middle four and goes
     # further out while its best rate is at an edge or the rates run do not
     # span half to twice it.
@@ -46,7 +54,12 @@ SCALES = {
   ),
   # Seconds: for the tests.
   'smoke': dict(
-    config=_model(2, 4, 16, 16, 8, 20, 2, 10, 2),
+    config=dict(
+      _lm.SCALES['smoke']['config'],
+      num_layers=2,
+      num_heads=4,
+      scan_layers=True,
+    ),
     learning_rates=(3e-3, 1e-2),
     sweep_trials=2,
     sweep_seed=0,
@@ -55,14 +68,16 @@ SCALES = {
   ),
 }
 
-# name -> (the example's method, its options, what the results call it).
-CELLS = {
-  'adamw': ('adamw', {}, 'adamw'),
-  'sbs_lam0': ('sbs', {'alpha': 0.1, 'lam': 0.0}, 'sbs'),
-  'sbs_p05': ('sbs', {'sbs_probability': 0.5}, 'sbs'),
-  'lr_dropout': ('lr_dropout', {'probability': 0.5}, 'lr_dropout'),
-  'dropout': ('adamw', {'dropout': 0.1}, 'dropout'),
-}
+# The kind is what the results' JSON calls a cell's method.
+CELLS = by_name(
+  [
+    _lm.CELLS['adamw'],
+    _lm.CELLS['sbs_lam0'],
+    _lm.CELLS['sbs_p05'],
+    _lm.CELLS['lr_dropout'],
+    Cell('dropout', 'adamw', {'dropout': 0.1}, kind='dropout'),
+  ]
+)
 # The cells whose rate is swept, and the cells of the confirmation, each at
 # the best rate of the swept cell named beside it.
 SWEEP = ('adamw', 'sbs_lam0')

@@ -25,6 +25,7 @@ reaches 0 with less than half; *reversed* when the interval lies entirely
 above 0.
 """
 
+from harness.cells import by_name
 from studies import lm_medium as _medium
 
 EXAMPLE = 'lm'
@@ -36,10 +37,12 @@ DEFAULT_SCALE = 'cpu'
 DATASET = _medium.DATASET
 SCALES = _medium.SCALES
 
-CELLS = dict(
-  _medium.CELLS,
-  adamw_tuned=_medium.CELLS['adamw'],
-  sbs_tuned=_medium.CELLS['sbs_lam0'],
+CELLS = by_name(
+  [
+    *_medium.CELLS.values(),
+    _medium.CELLS['adamw'].with_options('adamw_tuned'),
+    _medium.CELLS['sbs_lam0'].with_options('sbs_tuned'),
+  ]
 )
 SWEEP = ()
 # AdamW's variants, each at its rate in lm_medium on the sweep's seeds.

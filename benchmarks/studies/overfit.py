@@ -14,7 +14,7 @@ momentum 0 in the paper, so Algorithm 2's momentum semantics (frozen or
 chain) do not arise here: the two are the same method.
 """
 
-from harness.analyses.cells_vs_sgd import Cell
+from harness.cells import Cell
 from studies import paper_tables
 
 EXAMPLE = 'cifar'

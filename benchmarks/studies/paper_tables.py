@@ -16,7 +16,9 @@ and learning rate.
   Table 5: SGD, Dropout, adaptive Dropout, Entropy-SGD, Accelerated SGD, SBS.
 """
 
-from harness.analyses.cifar_tables import Cell
+import dataclasses
+
+from harness.cells import Cell
 
 EXAMPLE = 'cifar'
 ANALYSIS = 'cifar_tables'
@@ -93,38 +95,35 @@ def _fraction(fraction: float) -> str:
 
 def table3(scale: dict) -> list[Cell]:
   base = (('train_fraction', scale['fraction']), ('batch_size', scale['batch_size']))
-  out = [Cell('3', 'SGD', 'sgd', base)]
+  out = [Cell('SGD', 'sgd', base)]
   for alpha in (-0.1, 0.0, 0.1, 1.0):
     out.append(
-      Cell('3', f'local: alpha={alpha:g}, lam=0', 'sbs', base + (('alpha', alpha), ('lam', 0.0)))
+      Cell(f'local: alpha={alpha:g}, lam=0', 'sbs', base + (('alpha', alpha), ('lam', 0.0)))
     )
   for lam in (-2.0, -4.0, -8.0):
     out.append(
-      Cell('3', f'global: alpha=0.1, lam={lam:g}', 'sbs', base + (('alpha', 0.1), ('lam', lam)))
+      Cell(f'global: alpha=0.1, lam={lam:g}', 'sbs', base + (('alpha', 0.1), ('lam', lam)))
     )
   paper = base + PAPER
   out += [
     # mu~ relative to the group's mean instead of standardised (eq. 19),
     # which freezes layers in small groups.
     Cell(
-      '3',
       'global: alpha=0.1, lam=-4, relative (mu - M) / M',
       'sbs',
       paper + (('global_normalization', 'mean'),),
     ),
-    Cell('3', 'reading: scale_by_count (eta~ = k eta)', 'sbs', paper + (('scale_by_count', True),)),
-    Cell('3', 'reading: magnitudes of g (not g~)', 'sbs', paper + (('magnitude', 'gradient'),)),
-    Cell('3', 'reading: one global group (not by type)', 'sbs', paper + (('group', 'single'),)),
+    Cell('reading: scale_by_count (eta~ = k eta)', 'sbs', paper + (('scale_by_count', True),)),
+    Cell('reading: magnitudes of g (not g~)', 'sbs', paper + (('magnitude', 'gradient'),)),
+    Cell('reading: one global group (not by type)', 'sbs', paper + (('group', 'single'),)),
     # The two changes that helped most, together.
-    Cell('3', 'combined: lam=0 and scale_by_count', 'sbs', base + COMBINED),
+    Cell('combined: lam=0 and scale_by_count', 'sbs', base + COMBINED),
   ]
   for factor in (0.5, 2.0):
     lr = (('learning_rate', 0.1 * factor),)
-    out.append(Cell('3', f'lr check: SGD, lr={0.1 * factor:g}', 'sgd', base + lr))
-    out.append(Cell('3', f'lr check: SBS (0.1, -4), lr={0.1 * factor:g}', 'sbs', paper + lr))
-  out.append(
-    Cell('3', 'lr check: combined, lr=0.2', 'sbs', base + COMBINED + (('learning_rate', 0.2),))
-  )
+    out.append(Cell(f'lr check: SGD, lr={0.1 * factor:g}', 'sgd', base + lr))
+    out.append(Cell(f'lr check: SBS (0.1, -4), lr={0.1 * factor:g}', 'sbs', paper + lr))
+  out.append(Cell('lr check: combined, lr=0.2', 'sbs', base + COMBINED + (('learning_rate', 0.2),)))
   return out
 
 
@@ -138,16 +137,16 @@ def table4(scale: dict) -> list[Cell]:
     for fraction in scale['table4_fractions']:
       o = (('train_fraction', fraction), ('batch_size', batch))
       name = f'{_fraction(fraction)}, batch {batch}'
-      out.append(Cell('4', f'SGD, {name}', 'sgd', o))
-      out.append(Cell('4', f'SBS, {name}{says}', 'sbs', o + PAPER + semantics))
-      out.append(Cell('4', f'SBS combined, {name}{says}', 'sbs', o + COMBINED + semantics))
+      out.append(Cell(f'SGD, {name}', 'sgd', o))
+      out.append(Cell(f'SBS, {name}{says}', 'sbs', o + PAPER + semantics))
+      out.append(Cell(f'SBS combined, {name}{says}', 'sbs', o + COMBINED + semantics))
   return out
 
 
 def table5(scale: dict) -> list[Cell]:
   base = (('train_fraction', scale['fraction']), ('batch_size', scale['batch_size']))
   return [
-    Cell('5', label, method, base + (PAPER if method == 'sbs' else ()))
+    Cell(label, method, base + (PAPER if method == 'sbs' else ()))
     for method, label in BASELINES.items()
   ]
 
@@ -159,20 +158,17 @@ def table_m(scale: dict) -> list[Cell]:
   small, large = scale['momentum_batch_sizes']
   o = (('train_fraction', scale['fraction']), ('batch_size', small))
   name = f'{_fraction(scale["fraction"])}, batch {small}'
-  out = [Cell('m', f'SGD, {name}', 'sgd', o)]
+  out = [Cell(f'SGD, {name}', 'sgd', o)]
   for semantics in ('chain', 'frozen'):
-    out.append(
-      Cell('m', f'SBS {semantics}, {name}', 'sbs', o + PAPER + (('sbs_momentum', semantics),))
-    )
+    out.append(Cell(f'SBS {semantics}, {name}', 'sbs', o + PAPER + (('sbs_momentum', semantics),)))
   for fraction in scale['table4_fractions']:
     o = (('train_fraction', fraction), ('batch_size', large))
     name = f'{_fraction(fraction)}, batch {large}'
-    out.append(Cell('m', f'SGD, {name}', 'sgd', o))
+    out.append(Cell(f'SGD, {name}', 'sgd', o))
     for reading, options in (('SBS', PAPER), ('SBS combined', COMBINED)):
       for semantics in ('frozen', 'chain'):
         out.append(
           Cell(
-            'm',
             f'{reading} {semantics}, {name}',
             'sbs',
             o + options + (('sbs_momentum', semantics),),
@@ -186,4 +182,4 @@ TABLE_CELLS = {'3': table3, '4': table4, '5': table5, 'm': table_m}
 
 def cells(scale: dict, table: str) -> list[Cell]:
   """The cells of one table."""
-  return TABLE_CELLS[table](scale)
+  return [dataclasses.replace(cell, table=table) for cell in TABLE_CELLS[table](scale)]

@@ -2,29 +2,22 @@
 
 The overfitting regime's report. The study supplies ``SCALES`` (dicts: model,
 fraction, epochs, trials, batch_size, learning_rate, test_examples),
-``CELLS`` (:class:`Cell`; the first is SGD), ``RATE_CHECK`` (the cells whose
+``CELLS`` (:class:`harness.cells.Cell`; the first is SGD), ``RATE_CHECK`` (the cells whose
 best is checked at ``RATE_FACTORS`` times the base rate against SGD's) and
 ``AFTER`` (markdown lines after the tables).
 """
-
-import dataclasses
 
 import numpy as np
 
 from harness import plots
 from harness import stats
 from harness.analyses import Report
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  name: str
-  method: str  # sgd, sbs, dropout, adrop, esgd, asgd
-  options: tuple[tuple[str, object], ...] = ()
+from harness.cells import Cell
+from harness.report import table_head
 
 
 def with_rate(cell: Cell, rate: float) -> Cell:
-  return Cell(f'{cell.name}, lr={rate:g}', cell.method, cell.options + (('learning_rate', rate),))
+  return cell.with_options(f'{cell.name}, lr={rate:g}', learning_rate=rate)
 
 
 COLUMNS = (
@@ -54,13 +47,7 @@ def base_config(scale: dict) -> dict:
 def report(runner) -> Report:
   study, scale = runner.study, runner.scale
   base = base_config(scale)
-  cache: dict[Cell, list[dict] | None] = {}
-
-  def run(cell: Cell) -> list[dict] | None:
-    if cell not in cache:
-      config = runner.config(method=cell.method, **dict(base, **dict(cell.options)))
-      cache[cell] = runner.rows(config, scale['trials'], cell.name)
-    return cache[cell]
+  run = lambda cell: runner.runs(cell, scale['trials'], **base)
 
   last = lambda rows: stats.last_fraction_mean(rows)
   cells = tuple(c for c in study.CELLS if runner.wanted(c.name))
@@ -82,12 +69,11 @@ def report(runner) -> Report:
 
   json_cells, curves = [], {}
   baseline = run(sgd)
-  table = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  table = table_head(*COLUMNS)
   for cell in cells + tuple(rate_cells):
     rows = run(cell)
     if rows is None:
-      done = runner.missing.get(cell.name, 0)
-      table.append(f'| {cell.name} | not run yet ({done}/{scale["trials"]} trials cached) |')
+      table.append(f'| {cell.name} | not run yet ({runner.waiting(cell.name, scale["trials"])}) |')
       continue
     test_last, test_max = last(rows), stats.maximum(rows)
     train_acc = stats.final(rows, 'train_accuracy')

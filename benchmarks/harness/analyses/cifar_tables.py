@@ -2,13 +2,13 @@
 
 The study supplies ``SCALES`` (dicts: model, epochs, trials, fraction,
 batch_size, ...), ``TABLES`` (which, in training order), ``TITLES``,
-``cells(scale, table)`` (a list of :class:`Cell`), and optionally ``NOTE``
+``cells(scale, table)`` (a list of :class:`harness.cells.Cell`, each with
+its ``table``), and optionally ``NOTE``
 (lines quoted above the header), ``CELL_PATTERN`` (a regular expression of
 the cells it reports) and ``DATA_NOTES`` (a data copy's content hash -> what the
 report says of it).
 """
 
-import dataclasses
 import json
 import re
 
@@ -17,19 +17,20 @@ import numpy as np
 from harness import plots
 from harness import stats
 from harness.analyses import Report
+from harness.cells import Cell
+from harness.report import table_head
+
+_BASELINE_FIELDS = ('train_fraction', 'batch_size', 'learning_rate')
 
 
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  table: str  # where it is reported
-  label: str  # its row label there
-  method: str  # sgd, sbs, dropout, adrop, esgd, asgd
-  overrides: tuple[tuple[str, object], ...] = ()
+def baseline(cell: Cell) -> Cell:
+  """The SGD cell ``cell`` is paired with: same data, batch, rate."""
+  kept = {k: cell.options[k] for k in _BASELINE_FIELDS if k in cell.options}
+  return Cell(f'SGD baseline {kept}', 'sgd', kept)
 
-  def baseline(self) -> 'Cell':
-    """The SGD cell this cell is paired with: same data, batch, rate."""
-    keep = ('train_fraction', 'batch_size', 'learning_rate')
-    return Cell('', '', 'sgd', tuple((k, v) for k, v in self.overrides if k in keep))
+
+def _is_baseline(cell: Cell) -> bool:
+  return cell.method == 'sgd' and set(cell.options) <= set(_BASELINE_FIELDS)
 
 
 # The columns of every table.
@@ -46,7 +47,7 @@ COLUMNS = (
 
 
 class _Cells:
-  """The rows of cells, through the runner (None: not all trials cached)."""
+  """The runs of cells through the runner (None: not all trials cached)."""
 
   def __init__(self, runner, scale):
     self.runner, self.scale = runner, scale
@@ -55,15 +56,10 @@ class _Cells:
     )
 
   def config(self, cell: Cell) -> dict:
-    return self.runner.config(method=cell.method, **self.base, **dict(cell.overrides))
+    return self.runner.config(method=cell.method, **{**self.base, **cell.options})
 
   def rows(self, cell: Cell) -> list[dict] | None:
-    label = cell.label or f'SGD baseline {dict(cell.overrides)}'
-    return self.runner.rows(self.config(cell), self.scale['trials'], label)
-
-  def finished(self, cell: Cell) -> int:
-    """Trials cached of a cell that is not complete."""
-    return self.runner.missing.get(cell.label or f'SGD baseline {dict(cell.overrides)}', 0)
+    return self.runner.runs(cell, self.scale['trials'], **self.base)
 
 
 def _best_rates(todo: list[Cell], cells: _Cells) -> list[str]:
@@ -123,12 +119,10 @@ def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
   paired difference frozen - chain."""
   lines = []
   for cell in (c for c in todo if c.table == 'm'):
-    if dict(cell.overrides).get('sbs_momentum') != 'frozen':
+    if cell.options.get('sbs_momentum') != 'frozen':
       continue
-    chain = Cell(
-      'm', '', 'sbs', tuple((k, 'chain' if k == 'sbs_momentum' else v) for k, v in cell.overrides)
-    )
-    name = f'{cell.label.replace(" frozen", "")}: frozen - chain'
+    chain = cell.with_options(cell.name.replace(' frozen', ' chain'), sbs_momentum='chain')
+    name = f'{cell.name.replace(" frozen", "")}: frozen - chain'
     lines.append(_paired_text(cells.rows(cell), cells.rows(chain), name, 'frozen'))
   lines = [line for line in lines if line]
   return ['Frozen vs chain, paired by trial:'] + lines if lines else []
@@ -137,7 +131,7 @@ def _frozen_vs_chain(todo: list[Cell], cells: _Cells) -> list[str]:
 def _pairs(study, todo: list[Cell], cells: _Cells) -> list[str]:
   """``study.PAIRS`` ((label a, label b, what a - b is called), ...): the
   paired difference of the last-10% accuracy of two cells of the report."""
-  by_label = {c.label: c for c in todo}
+  by_label = {c.name: c for c in todo}
   lines = [
     _paired_text(cells.rows(by_label[a]), cells.rows(by_label[b]), f'{name}:', a)
     for a, b, name in getattr(study, 'PAIRS', ())
@@ -153,13 +147,13 @@ def report(runner) -> Report:
     c
     for t in study.TABLES
     for c in study.cells(scale, t)
-    if (pattern is None or re.search(pattern, c.label)) and runner.wanted(c.label)
+    if (pattern is None or re.search(pattern, c.name)) and runner.wanted(c.name)
   ]
   if not todo:
     raise ValueError(f'--cells {runner.options.cells!r} matches no cell of {runner.options.study}')
   cells = _Cells(runner, scale)
   results: dict[Cell, list[dict] | None] = {}
-  for cell in todo + [c.baseline() for c in todo]:
+  for cell in todo + [baseline(c) for c in todo]:
     if cell not in results:
       results[cell] = cells.rows(cell)
 
@@ -170,30 +164,29 @@ def report(runner) -> Report:
     body += [
       f'## {study.TITLES[table].format(**scale, denominator=round(1 / scale["fraction"]))}',
       '',
-      '| ' + ' | '.join(COLUMNS) + ' |',
-      '|' + '---|' * len(COLUMNS),
+      *table_head(*COLUMNS),
     ]
     for cell in (c for c in todo if c.table == table):
-      rows, base_rows = results[cell], results[cell.baseline()]
+      rows, base_rows = results[cell], results[baseline(cell)]
       if rows is None or base_rows is None:
-        pair = {json.dumps(cells.config(c), sort_keys=True): c for c in (cell, cell.baseline())}
+        pair = {json.dumps(cells.config(c), sort_keys=True): c for c in (cell, baseline(cell))}
         done = ', '.join(
-          f'{trials if results[c] is not None else cells.finished(c)}/{trials}'
+          f'{trials}/{trials}' if results[c] is not None else f'{runner.cached(c.name)}/{trials}'
           for c in pair.values()
         )
         body.append(
-          f'| {cell.label} | not run yet (trials cached, cell and '
+          f'| {cell.name} | not run yet (trials cached, cell and '
           f'its SGD: {done}) |' + ' |' * (len(COLUMNS) - 2)
         )
         continue
       last, best = stats.last_fraction_mean(rows), stats.maximum(rows)
-      if cell.method == 'sgd' and cell.baseline() == Cell('', '', 'sgd', cell.overrides):
+      if _is_baseline(cell):
         versus = '(baseline) | | '
       else:
         mean, lo, hi, wins = stats.paired_difference(last, stats.last_fraction_mean(base_rows))
         versus = f'{mean:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {wins}/{len(last)}'
       body.append(
-        f'| {cell.label} | {stats.mean_std(last)} | {stats.mean_std(best)} | {versus} | '
+        f'| {cell.name} | {stats.mean_std(last)} | {stats.mean_std(best)} | {versus} | '
         f'{stats.final(rows, "train_loss").mean():.3f} | {stats.update_statistics(rows)} |'
       )
       if table in ('4', '5', 'm'):
@@ -203,7 +196,7 @@ def report(runner) -> Report:
           config = cells.config(cell)
           panel += f', batch {config["batch_size"]}'
           group = (config['train_fraction'], config['batch_size'])
-        panels.setdefault(panel, {})[cell.label] = (stats.mean_curve(rows), group)
+        panels.setdefault(panel, {})[cell.name] = (stats.mean_curve(rows), group)
     body.append('')
     if table == '3':
       body += _best_rates(todo, cells) + ['']

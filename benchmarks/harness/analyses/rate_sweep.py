@@ -2,7 +2,7 @@
 
 The study supplies ``SCALES`` (dicts: ``config``, the example's fields of
 every run; ``learning_rates``; ``trials``; ``seed``), ``CELLS`` (name ->
-(method, options)), ``RUN`` (the cells it reports, in order) and ``TITLE``.
+:class:`harness.cells.Cell`), ``RUN`` (the cells it reports, in order) and ``TITLE``.
 Every cell runs at every rate on the same paired trials; a method's best rate
 has the lowest mean final validation loss, and the paired difference of that
 loss against AdamW's (nats per character) is reported with its 95% t
@@ -13,16 +13,16 @@ runs is given too.
 
 import numpy as np
 
-from harness import examples
+from harness import plots
 from harness import stats
 from harness.analyses import Report
+from harness.cells import Cell
 from harness.report import table_head
 
 
-def cell_name(cells: dict, cell: str) -> str:
-  method, options = cells[cell]
-  text = ', '.join(f'{k}={v}' for k, v in options.items())
-  return f'{method} ({text})' if text else method
+def cell_name(cell: Cell) -> str:
+  text = ', '.join(f'{k}={v}' for k, v in cell.options.items())
+  return f'{cell.method} ({text})' if text else cell.method
 
 
 def _final(rows: list[dict], key: str = 'val_loss') -> np.ndarray:
@@ -41,14 +41,12 @@ def report(runner) -> Report:
   unfinished: dict[tuple[str, float], int] = {}
   for method in methods:
     for lr in rates:
-      name, options = study.CELLS[method]
-      config = runner.config(
-        method=name, **scale['config'], **options, learning_rate=lr, seed=scale['seed']
-      )
+      cell = study.CELLS[method]
       label = f'{method} lr={lr:g}'
-      rows = runner.rows(config, trials, label)
+      fields = dict(scale['config'], learning_rate=lr, seed=scale['seed'])
+      rows = runner.runs(cell, trials, label, **fields)
       if rows is None:
-        unfinished[method, lr] = runner.missing[label]
+        unfinished[method, lr] = runner.cached(label)
       else:
         runs[method, lr] = rows
 
@@ -61,7 +59,7 @@ def report(runner) -> Report:
   pairs = getattr(study, 'PAIRS', {})
   cells, table, curves = [], [], {}
   for method in methods:
-    name = cell_name(study.CELLS, method)
+    name = cell_name(study.CELLS[method])
     if method not in best:
       table.append(
         f'| {name} | not run yet ('
@@ -84,8 +82,8 @@ def report(runner) -> Report:
     cells.append(
       {
         'name': name,
-        'method': study.CELLS[method][0],
-        'options': dict(study.CELLS[method][1], learning_rate=lr),
+        'method': study.CELLS[method].method,
+        'options': dict(study.CELLS[method].options, learning_rate=lr),
         'trials': len(val),
         'val_loss': float(val.mean()),
         'vs_adamw': versus,
@@ -174,14 +172,4 @@ def report(runner) -> Report:
   ]
   result = Report(lines, {'cells': cells}, indent=2)
   caption = 'Learning curves (validation loss, each method at its best rate)'
-  return add_loss_curves(result, runner, curves, caption, 'mean ± std over trials')
-
-
-def add_loss_curves(result: Report, runner, curves: dict, caption: str, title: str) -> Report:
-  """``result`` with the validation curves ``{label: (steps, values per
-  trial)}`` drawn by the lm example's own plot (if there are any)."""
-  if curves:
-    title = f'{title}, scale {runner.options.scale}'
-    plot = examples.light_module('lm', 'results.py').plot_curves
-    result.add_curves(runner.stem(), caption, lambda path: plot(curves, path, title=title))
-  return result
+  return plots.add_loss_curves(result, runner, curves, caption, 'mean ± std over trials')

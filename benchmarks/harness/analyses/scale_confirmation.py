@@ -7,8 +7,8 @@ swept cell runs first, widened one rate at a time while its best rate is at
 an edge, and ``sweep_span``, a factor: widened further while the rates run do
 not reach the best rate divided and multiplied by it; ``trials`` and
 ``seed``, the confirmation's),
-``CELLS`` (name -> (the example's method, its options, the kind the JSON
-names)), ``SWEEP`` (the cells whose rate is swept; AdamW, ``'adamw'``,
+``CELLS`` (name -> :class:`harness.cells.Cell`; its ``kind`` is what the
+JSON names), ``SWEEP`` (the cells whose rate is swept; AdamW, ``'adamw'``,
 among them) and ``CONFIRM`` (cell -> the swept cell whose best rate it runs
 at). A swept cell's best rate has the lowest mean final validation loss.
 Every cell is compared with AdamW at its best rate on the same seeds: the
@@ -27,12 +27,11 @@ import numpy as np
 from harness import plots
 from harness import stats
 from harness.analyses import Report
-from harness.analyses import rate_sweep
 from harness.report import table_head
 
 
 @dataclasses.dataclass
-class Cell:
+class Runs:
   """The finished runs of one cell at one rate on one set of seeds."""
 
   name: str
@@ -79,31 +78,24 @@ class _Grid:
 
   def cell(
     self, name: str, rate: float, phase: str, extra: dict | None = None, tag: str = ''
-  ) -> Cell | None:
+  ) -> Runs | None:
     """The runs of cell ``name`` at ``rate``: the sweep's seeds, or the
     confirmation's (``phase == 'confirmation'``); ``extra`` changes more of
     the example's fields (a tuning variant: ``tag`` names it in the label)."""
-    method, options, _ = self.study.CELLS[name]
     trials, seed = (
       (self.scale['trials'], self.scale['seed'])
       if phase == 'confirmation'
       else (self.scale['sweep_trials'], self.scale['sweep_seed'])
     )
-    config = self.runner.config(
-      method=method,
-      **self.scale['config'],
-      **options,
-      **(extra or {}),
-      learning_rate=rate,
-      seed=seed,
-    )
+    cell = self.study.CELLS[name].with_options(name, extra or {}, learning_rate=rate)
     label = f'{phase} {name}{f" ({tag})" if tag else ""} lr={rate:g}'
-    rows = self.runner.rows(config, trials, label) if self.runner.wanted(label) else None
+    fields = dict(self.scale['config'], seed=seed)
+    rows = self.runner.runs(cell, trials, label, **fields) if self.runner.wanted(label) else None
     if rows is None:
-      done = self.runner.missing.get(label, 0)
-      self.waiting[label] = f'{done}/{trials} trials cached'
+      self.waiting[label] = self.runner.waiting(label, trials)
       return None
-    return Cell(name, rate, rows, config, list(range(seed, seed + trials)), tag)
+    config = self.runner.config(method=cell.method, **{**fields, **cell.options})
+    return Runs(name, rate, rows, config, list(range(seed, seed + trials)), tag)
 
 
 def _sweep(
@@ -112,7 +104,7 @@ def _sweep(
   rates: tuple[float, ...],
   start: tuple[int, int],
   span: float | None = None,
-) -> tuple[dict[float, Cell | None], float | None]:
+) -> tuple[dict[float, Runs | None], float | None]:
   """The sweep of ``name``: first the rates ``rates[start[0]:start[1]]``,
   then one more step of the grid beyond an edge while the best rate is at
   that edge (so it ends inside the rates run, or at the grid's end), and,
@@ -121,7 +113,7 @@ def _sweep(
   Returns the cells run (None: not cached yet) and the best rate (None
   until every cell run so far has finished)."""
   lo, hi = start
-  cells: dict[float, Cell | None] = {}
+  cells: dict[float, Runs | None] = {}
   while True:
     for lr in rates[lo:hi]:
       if lr not in cells:
@@ -145,10 +137,10 @@ def _sweep(
 class Tuning:
   """The tuning of a baseline's fixed settings at one rate (``study.TUNE``)."""
 
-  candidates: dict[str, Cell | None]  # variant -> its runs at the tuning rate
+  candidates: dict[str, Runs | None]  # variant -> its runs at the tuning rate
   changes: dict[str, dict]  # variant -> the fields it changes
   winner: str | None = None
-  rates: dict[float, Cell | None] = dataclasses.field(default_factory=dict)  # the winner's
+  rates: dict[float, Runs | None] = dataclasses.field(default_factory=dict)  # the winner's
   best_rate: float | None = None
 
 
@@ -198,7 +190,7 @@ def _tune(grid: _Grid, study) -> Tuning:
   return tuning
 
 
-def _mean(cell: Cell | None) -> float:
+def _mean(cell: Runs | None) -> float:
   return cell.mean_val() if cell is not None else float('inf')
 
 
@@ -252,12 +244,12 @@ def _rates_chosen(study) -> str:
   return f'Each cell at its rate: {text}'
 
 
-def _stalled(cell: Cell, entropy: float) -> int:
+def _stalled(cell: Runs, entropy: float) -> int:
   val = cell.final()
   return int(np.sum(~np.isfinite(val) | (val >= entropy)))
 
 
-def _versus(cell: Cell, base: Cell | None) -> dict | None:
+def _versus(cell: Runs, base: Runs | None) -> dict | None:
   if base is None or cell is base:
     return None
   diff, lo, hi, wins = stats.paired_difference(cell.final(), base.final(), better='lower')
@@ -265,9 +257,9 @@ def _versus(cell: Cell, base: Cell | None) -> dict | None:
 
 
 def _json_cell(
-  study, cell: Cell, phase: str, base: Cell | None, entropy: float, tag: str = ''
+  study, cell: Runs, phase: str, base: Runs | None, entropy: float, tag: str = ''
 ) -> dict:
-  kind = study.CELLS[cell.name][2]
+  kind = study.CELLS[cell.name].kind
   val = cell.final()
   tag = tag or cell.tag
   options = _options(kind, cell.config)
@@ -303,7 +295,7 @@ def report(runner) -> Report:
   rates = scale['learning_rates']
   grid = _Grid(runner)
 
-  sweep: dict[tuple[str, float], Cell | None] = {}
+  sweep: dict[tuple[str, float], Runs | None] = {}
   best: dict[str, float] = {}
   for name in study.SWEEP:
     cells, best_rate = _sweep(grid, name, rates, _sweep_start(scale, name), scale.get('sweep_span'))
@@ -311,7 +303,7 @@ def report(runner) -> Report:
     if best_rate is not None:
       best[name] = best_rate
   tuning = _tune(grid, study) if hasattr(study, 'TUNE') else None
-  confirm: dict[str, Cell | None] = {}
+  confirm: dict[str, Runs | None] = {}
   for name, chooser in study.CONFIRM.items():
     rate, extra, tag = _confirmation_rate(study, chooser, best, tuning), None, ''
     if tuning is not None and name in study.TUNED:
@@ -489,7 +481,7 @@ def report(runner) -> Report:
       'changes': None if tuning.winner is None else tuning.changes[tuning.winner],
       'best_rate': tuning.best_rate,
     }
-  result = rate_sweep.add_loss_curves(
+  result = plots.add_loss_curves(
     Report(lines, payload, indent=2),
     runner,
     curves,
@@ -501,11 +493,11 @@ def report(runner) -> Report:
   return result
 
 
-def _label(cell: Cell) -> str:
+def _label(cell: Runs) -> str:
   return f'{cell.name} ({cell.tag})' if cell.tag else cell.name
 
 
-def _best_val(cell: Cell) -> np.ndarray:
+def _best_val(cell: Runs) -> np.ndarray:
   """Per trial: the lowest validation loss over the run's evaluations."""
   return np.asarray([min(r['val_loss'] for r in t) for t in stats.by_trial(cell.rows, 'step')])
 
@@ -637,7 +629,7 @@ def _rule_text(reference: float) -> str:
   )
 
 
-def _headline(study, confirm: dict[str, Cell | None], scale: str) -> _Headline | None:
+def _headline(study, confirm: dict[str, Runs | None], scale: str) -> _Headline | None:
   """The verdict on ``study.HEADLINE`` (cell a - cell b on the fresh seeds)."""
   if not getattr(study, 'HEADLINE', None):
     return None
@@ -668,7 +660,7 @@ def _headline(study, confirm: dict[str, Cell | None], scale: str) -> _Headline |
   return _Headline(lines, payload)
 
 
-def _difference_by_step(cell_a: Cell, cell_b: Cell) -> tuple[np.ndarray, ...]:
+def _difference_by_step(cell_a: Runs, cell_b: Runs) -> tuple[np.ndarray, ...]:
   """(steps, mean, low, high) of the paired validation-loss difference a - b."""
   steps, va = stats.step_curves(cell_a.rows)
   _, vb = stats.step_curves(cell_b.rows)
@@ -676,7 +668,7 @@ def _difference_by_step(cell_a: Cell, cell_b: Cell) -> tuple[np.ndarray, ...]:
   return steps, *(np.asarray([o[k] for o in out]) for k in range(3))
 
 
-def _over_steps_lines(study, confirm: dict[str, Cell | None], mid_steps) -> list[str]:
+def _over_steps_lines(study, confirm: dict[str, Runs | None], mid_steps) -> list[str]:
   a, b = study.HEADLINE
   cell_a, cell_b = confirm.get(a), confirm.get(b)
   if cell_a is None or cell_b is None:
@@ -711,7 +703,7 @@ def _over_steps_lines(study, confirm: dict[str, Cell | None], mid_steps) -> list
   ]
 
 
-def _add_steps_figure(result: Report, runner, study, confirm: dict[str, Cell | None]) -> None:
+def _add_steps_figure(result: Report, runner, study, confirm: dict[str, Runs | None]) -> None:
   a, b = study.HEADLINE
   cell_a, cell_b = confirm.get(a), confirm.get(b)
   if cell_a is None or cell_b is None:
