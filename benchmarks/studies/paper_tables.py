@@ -18,6 +18,7 @@ and learning rate.
 
 import dataclasses
 
+from harness import examples
 from harness.cells import Cell
 
 EXAMPLE = 'cifar'
@@ -78,7 +79,8 @@ PAPER = (('alpha', 0.1), ('lam', -4.0))
 # The reading that came closest at CPU scale: no global term (lam = 0) and the
 # step eta~ = k eta of eq. (13) for a parameter that accumulated k batches.
 COMBINED = (('alpha', 0.1), ('lam', 0.0), ('scale_by_count', True))
-PAPER_MOMENTUM = {16: 0.0, 32: 0.3, 64: 0.6, 128: 0.9}
+# The paper's batch size -> momentum pairing, as the example applies it.
+PAPER_MOMENTUM = examples.light_module('cifar', 'configs/default.py').PAPER_MOMENTUM
 BASELINES = {
   'sgd': 'SGD',
   'dropout': 'Dropout (0.5)',

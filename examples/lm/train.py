@@ -104,8 +104,10 @@ def trial_seeds(config: Config, trial: int) -> tuple[jax.Array, jax.Array, np.ra
 # One tx per configuration and method, shared by its trials: the trial's key
 # goes into the state instead (``create``), so the trials run the train step
 # that nnx.jit compiled for the first one (it caches on the tx object, and a
-# new one per trial would compile again).
+# new one per trial would compile again). The last few are kept: a process
+# that trains many configurations in turn (a study) does not hold them all.
 _TXS: dict[tuple[str, str], optax.GradientTransformation] = {}
+_TXS_KEPT = 4
 # Fields that do not enter a tx (``methods``: the method is named apart).
 NOT_TX_FIELDS = (
   'dataset',
@@ -127,6 +129,8 @@ def shared_tx(config: Config, method: str) -> optax.GradientTransformation:
     fields.pop(name)
   cache_key = (json.dumps(fields, sort_keys=True, default=str), method)
   if cache_key not in _TXS:
+    while len(_TXS) >= _TXS_KEPT:
+      del _TXS[next(iter(_TXS))]  # the oldest
     _TXS[cache_key] = build_tx(config, method)
   return _TXS[cache_key]
 

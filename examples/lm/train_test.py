@@ -48,6 +48,20 @@ def test_trials_share_the_tx_but_not_its_key(tiny, monkeypatch):
   assert not np.array_equal(jax.random.key_data(other_key), keys[0])
 
 
+def test_the_shared_txs_are_the_last_few_configurations(tiny):
+  """A process that trains many configurations in turn keeps only the txs
+  of the last few: the same configuration gets the same tx, an old one a
+  new tx."""
+  configs = [tiny(learning_rate=0.001 * (i + 1)) for i in range(train._TXS_KEPT + 1)]
+  first = train.shared_tx(configs[0], 'adamw')
+  assert train.shared_tx(dataclasses.replace(configs[0], seed=5), 'adamw') is first
+  for config in configs[1:]:
+    train.shared_tx(config, 'adamw')
+  assert len(train._TXS) <= train._TXS_KEPT
+  assert train.shared_tx(configs[-1], 'adamw') is train.shared_tx(configs[-1], 'adamw')
+  assert train.shared_tx(configs[0], 'adamw') is not first
+
+
 def test_tiny_run_learns_and_probability_one_masks_give_adamw(corpus_file, tiny):
   """masked_updates(adamw, p=1) is AdamW bit for bit: the same rows."""
   data = input_pipeline.load(corpus_file)

@@ -67,7 +67,7 @@ class Config:
   alpha: float = 0.1
   """Slope of the in-layer term of SBS's probability (eq. 18)."""
   lam: float = -4.0
-  """Slope of the across-layer term of SBS's probability (eq. 19)."""
+  """Slope of the across-layer term of SBS's probability (eq. 20)."""
   global_normalization: Literal['std', 'mean'] = 'std'
   """How SBS compares a layer's mean magnitude with its group's: 'std' (eq. 19, standardised) or 'mean' (relative to the group's mean)."""
   probability: float | None = None

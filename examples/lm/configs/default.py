@@ -82,7 +82,7 @@ class Config:
   alpha: float = 0.1
   """'sbs': slope of the in-layer term of the update probability (eq. 18)."""
   lam: float = -4.0
-  """'sbs': slope of the across-layer term of the update probability (eq. 19)."""
+  """'sbs': slope of the across-layer term of the update probability (eq. 20)."""
   sbs_probability: float | None = None
   """'sbs': a fixed update probability instead of the adaptive one."""
   accumulate_steps: int = 2
