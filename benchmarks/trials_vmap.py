@@ -10,22 +10,19 @@ Median over repetitions after warm-up; both in the same process.
 
 import argparse
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'examples', 'cifar'))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs.default import Config
+from harness import examples
 from harness import report
-import models
-import steps
-import train
+
+CIFAR = examples.EXAMPLES['cifar']
 
 
 def step_fn(state, images, labels):
@@ -64,8 +61,9 @@ def main():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (k, bs, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (k, bs)).astype(np.int32)
+  models, steps, train = (CIFAR.module(m) for m in ('models', 'steps', 'train'))
   model = models.create_model(args.model, 10)
-  config = Config(batch_size=bs)
+  config = CIFAR.module('configs.default').Config(batch_size=bs)
   lines = [
     f'# Trials: sequential vs jax.vmap ({args.model}, batch {bs}, {k} trials)',
     '',
