@@ -7,7 +7,9 @@ import os
 import pytest
 
 from harness import runner as runner_lib
+from harness import sweeps
 from harness import testing
+from harness import verdicts
 from harness.analyses import rate_sweep
 from harness.analyses import scale_confirmation
 
@@ -153,7 +155,7 @@ class _FakeGrid:
     if rate in self.missing:
       return None
     rows = [dict(testing.steps(self.loss(rate))[-1], trial=0)]
-    return scale_confirmation.Runs(name, rate, rows, {}, [0])
+    return sweeps.Runs(name, rate, rows, {}, [0])
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,7 @@ def test_sweep_widens_only_while_the_best_rate_is_at_an_edge(best, asked):
   rates = tuple(range(8))
   loss = (lambda r: abs(r - best)) if best != 6 else (lambda r: abs(r - 6.2))
   grid = _FakeGrid(lambda r: 1.0 + loss(r))
-  cells, chosen = scale_confirmation._sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
+  cells, chosen = sweeps.sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
   assert grid.asked == asked and chosen == best and list(cells) == sorted(asked)
 
 
@@ -178,17 +180,17 @@ def test_sweep_widens_until_it_spans_the_best_rate_divided_and_times_the_span():
   # 2 * 3.375 above: nothing more there.
   rates = tuple(1.5**i for i in range(8))
   grid = _FakeGrid(lambda r: 1.0 + abs(r - rates[3]))
-  cells, chosen = scale_confirmation._sweep(grid, 'x', rates, (2, 6), span=2.0)  # pylint: disable=protected-access
+  cells, chosen = sweeps.sweep(grid, 'x', rates, (2, 6), span=2.0)  # pylint: disable=protected-access
   assert chosen == rates[3] and grid.asked == [rates[i] for i in (2, 3, 4, 5, 1)]
   # Without a span, the first slice is enough.
   grid = _FakeGrid(lambda r: 1.0 + abs(r - rates[3]))
-  scale_confirmation._sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
+  sweeps.sweep(grid, 'x', rates, (2, 6))  # pylint: disable=protected-access
   assert grid.asked == [rates[i] for i in (2, 3, 4, 5)]
 
 
 def test_sweep_waits_for_unfinished_cells():
   grid = _FakeGrid(lambda r: 1.0 + abs(r - 2), missing=(3,))
-  cells, chosen = scale_confirmation._sweep(grid, 'x', tuple(range(8)), (2, 6))  # pylint: disable=protected-access
+  cells, chosen = sweeps.sweep(grid, 'x', tuple(range(8)), (2, 6))  # pylint: disable=protected-access
   assert chosen is None and grid.asked == [2, 3, 4, 5] and cells[3] is None
 
 
@@ -205,7 +207,7 @@ def test_sweep_waits_for_unfinished_cells():
   ],
 )
 def test_verdict_applies_the_rule_stated_before_the_runs(diff, lo, hi, verdict):
-  assert scale_confirmation._verdict(diff, lo, hi, -0.0207) == verdict  # pylint: disable=protected-access
+  assert verdicts.verdict(diff, lo, hi, -0.0207) == verdict  # pylint: disable=protected-access
 
 
 def test_breadth_studies_state_their_rule_and_lm_mediums_reference():
