@@ -58,8 +58,8 @@ def step_runner(config: Any, seed: int):
   """``run(n)``: ``n`` training steps of a fresh model and optimizer, blocked
   until done; the first call compiles."""
   train = LM.module('train')
-  model_key, tx_key, _ = train.trial_seeds(config, seed)
-  model, optimizer = train.create(config, config.methods[0], VOCAB_SIZE, model_key, tx_key)
+  model_key, tx_key, _ = train.setup_trial(config, seed)
+  model, optimizer = train.create_state(config, config.methods[0], VOCAB_SIZE, model_key, tx_key)
   rng = np.random.default_rng(seed)
   shape = (config.batch_size, config.context_length)
   batches = [

@@ -7,7 +7,7 @@ adding one entry to ``METHODS``; the flags and the benchmark read the
 registry.
 
 A trial's key reaches the tx's state one way: every tx is built with
-``BUILD_KEY``, and ``train.create`` puts the trial's key in place of every
+``BUILD_KEY``, and ``train.create_state`` puts the trial's key in place of every
 PRNG key of the initial state (``train.with_tx_key``). The library's
 transformations read their key only in ``init``, where it becomes the
 state's, so the state is the one the tx built with the trial's key would

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import dataclasses
 import json
 import time
+from typing import NamedTuple
 
 from flax import nnx
 import jax
@@ -86,23 +87,32 @@ def learning_rate_schedule(config: Config) -> optax.Schedule:
 
 def build_tx(config: Config, method: str) -> optax.GradientTransformation:
   """The method's tx (``methods.METHODS``) after gradient clipping. Built with
-  ``methods.BUILD_KEY``: :func:`create` keys its state by trial."""
+  ``methods.BUILD_KEY``: :func:`create_state` keys its state by trial."""
   tx = methods.METHODS[method].tx(config, learning_rate_schedule(config))
   if config.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   return optax.chain(tx)
 
 
-def trial_seeds(config: Config, trial: int) -> tuple[jax.Array, jax.Array, np.random.Generator]:
-  """What trial ``trial`` fixes, for every method alike: the model's init key,
-  the tx's key and the Generator of the training windows."""
+class TrialSetup(NamedTuple):
+  """What one trial fixes, for every method alike (a paired comparison)."""
+
+  model_key: jax.Array
+  tx_key: jax.Array
+  rng: np.random.Generator  # the training windows
+
+
+def setup_trial(config: Config, trial: int) -> TrialSetup:
+  """What trial ``trial`` fixes (seed ``config.seed + trial``): the model's
+  init key, the tx's key (:func:`create_state`) and the Generator of the
+  training windows."""
   seed = config.seed + trial
   model_key, tx_key = jax.random.split(jax.random.key(seed))
-  return model_key, tx_key, np.random.default_rng([seed, 1])
+  return TrialSetup(model_key, tx_key, np.random.default_rng([seed, 1]))
 
 
 # One tx per configuration and method, shared by its trials: the trial's key
-# goes into the state instead (``create``), so the trials run the train step
+# goes into the state instead (``create_state``), so the trials run the train step
 # that nnx.jit compiled for the first one (it caches on the tx object, and a
 # new one per trial would compile again). The last few are kept: a process
 # that trains many configurations in turn (a study) does not hold them all.
@@ -148,7 +158,7 @@ def with_tx_key(opt_state, key: jax.Array):
   return jax.tree.map(lambda x: key if is_key(x) else x, opt_state)
 
 
-def create(config: Config, method: str, vocab_size: int, model_key, tx_key):
+def create_state(config: Config, method: str, vocab_size: int, model_key, tx_key):
   """A fresh ``(model, nnx.Optimizer)`` for one run: the model initialised
   from ``model_key``, the shared tx's state keyed by ``tx_key``
   (:func:`with_tx_key`)."""
@@ -228,8 +238,8 @@ class Throughput:
 
 def run_trial(
   config: Config,
-  data: input_pipeline.TextData,
   method: str,
+  data: input_pipeline.TextData,
   trial: int,
   progress: Callable[[dict], None] | None = None,
   checkpointer: checkpointing.RunCheckpointer | None = None,
@@ -247,8 +257,8 @@ def run_trial(
   any) and saves one after every evaluation, so a resumed run ends with the
   rows of an uninterrupted one (timings aside).
   """
-  model_key, tx_key, rng = trial_seeds(config, trial)
-  model, optimizer = create(config, method, data.vocab_size, model_key, tx_key)
+  model_key, tx_key, rng = setup_trial(config, trial)
+  model, optimizer = create_state(config, method, data.vocab_size, model_key, tx_key)
   schedule = learning_rate_schedule(config)
   num_windows = config.eval_batches * config.batch_size
   val_windows = input_pipeline.eval_windows(data.validation, num_windows, config.context_length)
@@ -331,7 +341,7 @@ def run(
         else None
       )
       try:
-        rows += run_trial(config, data, method, trial, progress, checkpointer)
+        rows += run_trial(config, method, data, trial, progress, checkpointer)
       finally:
         if checkpointer is not None:
           checkpointer.close()

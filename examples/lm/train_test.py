@@ -21,12 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 def test_trials_share_the_tx_but_not_its_key(tiny, monkeypatch):
-  """``create`` reuses one tx per configuration (one compiled step for all
+  """``create_state`` reuses one tx per configuration (one compiled step for all
   trials) and puts the trial's key into its state: the state that the tx
   built with that key starts from."""
   config = tiny(methods=('magma',))
-  model_key, tx_key, _ = train.trial_seeds(config, 1)
-  model, optimizer = train.create(config, 'magma', 11, model_key, tx_key)
+  model_key, tx_key, _ = train.setup_trial(config, 1)
+  model, optimizer = train.create_state(config, 'magma', 11, model_key, tx_key)
   monkeypatch.setattr(methods, 'BUILD_KEY', tx_key)  # a tx built with the trial's key
   direct = nnx.Optimizer(model, train.build_tx(config, 'magma'), wrt=nnx.Param)
   got, want = jax.tree.leaves(nnx.state(optimizer)), jax.tree.leaves(nnx.state(direct))
@@ -38,7 +38,7 @@ def test_trials_share_the_tx_but_not_its_key(tiny, monkeypatch):
     if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  _, other = train.create(config, 'magma', 11, *train.trial_seeds(config, 2)[:2])
+  _, other = train.create_state(config, 'magma', 11, *train.setup_trial(config, 2)[:2])
   assert other.tx is optimizer.tx
   (other_key,) = [
     x
@@ -134,8 +134,8 @@ def test_scanned_sbs_trains_to_the_unrolled_models_loss(corpus_file, scan_sbs_co
   windows = input_pipeline.eval_windows(data.validation, 64, 8)
 
   def train(config, trial):
-    model_key, tx_key, rng = train.trial_seeds(config, trial)
-    model, optimizer = train.create(config, 'sbs', data.vocab_size, model_key, tx_key)
+    model_key, tx_key, rng = train.setup_trial(config, trial)
+    model, optimizer = train.create_state(config, 'sbs', data.vocab_size, model_key, tx_key)
     if config.scan_layers:  # the unrolled model's initial weights
       unrolled = models.create_model(
         dataclasses.replace(config, scan_layers=False), data.vocab_size, nnx.Rngs(params=model_key)
