@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import optax_sbs
+
 import checkpointing
 from configs.default import Config
 from configs.default import ConfigError
@@ -236,6 +238,24 @@ class Throughput:
     return self._all_tokens / (now - self._first)
 
 
+def family_statistics(optimizer: nnx.Optimizer) -> dict[str, float]:
+  """The statistics of the last step of the optimizer's stochastic update
+  masks (``optax_sbs.layer_statistics``), each the mean over the layers of
+  every parameter: ``sbs_update_fraction`` and ``sbs_mean_count`` for SBS,
+  ``{masked_updates,magma}_kept_fraction`` and ``magma_score``; empty for an
+  optimizer without masks. Read outside the jitted step, so training
+  computes what it computes without them."""
+  try:
+    per_layer = optax_sbs.layer_statistics(nnx.state(optimizer))
+  except ValueError:  # no state of the family
+    return {}
+  grouped: dict[str, list[float]] = {}
+  for key, value in per_layer.items():
+    kind, statistic, _ = key.split('/', 2)
+    grouped.setdefault(f'{kind}_{statistic}', []).append(float(value))
+  return {name: float(np.mean(values)) for name, values in grouped.items()}
+
+
 def run_trial(
   config: Config,
   method: str,
@@ -251,7 +271,8 @@ def run_trial(
   windows, evaluated as the validation loss is), ``val_loss`` (on fixed
   validation windows),
   ``tokens_per_sec`` (without the compiling step), ``learning_rate`` (of
-  the row's last step); the last row adds ``test_loss`` (fixed test windows).
+  the row's last step), and the masks' statistics (:func:`family_statistics`);
+  the last row adds ``test_loss`` (fixed test windows).
 
   With a ``checkpointer``, the run starts from its latest checkpoint (if
   any) and saves one after every evaluation, so a resumed run ends with the
@@ -297,6 +318,7 @@ def run_trial(
       val_loss=evaluate(model, val_windows, config.batch_size),
       tokens_per_sec=tokens_per_sec,
       learning_rate=float(schedule(step - 1)),
+      **family_statistics(optimizer),
     )
     if step == config.steps:
       test_windows = input_pipeline.eval_windows(data.test, num_windows, config.context_length)

@@ -73,9 +73,24 @@ def test_tiny_run_learns_and_probability_one_masks_give_adamw(corpus_file, tiny)
   assert adamw[-1]['val_loss'] < np.log(data.vocab_size) - 0.5
   assert 'test_loss' in adamw[-1] and 'test_loss' not in adamw[0]
   assert all(r['tokens_per_sec'] > 0 for r in adamw + masked)
+  # Every update kept, and the rows are AdamW's, the masks' statistic aside.
+  assert [r.pop('masked_updates_kept_fraction') for r in masked] == [1.0, 1.0]
   assert without_timing(masked) == [dict(r, method='masked_updates') for r in without_timing(adamw)]
   summary = results.summarize(adamw + masked)
   assert summary['masked_updates']['vs_adamw'] == dict(diff=0.0, wins=0, trials=1)
+
+
+def test_rows_log_the_masks_statistics_of_the_last_step(corpus_file, tiny):
+  """Read with ``optax_sbs.layer_statistics`` outside the train step: SBS at
+  p = 1 updates everything with batches of one, at p = 0.5 about half with
+  batches of about two; AdamW has no masks."""
+  data = input_pipeline.load(corpus_file)
+  every = train.run(tiny(methods=('sbs',), sbs_probability=1.0), data)
+  half = train.run(tiny(methods=('sbs',), sbs_probability=0.5), data)
+  adamw = train.run(tiny(methods=('adamw',)), data)
+  assert all(r['sbs_update_fraction'] == 1.0 and r['sbs_mean_count'] == 1.0 for r in every)
+  assert 0.4 < half[-1]['sbs_update_fraction'] < 0.6 and 1.5 < half[-1]['sbs_mean_count'] < 2.5
+  assert not any('fraction' in k or 'count' in k for r in adamw for k in r)
 
 
 def without_timing(rows):
