@@ -146,18 +146,20 @@ def main(argv=None) -> int:
   import results  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
 
-  start = time.time()
-  try:
-    train.validate(config, jax.device_count())
+  def load_data():  # train.run validates the configuration, then loads
     data = input_pipeline.load(config.dataset, config.data_dir, config.download)
     print(
       f'{data.name}: {len(data.x_train)} train / {len(data.x_test)} test '
       f'images {data.x_train.shape[1:]}, {data.num_classes} classes; '
       f'{jax.device_count()} device(s): {jax.devices()[0].platform}'
     )
+    return data
+
+  start = time.time()
+  try:
     rows = train.run(
       config,
-      data,
+      load_data,
       progress_factory=lambda m, t: progress_bar(m, t, config.epochs),
       checkpoint=checkpoint,
       resume=run.resume,

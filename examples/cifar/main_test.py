@@ -29,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
     (['--dataset', '/nonexistent/d.npz'], 'no such .npz file'),
     (['--train-fraction', '0'], r'train fraction must lie in \(0, 1\]'),
     (['--train-fraction', '1.5'], r'train fraction must lie in \(0, 1\]'),
+    # A configuration that cannot run fails before the data loads.
+    (['--dataset', '/nonexistent/d.npz', '--train-fraction', '0'], 'train fraction must lie'),
     (['--batch-size', '12'], 'not divisible by the 8 devices'),
   ],
 )

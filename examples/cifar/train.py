@@ -275,7 +275,7 @@ def run_trials_vectorized(
 
 def run(
   config: Config,
-  data: input_pipeline.Dataset,
+  data: input_pipeline.Dataset | Callable[[], input_pipeline.Dataset],
   progress_factory=None,
   mesh: Mesh | None = None,
   checkpoint: bool = False,
@@ -286,7 +286,9 @@ def run(
 
   Args:
     config: the run's configuration.
-    data: the dataset.
+    data: the dataset, or a function that loads it: called once the
+      configuration is known to run, so a configuration that cannot fails
+      before any download.
     progress_factory: ``(method, trial) -> callable(row)``, per run
       (``trial`` is ``'all'`` for vectorised trials).
     mesh: defaults to all local devices on one 'data' axis.
@@ -299,9 +301,15 @@ def run(
 
   Returns:
     One row per epoch of every run (``trials.epoch_row``).
+
+  Raises:
+    ConfigError: for a configuration that cannot run (the one place the
+      example validates it).
   """
   mesh = mesh or parallel.mesh_over_local_devices()
   validate(config, mesh.size)
+  if callable(data):
+    data = data()
   if vectorized:
     if checkpoint or resume:
       raise ConfigError('vectorised trials do not checkpoint or resume')

@@ -120,11 +120,8 @@ def main(argv=None) -> int:
   import results  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
 
-  start = time.time()
-  try:
-    train.validate(config)
+  def load_data():  # train.run validates the configuration, then loads
     data = input_pipeline.load(config.dataset, config.data_dir, config.download)
-    input_pipeline.check_lengths(data, config.context_length)
     print(
       f'{data.name}: {len(data.train)} / {len(data.validation)} / {len(data.test)} characters'
       f' (train / validation / test), vocabulary {data.vocab_size};'
@@ -132,9 +129,13 @@ def main(argv=None) -> int:
       f' parameters; {jax.devices()[0].platform}',
       flush=True,
     )
+    return data
+
+  start = time.time()
+  try:
     rows = train.run(
       config,
-      data,
+      load_data,
       progress_factory=lambda m, t: progress_line(m, t, config.steps),
       checkpoint=run.checkpoint,
       resume=run.resume,

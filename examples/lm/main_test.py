@@ -87,6 +87,8 @@ def test_main_runs_with_scan_layers(corpus_file, tmp_path, capsys, scan_sbs_conf
     (['--dataset', 'imdb'], "unknown dataset 'imdb'"),
     (['--num-heads', '3'], 'num_heads 3 does not divide embed_dim 128'),
     (['--dropout', '1'], 'dropout must lie in [0, 1), got 1.0'),
+    # A configuration that cannot run fails before the data loads.
+    (['--dataset', '/nonexistent/text.txt', '--num-heads', '3'], 'num_heads 3 does not divide'),
     (['--methods', 'sgd'], "invalid choice 'sgd' for argument '--methods'"),
     (['--granularity', 'row'], "invalid choice 'row' for argument '--granularity'"),
     (['--steps', 'many'], "'many'"),

@@ -333,7 +333,7 @@ def run_trial(
 
 def run(
   config: Config,
-  data: input_pipeline.TextData,
+  data: input_pipeline.TextData | Callable[[], input_pipeline.TextData],
   progress_factory: Callable[[str, int], Callable[[dict], None]] | None = None,
   checkpoint: bool = False,
   resume: bool = False,
@@ -342,14 +342,18 @@ def run(
 
   Args:
     config: the run's configuration.
-    data: the corpus.
+    data: the corpus, or a function that loads it: called once the
+      configuration is known to run, so a configuration that cannot fails
+      before any download.
     progress_factory: ``(method, trial) -> callable(row)``, per run.
     checkpoint: save an Orbax checkpoint after every evaluation of every run
       in ``config.workdir``.
     resume: continue from the checkpoints in ``config.workdir`` (made by the
       same configuration); finished runs are not repeated.
   """
-  validate(config)
+  validate(config)  # the one place the example validates its configuration
+  if callable(data):
+    data = data()
   input_pipeline.check_lengths(data, config.context_length)
   if checkpoint or resume:
     checkpointing.prepare_workdir(config.workdir, config, resume)
