@@ -159,8 +159,12 @@ class Runner:
     method and options over the example's ``fields`` (``seed`` among them);
     ``label`` names it in progress lines and in :meth:`waiting` (default: the
     cell's name). Asked again, the same rows are returned, not fetched again."""
-    config = self.config(method=cell.method, **{**fields, **cell.options})
-    return self.rows(config, trials, label or cell.name)
+    return self.rows(self.cell_config(cell, **fields), trials, label or cell.name)
+
+  def cell_config(self, cell: cells_lib.Cell, **fields: Any) -> dict[str, Any]:
+    """The example's configuration of ``cell``: its method and options over
+    ``fields``."""
+    return self.config(method=cell.method, **{**fields, **cell.options})
 
   def cached(self, label: str) -> int:
     """The trials cached of the unfinished cell ``label``."""

@@ -58,7 +58,7 @@ class Grid:
     if rows is None:
       self.waiting[label] = self.runner.waiting(label, trials)
       return None
-    config = self.runner.config(method=cell.method, **{**fields, **cell.options})
+    config = self.runner.cell_config(cell, **fields)
     return Runs(name, rate, rows, config, list(range(seed, seed + trials)), tag)
 
 

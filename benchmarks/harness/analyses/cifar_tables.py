@@ -56,7 +56,7 @@ class _Cells:
     )
 
   def config(self, cell: Cell) -> dict:
-    return self.runner.config(method=cell.method, **{**self.base, **cell.options})
+    return self.runner.cell_config(cell, **self.base)
 
   def rows(self, cell: Cell) -> list[dict] | None:
     return self.runner.runs(cell, self.scale['trials'], **self.base)
