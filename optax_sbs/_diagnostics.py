@@ -188,11 +188,12 @@ def _per_named_layer(
   vector: Any, layout: Mapping[str, Any], slice_name: SliceName
 ) -> Iterator[tuple[str, Any]]:
   """``(name, scalar)`` per layer of every parameter of ``layout``, from
-  ``vector``: one entry per layer, parameters in the layout's order."""
+  ``vector``: one entry per layer, parameters in the order of their sorted
+  path names."""
   vector = jnp.reshape(_layout.unwrap(vector), (-1,))
   start = 0
-  for key, grid in layout.items():
-    shape = np.shape(_layout.unwrap(grid))
+  for key in sorted(layout):
+    shape = np.shape(_layout.unwrap(layout[key]))
     axes = [d for d, n in enumerate(shape) if n != 1]
     if not axes:
       yield key, vector[start]
@@ -226,9 +227,22 @@ def _statistics(kind: str, state: Any, layer_axes: Any, slice_name: SliceName):
       tree = state.momentum
     for name, value in _per_layer(values, tree, state.layout, layer_axes, slice_name, who):
       yield 'score', name, value
-  if state.kept is not None and isinstance(state.layout, Mapping):
-    for name, value in _per_named_layer(state.kept, state.layout, slice_name):
-      yield 'kept_fraction', name, value
+  if state.kept is None:  # a state made before kept fractions were recorded
+    return
+  if kind == 'masked_updates':  # in the order of the layout's (sorted) names
+    if isinstance(state.layout, Mapping):
+      for name, value in _per_named_layer(state.kept, state.layout, slice_name):
+        yield 'kept_fraction', name, value
+    return
+  # magma: one vector, named by the momentum's paths.
+  flat = jax.tree_util.tree_flatten_with_path(state.momentum)[0]
+  axes = [_layout.axes_for(state.layout, layer_axes, path, m, who) for path, m in flat]
+  parts = _layers.split_slices(jnp.reshape(state.kept, (-1,)), [m for _, m in flat], axes)
+  kept = {path: part for (path, _), part in zip(flat, parts)}
+  for name, value in _per_layer(
+    lambda p, m, ax: jnp.asarray(kept[p]), state.momentum, state.layout, layer_axes, slice_name, who
+  ):
+    yield 'kept_fraction', name, value
 
 
 def layer_statistics(

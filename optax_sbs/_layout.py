@@ -1,12 +1,20 @@
 """The layout a state records: which axes of each parameter index stacked layers.
 
 Every state of the family holds a ``layout``: a plain dict keyed by the
-parameters' path names (``'layers/mlp/kernel'``; a Flax NNX variable's
-``.value`` left out) whose entries are ``uint8`` zeros shaped like the
-parameter's statistics grid: the layer axes' sizes, 1 on every other axis.
-So the statistics read a state without being told ``layer_axes`` again, and
-a ``layer_axes`` that disagrees with the one the state was built with is an
-error that names the parameter.
+path names (``'layers/mlp/kernel'``; a Flax NNX variable's ``.value`` left
+out) of the parameters that have layer axes, whose entries are ``uint8``
+zeros shaped like the parameter's statistics grid: the layer axes' sizes, 1
+on every other axis. A parameter it does not name has none. So the
+statistics read a state without being told ``layer_axes`` again, and a
+``layer_axes`` that disagrees with the one the state was built with is an
+error that names the parameter. Only stacked parameters get an entry: every
+state leaf is an array that a jitted step takes and returns, at a cost per
+leaf, and a model has few stacked parameters but may have hundreds of
+others. ``masked_updates`` holds no other tree like the params, so its
+layout names every parameter (an ordinary one with a grid of ones) and
+names its kept fractions, which it stores in the layout's key order: sorted
+path names, the order a dict has after ``jax.tree`` rebuilds it, not
+``jax.tree.leaves`` order (``'l/10'`` sorts before ``'l/2'``).
 
 The entries are made in ``init`` from the parameters' shapes alone, never by
 mapping over the parameters: an array made that way would take a
@@ -48,10 +56,12 @@ class Recorder:
   (``optax.tree.map_params`` is called on a state ``init`` made). Without
   any, it gives a single ``uint8`` zero, a leaf that ``map_params`` leaves
   alone.
+
+  After a call, :meth:`slices` gives the per-slice zeros of the same params.
   """
 
-  def __init__(self, layer_axes: _layers.LayerAxesFn | None, who: str):
-    self.layer_axes, self.who = layer_axes, who
+  def __init__(self, layer_axes: _layers.LayerAxesFn | None, who: str, every_leaf: bool = False):
+    self.layer_axes, self.who, self.every_leaf = layer_axes, who, every_leaf
     self.grids: dict[str, tuple[int, ...]] | None = None
 
   def __call__(self, params: Any) -> Any:
@@ -67,7 +77,17 @@ class Recorder:
       _layers.warn_if_unmatched(self.layer_axes, [path for path, _ in flat], self.who)
     elif self.grids is None:
       return jnp.zeros((), jnp.uint8)
-    return {key: jnp.zeros(grid, jnp.uint8) for key, grid in self.grids.items()}
+    return {
+      key: jnp.zeros(grid, jnp.uint8)
+      for key, grid in self.grids.items()
+      if self.every_leaf or any(n != 1 for n in grid)
+    }
+
+  def slices(self) -> jax.Array:
+    """float32 zeros, one per slice of every parameter (one for an ordinary
+    one) of the params last seen, made from their shapes, so replicated."""
+    grids = self.grids or {}
+    return jnp.zeros((sum(math.prod(grid) for grid in grids.values()),), jnp.float32)
 
 
 def _grids(flat, layer_axes, who) -> dict[str, tuple[int, ...]]:
@@ -84,13 +104,17 @@ def _grids(flat, layer_axes, who) -> dict[str, tuple[int, ...]]:
   return grids
 
 
-def fractions(layout: Any) -> jax.Array:
-  """float32 zeros, one per layer of every parameter of ``layout`` (a
-  state's per-layer fractions before its first step), made from the layout,
-  so replicated."""
-  if not isinstance(layout, Mapping):
-    return jnp.zeros((0,), jnp.float32)
-  return jnp.zeros((sum(math.prod(np.shape(grid)) for grid in layout.values()),), jnp.float32)
+def sorted_order(flat: Sequence[tuple[Any, Any]], axes: Sequence[tuple]) -> np.ndarray | None:
+  """Where each entry of a per-slice vector in layout order (sorted path
+  names) sits in the same vector in ``flat``'s order; ``None`` if the two
+  orders agree."""
+  starts, start = {}, 0
+  for (path, leaf), ax in zip(flat, axes):
+    size = math.prod(_layers.stat_shape(np.shape(leaf), ax))
+    starts[name(path)] = range(start, start + size)
+    start += size
+  order = np.asarray([i for key in sorted(starts) for i in starts[key]], np.int32)
+  return None if np.array_equal(order, np.arange(start)) else order
 
 
 def unwrap(x: Any) -> Any:
@@ -108,18 +132,15 @@ def _shape(entry: Any) -> tuple[int, ...]:
 
 
 def recorded_axes(layout: Any, path: tuple[Any, ...], shape: Sequence[int], who: str) -> tuple:
-  """The layer axes the layout records for the parameter at ``path``.
+  """The layer axes the layout records for the parameter at ``path``: none
+  if the layout does not name it.
 
   Raises:
-    ValueError: if the layout has no such parameter, or a grid that does not
-      fit its shape.
+    ValueError: if the layout records a grid that does not fit its shape.
   """
   key = name(path)
   if key not in layout:
-    raise ValueError(
-      f'{who}: the state records no parameter named {key!r} (it has '
-      f'{_some(layout)}): was it made by init with the same params?'
-    )
+    return ()
   grid = _shape(layout[key])
   shape = tuple(shape)
   if len(grid) != len(shape) or any(g not in (1, d) for g, d in zip(grid, shape)):
@@ -168,11 +189,3 @@ def axes_for(
   if layer_axes is not None:
     check(layout, path, shape, _layers.leaf_axes(layer_axes, path, leaf, who), who)
   return recorded_axes(layout, path, shape, who)
-
-
-def _some(layout: Any) -> str:
-  names = sorted(layout)
-  if not names:
-    return 'none'
-  shown = ', '.join(repr(n) for n in names[:3])
-  return shown + (f' and {len(names) - 3} more' if len(names) > 3 else '')

@@ -41,9 +41,9 @@ class MagmaState(NamedTuple):
       :meth:`score_tree` lays it out like the params. With ``'element'`` a
       float32 array like each parameter.
     key: the typed PRNG key of the next step's masks.
-    layout: per parameter (by path name), ``uint8`` zeros shaped like its
-      statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
-      state made before layouts were recorded.
+    layout: per parameter with layer axes (by path name), ``uint8`` zeros
+      shaped like its statistics grid (its layer axes' sizes, 1 elsewhere);
+      ``None`` in a state made before layouts were recorded.
     kept: the fraction of each layer's elements whose update the last step
       kept (0 before the first step): one float32 vector with an entry per
       parameter tensor (per slice of a stacked leaf), in the order of
@@ -259,7 +259,7 @@ def magma(
       score,
       _keys.canonicalize_key(key),
       layout,
-      _layout.fractions(layout),
+      record_layout.slices(),
       blocks,
     )
 

@@ -39,12 +39,14 @@ class MaskedUpdatesState(NamedTuple):
     inner_state: the wrapped optimizer's state, updated densely.
     key: the typed PRNG key of the next step's masks.
     layout: per parameter (by path name), ``uint8`` zeros shaped like its
-      statistics grid (its layer axes' sizes, 1 elsewhere); ``None`` in a
-      state made before layouts were recorded.
+      statistics grid (its layer axes' sizes, 1 elsewhere); every parameter,
+      stacked or not (it names the kept fractions). ``None`` in a state
+      made before layouts were recorded.
     kept: the fraction of each layer's elements whose update the last step
       kept (0 before the first step): one float32 vector with an entry per
-      parameter tensor (per slice of a stacked leaf), in the order of
-      ``jax.tree.leaves(params)``, replicated. ``None`` in a state made
+      parameter tensor (per slice of a stacked leaf), parameters in the
+      order of ``layout``'s keys (sorted path names, not
+      ``jax.tree.leaves`` order), replicated. ``None`` in a state made
       before kept fractions were recorded.
   """
 
@@ -127,12 +129,12 @@ def masked_updates(
     raise TypeError(f'rescale must be a bool, got {rescale!r}.')
   inner = optax.with_extra_args_support(inner)
 
-  record_layout = _layout.Recorder(layer_axes, who)
+  record_layout = _layout.Recorder(layer_axes, who, every_leaf=True)
 
   def init_fn(params):
     layout = record_layout(params)
     return MaskedUpdatesState(
-      inner.init(params), _keys.canonicalize_key(key), layout, _layout.fractions(layout)
+      inner.init(params), _keys.canonicalize_key(key), layout, record_layout.slices()
     )
 
   @_sharding.under_leaf_mesh
@@ -159,6 +161,9 @@ def masked_updates(
         u if scale is None else (u.astype(_plan.compute_dtype(u.dtype)) * scale).astype(u.dtype)
       )
       out.append(jnp.where(_sharding.broadcast_like(z, u), scaled, jnp.zeros_like(u)))
+    order = _layout.sorted_order(flat, axes) if with_kept else None
+    if order is not None:  # the state holds them in the layout's (sorted) order
+      kept = kept[order]
     return treedef.unflatten(out), MaskedUpdatesState(inner_state, next_key, state.layout, kept)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -37,8 +37,8 @@ class StochasticBatchSizeState(NamedTuple):
       element's current stochastic batch size in units of the batch. A
       pytree like the params, integer, saturating at its dtype's maximum.
     key: the PRNG key the next step's masks are drawn from.
-    layout: per parameter (by path name), ``uint8`` zeros shaped like its
-      statistics grid: its layer axes' sizes, 1 elsewhere (see
+    layout: per parameter with layer axes (by path name), ``uint8`` zeros
+      shaped like its statistics grid: its layer axes' sizes, 1 elsewhere (see
       :func:`layers_under`). The statistics read the layer axes from it;
       ``None`` in a state made before layouts were recorded.
   """

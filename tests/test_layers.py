@@ -210,9 +210,9 @@ def test_update_fraction_mean_count_and_layer_statistics_per_slice():
 
 
 def test_states_record_their_layout_and_statistics_need_no_layer_axes():
-  """Every family state records each leaf's statistics grid (uint8 zeros,
-  made in init); the statistics read the layer axes from it, and a
-  layer_axes that disagrees is an error naming the leaf."""
+  """Every family state records each stacked leaf's statistics grid (uint8
+  zeros, made in init), and only those; the statistics read the layer axes
+  from it, and a layer_axes that disagrees is an error naming the leaf."""
   params = _params()
   grads = _grads(np.random.default_rng(5))
   txs = {
@@ -227,8 +227,17 @@ def test_states_record_their_layout_and_statistics_need_no_layer_axes():
     layout = found.layout
     assert layout['layers/mlp/kernel'].shape == (L, 1, 1)
     assert layout['layers/norm/scale'].shape == (L, 1)
-    assert layout['head/kernel'].shape == (1, 1) and layout['head/kernel'].dtype == jnp.uint8
-    assert not np.asarray(layout['head/kernel']).any()
+    assert layout['layers/mlp/kernel'].dtype == jnp.uint8
+    assert not np.asarray(layout['layers/mlp/kernel']).any()
+    stacked = {
+      '/'.join(str(k.key) for k in path)
+      for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+      if LAYERS(path, x)
+    }
+    if kind == 'masked_updates':  # names every parameter: it names the kept fractions
+      assert layout['head/kernel'].shape == (1, 1)
+    else:
+      assert set(layout) == stacked and 'head/kernel' not in layout
   sbs_state = optax_sbs.find_state(
     jax.jit(txs['sbs'].update)(grads, txs['sbs'].init(params), params)[1]
   )
@@ -264,7 +273,11 @@ def test_kept_fractions_are_the_fraction_of_updates_kept_per_slice(kind, granula
   )
   state = tx.init(params)
   first = optax_sbs.find_state(state, kind=kind)
-  assert first.kept.shape == (sum(np.prod(g.shape) for g in first.layout.values()),)
+  slices = sum(
+    math.prod(u.shape[a] for a in LAYERS(path, u))
+    for path, u in jax.tree_util.tree_flatten_with_path(params)[0]
+  )
+  assert first.kept.shape == (slices,)
   assert not np.asarray(first.kept).any()
   step = jax.jit(tx.update)
   rng = np.random.default_rng(6)
@@ -273,15 +286,14 @@ def test_kept_fractions_are_the_fraction_of_updates_kept_per_slice(kind, granula
     updates, state = step(grads, state, params)
   found = optax_sbs.find_state(state, kind=kind)
   stats = optax_sbs.layer_statistics(state)
-  seen, start = set(), 0
+  seen, start, wants = set(), 0, {}
   for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
     name = '/'.join(str(k.key) for k in path)
     axes = LAYERS(path, u)
     parts = reference.unstack(np.asarray(u), axes)
     want = np.array([(part != 0).mean() for part in parts])
-    kept = np.asarray(found.kept[start : start + len(parts)])
+    wants[name] = want
     start += len(parts)
-    np.testing.assert_allclose(kept, want, rtol=1e-6)
     keys = (
       [f'{kind}/kept_fraction/{name}/{i}' for i in range(len(parts))]
       if axes
@@ -292,7 +304,24 @@ def test_kept_fractions_are_the_fraction_of_updates_kept_per_slice(kind, granula
     if granularity == 'element':
       assert 0 < want.mean() < 1
   assert {k for k in stats if '/kept_fraction/' in k} == seen
-  assert start == found.kept.shape[0]
+  assert start == slices
+  # The vector: Magma's in leaves order, masked_updates' in its layout's (sorted names).
+  names = list(wants) if kind == 'magma' else sorted(wants)
+  np.testing.assert_allclose(found.kept, np.concatenate([wants[n] for n in names]), rtol=1e-6)
+
+
+@pytest.mark.parametrize('kind', ['masked_updates', 'magma'])
+def test_kept_fractions_keep_their_names_through_a_jitted_step(kind):
+  """A list of twelve layers: its path names sort as strings ('l/10' before
+  'l/2') but flatten in list order; each kept fraction still names its own
+  parameter."""
+  params = {'l': [jnp.ones(3) for _ in range(12)]}
+  tx = getattr(optax_sbs, kind)(optax.sgd(1.0), 3, probability=0.5, granularity='leaf')
+  updates, state = jax.jit(tx.update)(params, tx.init(params), params)
+  stats = optax_sbs.layer_statistics(state)
+  kept = [float(stats[f'{kind}/kept_fraction/l/{i}']) for i in range(12)]
+  assert kept == [float(u[0] != 0) for u in updates['l']]
+  assert 0 < sum(kept) < 12
 
 
 def test_update_refuses_layer_axes_that_disagree_with_the_state():
