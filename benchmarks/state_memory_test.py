@@ -13,12 +13,12 @@ def test_state_bytes_follow_the_dtypes():
   params = {'w': jax.ShapeDtypeStruct((1000, 10), jnp.float32)}
   n = 10_000
   key_bytes = 8
-  layout_bytes = 1  # the recorded layout: one uint8 per layer of each parameter
+  # The recorded layout names stacked parameters only: none here.
   assert state_memory.state_bytes(optax.adamw(1e-3), params) == 8 * n + 4  # mu, nu, count
   cheap = optax_sbs.stochastic_batch_size(0, count_dtype='uint8', cma_dtype='bfloat16')
-  assert state_memory.state_bytes(cheap, params) == 3 * n + key_bytes + layout_bytes
+  assert state_memory.state_bytes(cheap, params) == 3 * n + key_bytes
   default = optax_sbs.stochastic_batch_size(0)
-  assert state_memory.state_bytes(default, params) == 8 * n + key_bytes + layout_bytes
+  assert state_memory.state_bytes(default, params) == 8 * n + key_bytes
 
 
 def test_precision_run_sees_a_bfloat16_cma_stall():
