@@ -57,7 +57,7 @@ def describe(study: Any, name: str) -> str:
 def step_runner(config: Any, seed: int):
   """``run(n)``: ``n`` training steps of a fresh model and optimizer, blocked
   until done; the first call compiles."""
-  train = LM.module('train')
+  train, steps = LM.module('train'), LM.module('steps')
   model_key, tx_key, _ = train.setup_trial(config, seed)
   model, optimizer = train.create_state(config, config.methods[0], VOCAB_SIZE, model_key, tx_key)
   rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def step_runner(config: Any, seed: int):
   def run(n: int) -> None:
     loss = None
     for i in range(n):
-      loss = train.train_step(model, optimizer, *batches[i % len(batches)])
+      loss = steps.train_step(model, optimizer, *batches[i % len(batches)])
     jax.block_until_ready(loss)
 
   return run

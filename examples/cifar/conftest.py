@@ -49,14 +49,7 @@ def _tiny_dataset(n_train=96, n_test=40, hw=8):
   """Four learnable classes (the class sets the mean colour) of 8x8 images."""
   import input_pipeline  # noqa: PLC0415  (after the device flag)
 
-  rng = np.random.default_rng(0)
-  y_train, y_test = np.arange(n_train) % 4, np.arange(n_test) % 4
-
-  def images(y):
-    base = (y[:, None, None, None] * 60 + 20).astype(np.float64)
-    return np.clip(base + rng.normal(0, 30, (len(y), hw, hw, 3)), 0, 255).astype(np.uint8)
-
-  return input_pipeline.from_arrays('tiny', images(y_train), y_train, images(y_test), y_test)
+  return input_pipeline.synthetic(n_train, n_test, hw, name='tiny')
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from configs.default import Config
 import input_pipeline
 import methods
 import models
-import train
+import steps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -79,7 +79,7 @@ def scan_pair(corpus_file, scan_config):
 
   @nnx.jit
   def logits_and_grads(model):
-    return model(inputs), nnx.to_pure_dict(nnx.grad(train.loss_fn)(model, inputs, targets))
+    return model(inputs), nnx.to_pure_dict(nnx.grad(steps.loss_fn)(model, inputs, targets))
 
   (logits, grads), (scanned_logits, scanned_grads) = map(logits_and_grads, (unrolled, scanned))
   return types.SimpleNamespace(

@@ -1,4 +1,4 @@
-"""Training and evaluation of the NNX transformer: the methods' txs, steps, loop, trials.
+"""Training of the NNX transformer: the methods' txs, the loop, the trials.
 
 The entry point is :func:`run` (every method x trial of a configuration);
 :func:`run_trial` trains one. The trial's seed fixes the model's
@@ -27,6 +27,7 @@ from configs.default import ConfigError
 import input_pipeline
 import methods
 import models
+import steps
 
 
 def validate(config: Config) -> None:
@@ -177,40 +178,6 @@ def create_state(config: Config, method: str, vocab_size: int, model_key, tx_key
   return model, optimizer
 
 
-def loss_fn(model: models.Transformer, inputs, targets) -> jax.Array:
-  """Mean next-character cross-entropy (nats per character)."""
-  logits = model(inputs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-@nnx.jit
-def train_step(model: models.Transformer, optimizer: nnx.Optimizer, inputs, targets):
-  """One step on a batch of windows; returns the batch's loss (before the step)."""
-  loss, grads = nnx.value_and_grad(loss_fn)(model, inputs, targets)
-  optimizer.update(model, grads)
-  return loss
-
-
-@nnx.jit
-def eval_step(model: models.Transformer, inputs, targets):
-  """Summed cross-entropy over every character of the batch."""
-  logits = model(inputs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
-
-
-def evaluate(model, windows: tuple[np.ndarray, np.ndarray], batch_size: int) -> float:
-  """Mean loss (nats per character) over fixed windows, ``batch_size`` at a
-  time, with the model's dropout off."""
-  model = models.deterministic(model)
-  inputs, targets = windows
-  total = 0.0
-  for start in range(0, len(inputs), batch_size):
-    total += float(
-      eval_step(model, inputs[start : start + batch_size], targets[start : start + batch_size])
-    )
-  return total / inputs.size
-
-
 class Throughput:
   """Training tokens per second over an interval, leaving out the step that
   compiled the program (the first step of a run or of a resumed run),
@@ -303,7 +270,7 @@ def run_trial(
       inputs, targets = input_pipeline.train_batch(
         data.train, config.batch_size, config.context_length, rng
       )
-      loss = train_step(model, optimizer, inputs, targets)
+      loss = steps.train_step(model, optimizer, inputs, targets)
       throughput.step(loss, tokens_per_step)
       losses.append(loss)
     train_loss = float(np.mean(jax.device_get(losses)))
@@ -314,15 +281,15 @@ def run_trial(
       trial=trial,
       step=step,
       train_loss=train_loss,
-      train_eval_loss=evaluate(model, train_windows, config.batch_size),
-      val_loss=evaluate(model, val_windows, config.batch_size),
+      train_eval_loss=steps.evaluate(model, train_windows, config.batch_size),
+      val_loss=steps.evaluate(model, val_windows, config.batch_size),
       tokens_per_sec=tokens_per_sec,
       learning_rate=float(schedule(step - 1)),
       **family_statistics(optimizer),
     )
     if step == config.steps:
       test_windows = input_pipeline.eval_windows(data.test, num_windows, config.context_length)
-      row['test_loss'] = evaluate(model, test_windows, config.batch_size)
+      row['test_loss'] = steps.evaluate(model, test_windows, config.batch_size)
     rows.append(row)
     if checkpointer is not None:
       checkpointer.save(step, model, optimizer, rows, rng.bit_generator.state)

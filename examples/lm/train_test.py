@@ -14,6 +14,7 @@ import input_pipeline
 import methods
 import models
 import results
+import steps as steps_lib
 import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,8 +121,8 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(
   with pytest.raises(Interrupt):
     train.run(config, data, progress_factory=stop_after_first_row, checkpoint=True)
   steps = []
-  real_step = train.train_step
-  monkeypatch.setattr(train, 'train_step', lambda *a: steps.append(1) or real_step(*a))
+  real_step = steps_lib.train_step
+  monkeypatch.setattr(steps_lib, 'train_step', lambda *a: steps.append(1) or real_step(*a))
   resumed = train.run(config, data, checkpoint=True, resume=True)
   assert len(steps) == config.steps - config.eval_interval  # it went on from the first row
   assert without_timing(resumed) == without_timing(whole)
@@ -160,8 +161,8 @@ def test_scanned_sbs_trains_to_the_unrolled_models_loss(corpus_file, scan_sbs_co
       nnx.update(model, jax.device_put(state, jax.devices()[0]))
     for _ in range(config.steps):
       inputs, targets = input_pipeline.train_batch(data.train, 8, 8, rng)
-      train.train_step(model, optimizer, inputs, targets)
-    return train.evaluate(model, windows, 64)
+      steps_lib.train_step(model, optimizer, inputs, targets)
+    return steps_lib.evaluate(model, windows, 64)
 
   losses = {
     scan: np.asarray([train(scan_sbs_config(scan), t) for t in range(4)]) for scan in (False, True)
