@@ -235,12 +235,15 @@ def _statistics(kind: str, state: Any, layer_axes: Any, slice_name: SliceName):
         yield 'kept_fraction', name, value
     return
   # magma: one vector, named by the momentum's paths.
-  flat = jax.tree_util.tree_flatten_with_path(state.momentum)[0]
-  axes = [_layout.axes_for(state.layout, layer_axes, path, m, who) for path, m in flat]
-  parts = _layers.split_slices(jnp.reshape(state.kept, (-1,)), [m for _, m in flat], axes)
-  kept = {path: part for (path, _), part in zip(flat, parts)}
+  tree = _magma.per_slice_tree(state, state.kept, layer_axes)
+  by_path = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
   for name, value in _per_layer(
-    lambda p, m, ax: jnp.asarray(kept[p]), state.momentum, state.layout, layer_axes, slice_name, who
+    lambda p, m, ax: jnp.asarray(by_path[p]),
+    state.momentum,
+    state.layout,
+    layer_axes,
+    slice_name,
+    who,
   ):
     yield 'kept_fraction', name, value
 

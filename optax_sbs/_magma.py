@@ -90,9 +90,17 @@ class MagmaState(NamedTuple):
         out.append(jnp.reshape(self.score[start : start + size], grid))
         start += size
       return jax.tree.unflatten(treedef, out)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(self.momentum)
-    axes = [_layout.axes_for(self.layout, layer_axes, path, m, 'magma') for path, m in flat]
-    return jax.tree.unflatten(treedef, _layers.split_slices(self.score, [m for _, m in flat], axes))
+    return per_slice_tree(self, self.score, layer_axes)
+
+
+def per_slice_tree(state: MagmaState, vector: Any, layer_axes: Any) -> Any:
+  """``vector`` (one entry per slice, leaves in order: the leaf-granularity
+  score, the kept fractions) laid out like the params: per parameter a
+  scalar, or an array of its statistics shape for a stacked one."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(state.momentum)
+  axes = [_layout.axes_for(state.layout, layer_axes, path, m, 'magma') for path, m in flat]
+  parts = _layers.split_slices(jnp.reshape(vector, (-1,)), [m for _, m in flat], axes)
+  return jax.tree.unflatten(treedef, parts)
 
 
 def _is_element_tree(state: MagmaState) -> bool:
